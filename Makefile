@@ -1,0 +1,35 @@
+# `make test` is the project's one test command (README quickstart, .ci/run).
+VENV ?= .venv
+PY := $(VENV)/bin/python
+PYTEST_ARGS ?=
+
+.PHONY: test deps venv build cargo-test pytest run bench
+
+test: deps build cargo-test pytest
+
+# Debian packages the tests drive as real clients.
+deps:
+	@command -v skopeo >/dev/null 2>&1 || { \
+	  (apt-get update -qq || true) && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq skopeo; }
+
+venv: $(PY)
+$(PY):
+	python3 -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+
+# Builds the Rust extension in release mode and installs connreg + test extras into the venv.
+build: venv
+	$(PY) -m pip install -q maturin
+	$(PY) -m pip install -q -e '.[test]'
+
+cargo-test:
+	cargo test --release --quiet
+
+pytest:
+	$(PY) -m pytest -q $(PYTEST_ARGS)
+
+run: build
+	$(VENV)/bin/connreg serve --data-dir ./data --listen 127.0.0.1:5000
+
+bench: build
+	$(PY) bench/run.py

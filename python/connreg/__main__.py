@@ -1,0 +1,3 @@
+from connreg.cli.main import main
+
+raise SystemExit(main())

@@ -1,0 +1,1 @@
+"""The OCI Distribution API: one module per resource, routed in `routes.py`."""

@@ -1,0 +1,86 @@
+"""Small HTTP helpers shared by the resource handlers."""
+
+from __future__ import annotations
+
+import json
+from typing import Any, AsyncIterator
+from urllib.parse import urlencode
+
+from quart import Response, request
+
+from connreg import errors
+from connreg.errors import RegistryError
+
+MAX_PAGE = 10_000
+
+
+def json_response(doc: Any, status: int = 200, headers: dict[str, str] | None = None,
+                  content_type: str = "application/json") -> Response:
+    return Response(json.dumps(doc), status=status, headers=headers or {},
+                    content_type=content_type)
+
+
+def empty(status: int, headers: dict[str, str] | None = None) -> Response:
+    resp = Response(b"", status=status, headers=headers or {})
+    resp.headers["Content-Length"] = "0"
+    return resp
+
+
+def pagination() -> tuple[int | None, str | None]:
+    """`n` and `last` query parameters (tags list, catalog)."""
+    raw_n = request.args.get("n")
+    n = None
+    if raw_n is not None and raw_n != "":
+        try:
+            n = int(raw_n)
+        except ValueError:
+            raise RegistryError(errors.PAGINATION_NUMBER_INVALID, detail={"n": raw_n[:50]})
+        if n < 0:
+            raise RegistryError(errors.PAGINATION_NUMBER_INVALID, detail={"n": n})
+        n = min(n, MAX_PAGE)
+    return n, request.args.get("last")
+
+
+def next_link(path: str, n: int, last: str) -> str:
+    return f'<{path}?{urlencode({"n": n, "last": last})}>; rel="next"'
+
+
+def paginate(items_fetcher, path: str) -> tuple[list[str], dict[str, str]]:
+    """Fetch one page plus one extra item to learn whether a `Link: rel=next` is due."""
+    n, last = pagination()
+    if n == 0:
+        return [], {}
+    limit = MAX_PAGE if n is None else n
+    items = items_fetcher(limit + 1, last)
+    headers = {}
+    if len(items) > limit:
+        items = items[:limit]
+        headers["Link"] = next_link(path, limit, items[-1])
+    return items, headers
+
+
+async def body_chunks(min_chunk: int = 1 << 20) -> AsyncIterator[bytes]:
+    """The request body re-buffered into chunks of at least `min_chunk` bytes.
+
+    Bigger chunks mean fewer hops to a worker thread for hashing and writing.
+    """
+    buf = bytearray()
+    async for part in request.body:
+        buf += part
+        if len(buf) >= min_chunk:
+            yield bytes(buf)
+            buf.clear()
+    if buf:
+        yield bytes(buf)
+
+
+async def read_body_limited(limit: int, too_large: errors.ErrorCode) -> bytes:
+    length = request.content_length
+    if length is not None and length > limit:
+        raise RegistryError(too_large, detail={"limit": limit, "size": length})
+    buf = bytearray()
+    async for part in request.body:
+        buf += part
+        if len(buf) > limit:
+            raise RegistryError(too_large, detail={"limit": limit})
+    return bytes(buf)

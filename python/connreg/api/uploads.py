@@ -1,0 +1,154 @@
+"""Blob uploads: POST (session, monolithic, mount), PATCH (chunks), PUT (close), GET, DELETE.
+
+Bytes go straight into the BlobStore's upload file while hashing; a blob becomes visible only
+when `Upload.commit` has verified the digest and made it durable.
+"""
+
+from __future__ import annotations
+
+import re
+
+import trio
+from quart import Response, request
+
+from connreg import _core, errors
+from connreg.api.http import body_chunks, empty
+from connreg.errors import RegistryError
+from connreg.references import check_digest, check_name
+from connreg.registry import Registry
+
+_CONTENT_RANGE_RE = re.compile(r"(?:bytes[ =])?(\d+)-(\d+)(?:/\d+|/\*)?")
+
+
+def _session_headers(name: str, upload_id: str, size: int) -> dict[str, str]:
+    return {
+        "Location": f"/v2/{name}/blobs/uploads/{upload_id}",
+        "Range": f"0-{max(size - 1, 0)}",
+        "Docker-Upload-UUID": upload_id,
+    }
+
+
+def _blob_created(name: str, digest: str) -> Response:
+    return empty(201, {"Location": f"/v2/{name}/blobs/{digest}", "Docker-Content-Digest": digest})
+
+
+async def _append_body(upload: _core.Upload) -> int:
+    async for chunk in body_chunks():
+        await trio.to_thread.run_sync(upload.write, chunk)
+    return upload.size
+
+
+def _check_content_range(upload: _core.Upload, name: str, upload_id: str) -> None:
+    """A chunk must start exactly where the upload ends (resumable uploads rely on it)."""
+    header = request.headers.get("Content-Range")
+    if header is None:
+        return
+    m = _CONTENT_RANGE_RE.fullmatch(header.strip())
+    if not m:
+        raise RegistryError(errors.RANGE_INVALID, detail={"contentRange": header[:100]},
+                            headers=_session_headers(name, upload_id, upload.size))
+    start, end = int(m.group(1)), int(m.group(2))
+    length = request.content_length
+    if start != upload.size or end < start or (length is not None and length != end - start + 1):
+        raise RegistryError(
+            errors.RANGE_INVALID,
+            detail={"contentRange": header[:100], "uploadSize": upload.size},
+            message=f"chunk must start at offset {upload.size}",
+            headers=_session_headers(name, upload_id, upload.size))
+
+
+async def _commit(reg: Registry, name: str, upload_id: str, upload: _core.Upload,
+                  digest: str) -> Response:
+    try:
+        await trio.to_thread.run_sync(upload.commit, digest)
+    except _core.DigestMismatch:
+        raise RegistryError(errors.DIGEST_INVALID, detail={"digest": digest})
+    reg.forget_upload(upload_id)
+    await reg.meta.link_blob(name, digest, reg.blobs.size(digest))
+    await reg.meta.delete_upload(upload_id)
+    return _blob_created(name, digest)
+
+
+async def _try_mount(reg: Registry, name: str, digest: str, source: str | None) -> Response | None:
+    if source is not None:
+        try:
+            check_name(source)
+        except RegistryError:
+            return None
+        size = reg.meta.linked_blob_size(source, digest)
+    else:
+        # Automatic mount: the blob is already here under another repository.
+        size = reg.meta.any_blob_size(digest)
+    if size is None or not reg.blobs.exists(digest):
+        return None
+    await reg.meta.link_blob(name, digest, size)
+    return _blob_created(name, digest)
+
+
+async def start_upload(reg: Registry, name: str) -> Response:
+    mount = request.args.get("mount")
+    if mount is not None:
+        check_digest(mount)
+        mounted = await _try_mount(reg, name, mount, request.args.get("from"))
+        if mounted is not None:
+            return mounted
+    digest = request.args.get("digest")
+    if digest is not None:
+        check_digest(digest)
+    upload_id = reg.new_upload_id()
+    await reg.meta.create_upload(upload_id, name)
+    upload = reg.upload_handle(upload_id)
+    if digest is not None:  # monolithic upload in one POST
+        await _append_body(upload)
+        try:
+            return await _commit(reg, name, upload_id, upload, digest)
+        except RegistryError:
+            await _discard(reg, upload_id)
+            raise
+    if request.content_length:
+        await _append_body(upload)
+    return empty(202, _session_headers(name, upload_id, upload.size))
+
+
+def _require_upload(reg: Registry, name: str, upload_id: str) -> _core.Upload:
+    if reg.meta.upload_repo(upload_id) != name or not reg.blobs.upload_exists(upload_id):
+        raise RegistryError(errors.BLOB_UPLOAD_UNKNOWN, detail={"uuid": upload_id[:200]})
+    return reg.upload_handle(upload_id)
+
+
+async def patch_upload(reg: Registry, name: str, upload_id: str) -> Response:
+    async with reg.upload_lock(upload_id):
+        upload = _require_upload(reg, name, upload_id)
+        _check_content_range(upload, name, upload_id)
+        size = await _append_body(upload)
+    return empty(202, _session_headers(name, upload_id, size))
+
+
+async def finish_upload(reg: Registry, name: str, upload_id: str) -> Response:
+    digest = request.args.get("digest")
+    async with reg.upload_lock(upload_id):
+        upload = _require_upload(reg, name, upload_id)
+        if digest is None:
+            raise RegistryError(errors.DIGEST_INVALID, message="digest query parameter required")
+        check_digest(digest)
+        _check_content_range(upload, name, upload_id)
+        await _append_body(upload)
+        return await _commit(reg, name, upload_id, upload, digest)
+
+
+async def upload_status(reg: Registry, name: str, upload_id: str) -> Response:
+    upload = _require_upload(reg, name, upload_id)
+    return empty(204, _session_headers(name, upload_id, upload.size))
+
+
+async def _discard(reg: Registry, upload_id: str) -> None:
+    reg.forget_upload(upload_id)
+    reg.blobs.abort_upload(upload_id)
+    await reg.meta.delete_upload(upload_id)
+
+
+async def cancel_upload(reg: Registry, name: str, upload_id: str) -> Response:
+    async with reg.upload_lock(upload_id):
+        _require_upload(reg, name, upload_id)
+        await _discard(reg, upload_id)
+    return empty(204)

@@ -1,0 +1,1 @@
+"""The `connreg` command line."""

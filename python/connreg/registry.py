@@ -1,0 +1,82 @@
+"""The state one node serves from: its stores and in-process caches.
+
+Handlers receive a `Registry`; nothing in here speaks HTTP.
+"""
+
+from __future__ import annotations
+
+import secrets
+from collections import OrderedDict
+
+import trio
+
+from connreg import _core
+from connreg.config import Settings
+from connreg.storage.sqlite_metadata import SqliteMetadataStore
+
+
+class ManifestCache:
+    """Manifest bytes by digest, bounded by total size. Safe: content never changes per digest."""
+
+    def __init__(self, max_bytes: int):
+        self._max = max_bytes
+        self._used = 0
+        self._items: OrderedDict[str, bytes] = OrderedDict()
+
+    def get(self, digest: str) -> bytes | None:
+        data = self._items.get(digest)
+        if data is not None:
+            self._items.move_to_end(digest)
+        return data
+
+    def put(self, digest: str, data: bytes) -> None:
+        if len(data) > self._max or digest in self._items:
+            return
+        self._items[digest] = data
+        self._used += len(data)
+        while self._used > self._max:
+            _, old = self._items.popitem(last=False)
+            self._used -= len(old)
+
+
+class Registry:
+    def __init__(self, settings: Settings):
+        self.settings = settings
+        data = settings.data_dir
+        data.mkdir(parents=True, exist_ok=True)
+        self.blobs = _core.BlobStore(str(data / "store"))
+        self.meta = SqliteMetadataStore(data / "metadata.sqlite")
+        self.manifest_cache = ManifestCache(settings.manifest_cache_bytes)
+        # Open upload handles keep their running hash; one lock per upload serializes PATCHes.
+        self._uploads: dict[str, _core.Upload] = {}
+        self._upload_locks: dict[str, trio.Lock] = {}
+
+    def close(self) -> None:
+        self.meta.close()
+
+    @staticmethod
+    def new_upload_id() -> str:
+        return secrets.token_urlsafe(24)
+
+    def upload_handle(self, upload_id: str) -> _core.Upload:
+        handle = self._uploads.get(upload_id)
+        if handle is None:
+            handle = self._uploads[upload_id] = self.blobs.upload(upload_id)
+        return handle
+
+    def upload_lock(self, upload_id: str) -> trio.Lock:
+        lock = self._upload_locks.get(upload_id)
+        if lock is None:
+            lock = self._upload_locks[upload_id] = trio.Lock()
+        return lock
+
+    def forget_upload(self, upload_id: str) -> None:
+        self._uploads.pop(upload_id, None)
+        self._upload_locks.pop(upload_id, None)
+
+    async def read_manifest(self, digest: str) -> bytes:
+        data = self.manifest_cache.get(digest)
+        if data is None:
+            data = await trio.to_thread.run_sync(self.blobs.read, digest)
+            self.manifest_cache.put(digest, data)
+        return data

@@ -1,0 +1,50 @@
+"""Run one node: the Quart app under Hypercorn on trio."""
+
+from __future__ import annotations
+
+import logging
+import signal
+
+import trio
+from hypercorn.config import Config as HypercornConfig
+from hypercorn.trio import serve as hypercorn_serve
+
+from connreg.app import create_app
+from connreg.config import Settings
+
+log = logging.getLogger("connreg")
+
+
+async def _shutdown_on_signal(event: trio.Event) -> None:
+    with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
+        async for _ in signals:
+            event.set()
+            return
+
+
+async def run(settings: Settings) -> None:
+    app = create_app(settings)
+    registry = app.extensions["registry"]
+    purged = registry.blobs.purge_stale_uploads(settings.upload_ttl_seconds)
+    if purged:
+        log.info("purged %d stale uploads", purged)
+
+    config = HypercornConfig()
+    host, port = settings.host_port
+    config.bind = [f"[{host}]:{port}" if ":" in host else f"{host}:{port}"]
+    config.accesslog = None
+    config.errorlog = logging.getLogger("hypercorn.error")
+    config.keep_alive_timeout = 75
+    # Hypercorn's own body cap defaults to 16 MiB per h11 event buffer, not per request; fine.
+    shutdown = trio.Event()
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(_shutdown_on_signal, shutdown)
+        log.info("connreg listening on %s (data dir %s)", settings.listen, settings.data_dir)
+        await hypercorn_serve(app, config, shutdown_trigger=shutdown.wait)
+        nursery.cancel_scope.cancel()
+
+
+def main(settings: Settings) -> None:
+    logging.basicConfig(level=settings.log_level.upper(),
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    trio.run(run, settings)

@@ -1,0 +1,14 @@
+"""Storage behind two interfaces: bytes (BlobStore) and metadata (MetadataStore).
+
+The embedded defaults are the Rust filesystem blob store and SQLite; a scaled root will swap in
+object-storage and PostgreSQL implementations of the same protocols.
+"""
+
+from connreg.storage.interfaces import (
+    BlobStore,
+    ManifestRecord,
+    MetadataStore,
+    Referrer,
+)
+
+__all__ = ["BlobStore", "ManifestRecord", "MetadataStore", "Referrer"]

@@ -1,0 +1,226 @@
+"""MetadataStore on SQLite in WAL mode: the embedded default.
+
+Reads run on the event-loop thread through their own connection (they take microseconds and WAL
+lets them proceed during a write). Writes go through one writer connection in a worker thread,
+one at a time, with synchronous=FULL so a committed push survives power loss; the event loop
+never waits on an fsync.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+import time
+from pathlib import Path
+from typing import Callable, TypeVar
+
+import trio
+
+from connreg.storage.interfaces import ManifestRecord, Referrer
+
+T = TypeVar("T")
+
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS repositories (
+    name TEXT PRIMARY KEY,
+    created REAL NOT NULL
+);
+CREATE TABLE IF NOT EXISTS repo_blobs (
+    repo TEXT NOT NULL,
+    digest TEXT NOT NULL,
+    size INTEGER NOT NULL,
+    PRIMARY KEY (repo, digest)
+) WITHOUT ROWID;
+CREATE INDEX IF NOT EXISTS repo_blobs_digest ON repo_blobs (digest);
+CREATE TABLE IF NOT EXISTS manifests (
+    repo TEXT NOT NULL,
+    digest TEXT NOT NULL,
+    media_type TEXT NOT NULL,
+    size INTEGER NOT NULL,
+    subject TEXT,
+    artifact_type TEXT,
+    annotations TEXT,
+    created REAL NOT NULL,
+    PRIMARY KEY (repo, digest)
+) WITHOUT ROWID;
+CREATE INDEX IF NOT EXISTS manifests_subject ON manifests (repo, subject);
+-- What a manifest points at (blobs and child manifests), for garbage collection.
+CREATE TABLE IF NOT EXISTS manifest_refs (
+    repo TEXT NOT NULL,
+    digest TEXT NOT NULL,
+    child TEXT NOT NULL,
+    PRIMARY KEY (repo, digest, child)
+) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS tags (
+    repo TEXT NOT NULL,
+    tag TEXT NOT NULL,
+    digest TEXT NOT NULL,
+    updated REAL NOT NULL,
+    PRIMARY KEY (repo, tag)
+) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS uploads (
+    id TEXT PRIMARY KEY,
+    repo TEXT NOT NULL,
+    created REAL NOT NULL
+);
+"""
+
+
+def _connect(path: Path) -> sqlite3.Connection:
+    conn = sqlite3.connect(path, check_same_thread=False, isolation_level=None, timeout=30)
+    conn.execute("PRAGMA journal_mode=WAL")
+    conn.execute("PRAGMA synchronous=FULL")
+    conn.execute("PRAGMA foreign_keys=ON")
+    return conn
+
+
+class SqliteMetadataStore:
+    def __init__(self, path: Path):
+        path.parent.mkdir(parents=True, exist_ok=True)
+        self._writer = _connect(path)
+        self._writer.executescript(SCHEMA)
+        self._reader = _connect(path)
+        self._write_limiter = trio.CapacityLimiter(1)
+
+    def close(self) -> None:
+        self._reader.close()
+        self._writer.close()
+
+    async def _write(self, fn: Callable[[sqlite3.Connection], T]) -> T:
+        """Run `fn` in one transaction on the writer connection, off the event loop."""
+
+        def run() -> T:
+            conn = self._writer
+            conn.execute("BEGIN IMMEDIATE")
+            try:
+                result = fn(conn)
+            except BaseException:
+                conn.execute("ROLLBACK")
+                raise
+            conn.execute("COMMIT")
+            return result
+
+        return await trio.to_thread.run_sync(run, limiter=self._write_limiter)
+
+    def _one(self, sql: str, args: tuple) -> tuple | None:
+        return self._reader.execute(sql, args).fetchone()
+
+    # --- repositories -------------------------------------------------------------------
+    def repository_exists(self, repo: str) -> bool:
+        return self._one("SELECT 1 FROM repositories WHERE name = ?", (repo,)) is not None
+
+    def list_repositories(self, n: int | None, last: str | None) -> list[str]:
+        sql, args = "SELECT name FROM repositories WHERE name > ? ORDER BY name", [last or ""]
+        if n is not None:
+            sql += " LIMIT ?"
+            args.append(n)
+        return [r[0] for r in self._reader.execute(sql, args)]
+
+    @staticmethod
+    def _ensure_repo(conn: sqlite3.Connection, repo: str) -> None:
+        conn.execute("INSERT OR IGNORE INTO repositories (name, created) VALUES (?, ?)",
+                     (repo, time.time()))
+
+    # --- blob links ---------------------------------------------------------------------
+    def linked_blob_size(self, repo: str, digest: str) -> int | None:
+        row = self._one("SELECT size FROM repo_blobs WHERE repo = ? AND digest = ?", (repo, digest))
+        return row[0] if row else None
+
+    def any_blob_size(self, digest: str) -> int | None:
+        row = self._one("SELECT size FROM repo_blobs WHERE digest = ? LIMIT 1", (digest,))
+        return row[0] if row else None
+
+    async def link_blob(self, repo: str, digest: str, size: int) -> None:
+        def fn(conn):
+            self._ensure_repo(conn, repo)
+            conn.execute("INSERT OR REPLACE INTO repo_blobs (repo, digest, size) VALUES (?, ?, ?)",
+                         (repo, digest, size))
+        await self._write(fn)
+
+    async def unlink_blob(self, repo: str, digest: str) -> bool:
+        def fn(conn):
+            return conn.execute("DELETE FROM repo_blobs WHERE repo = ? AND digest = ?",
+                                (repo, digest)).rowcount > 0
+        return await self._write(fn)
+
+    # --- manifests and tags -------------------------------------------------------------
+    def get_manifest(self, repo: str, digest: str) -> ManifestRecord | None:
+        row = self._one(
+            "SELECT media_type, size, subject, artifact_type, annotations FROM manifests"
+            " WHERE repo = ? AND digest = ?", (repo, digest))
+        if row is None:
+            return None
+        return ManifestRecord(repo, digest, row[0], row[1], row[2], row[3], row[4])
+
+    def resolve_tag(self, repo: str, tag: str) -> str | None:
+        row = self._one("SELECT digest FROM tags WHERE repo = ? AND tag = ?", (repo, tag))
+        return row[0] if row else None
+
+    def list_tags(self, repo: str, n: int | None, last: str | None) -> list[str]:
+        sql, args = "SELECT tag FROM tags WHERE repo = ? AND tag > ? ORDER BY tag", [repo, last or ""]
+        if n is not None:
+            sql += " LIMIT ?"
+            args.append(n)
+        return [r[0] for r in self._reader.execute(sql, args)]
+
+    async def put_manifest(self, record: ManifestRecord, references: list[str],
+                           tag: str | None) -> None:
+        now = time.time()
+
+        def fn(conn):
+            self._ensure_repo(conn, record.repo)
+            conn.execute(
+                "INSERT OR REPLACE INTO manifests (repo, digest, media_type, size, subject,"
+                " artifact_type, annotations, created) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                (record.repo, record.digest, record.media_type, record.size, record.subject,
+                 record.artifact_type, record.annotations_json, now))
+            conn.executemany(
+                "INSERT OR IGNORE INTO manifest_refs (repo, digest, child) VALUES (?, ?, ?)",
+                [(record.repo, record.digest, child) for child in references])
+            if tag is not None:
+                conn.execute(
+                    "INSERT OR REPLACE INTO tags (repo, tag, digest, updated) VALUES (?, ?, ?, ?)",
+                    (record.repo, tag, record.digest, now))
+        await self._write(fn)
+
+    async def delete_manifest(self, repo: str, digest: str) -> bool:
+        def fn(conn):
+            deleted = conn.execute("DELETE FROM manifests WHERE repo = ? AND digest = ?",
+                                   (repo, digest)).rowcount > 0
+            if deleted:
+                conn.execute("DELETE FROM tags WHERE repo = ? AND digest = ?", (repo, digest))
+                conn.execute("DELETE FROM manifest_refs WHERE repo = ? AND digest = ?",
+                             (repo, digest))
+            return deleted
+        return await self._write(fn)
+
+    async def delete_tag(self, repo: str, tag: str) -> bool:
+        def fn(conn):
+            return conn.execute("DELETE FROM tags WHERE repo = ? AND tag = ?",
+                                (repo, tag)).rowcount > 0
+        return await self._write(fn)
+
+    def referrers(self, repo: str, subject: str, artifact_type: str | None) -> list[Referrer]:
+        sql = ("SELECT digest, media_type, size, artifact_type, annotations FROM manifests"
+               " WHERE repo = ? AND subject = ?")
+        args: list = [repo, subject]
+        if artifact_type is not None:
+            sql += " AND artifact_type = ?"
+            args.append(artifact_type)
+        sql += " ORDER BY created, digest"
+        return [Referrer(*row) for row in self._reader.execute(sql, args)]
+
+    # --- upload sessions ----------------------------------------------------------------
+    def upload_repo(self, upload_id: str) -> str | None:
+        row = self._one("SELECT repo FROM uploads WHERE id = ?", (upload_id,))
+        return row[0] if row else None
+
+    async def create_upload(self, upload_id: str, repo: str) -> None:
+        def fn(conn):
+            conn.execute("INSERT INTO uploads (id, repo, created) VALUES (?, ?, ?)",
+                         (upload_id, repo, time.time()))
+        await self._write(fn)
+
+    async def delete_upload(self, upload_id: str) -> None:
+        def fn(conn):
+            conn.execute("DELETE FROM uploads WHERE id = ?", (upload_id,))
+        await self._write(fn)

@@ -1,0 +1,26 @@
+//! Native core of connreg, imported from Python as `connreg._core`.
+//!
+//! This file only wires modules together; see `docs/core-api.md` for the Python contract.
+//! - [`errors`]: the crate's error type (pure Rust).
+//! - [`digest`]: algorithms, streaming digesters, OCI digest validation (pure Rust).
+//! - [`store`]: the content-addressed blob store and uploads (pure Rust).
+//! - `py`: thin pyo3 wrappers, the GIL choke point and the Python exception mapping.
+
+pub mod digest;
+pub mod errors;
+pub mod store;
+
+mod py;
+
+use pyo3::prelude::*;
+
+#[pymodule]
+fn _core(m: &Bound<'_, PyModule>) -> PyResult<()> {
+    py::exceptions::register(m)?;
+    m.add_class::<py::digest::PyDigester>()?;
+    m.add_class::<py::store::PyBlobStore>()?;
+    m.add_class::<py::store::PyUpload>()?;
+    m.add_function(wrap_pyfunction!(py::digest::digest_bytes, m)?)?;
+    m.add_function(wrap_pyfunction!(py::digest::validate_digest, m)?)?;
+    Ok(())
+}

@@ -1,0 +1,135 @@
+//! `BlobStore` and `Upload`.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use pyo3::prelude::*;
+use pyo3::types::PyBytes;
+
+use super::without_gil;
+use crate::store::{BlobStore, Upload};
+
+/// Content-addressed, deduplicated, crash-safe blob store.
+#[pyclass(name = "BlobStore", module = "connreg._core", frozen)]
+pub(crate) struct PyBlobStore {
+    inner: BlobStore,
+}
+
+#[pymethods]
+impl PyBlobStore {
+    #[new]
+    fn new(py: Python<'_>, root: PathBuf) -> PyResult<Self> {
+        Ok(PyBlobStore { inner: without_gil(py, || BlobStore::open(root))? })
+    }
+
+    #[getter]
+    fn root(&self) -> String {
+        self.inner.root().to_string_lossy().into_owned()
+    }
+
+    fn path_for(&self, digest: &str) -> PyResult<String> {
+        Ok(self.inner.path_for(digest)?.to_string_lossy().into_owned())
+    }
+
+    fn exists(&self, py: Python<'_>, digest: &str) -> PyResult<bool> {
+        Ok(without_gil(py, || self.inner.exists(digest))?)
+    }
+
+    fn size(&self, py: Python<'_>, digest: &str) -> PyResult<Option<u64>> {
+        Ok(without_gil(py, || self.inner.size(digest))?)
+    }
+
+    #[pyo3(signature = (data, expected_digest = None))]
+    fn put_bytes(
+        &self,
+        py: Python<'_>,
+        data: &[u8],
+        expected_digest: Option<&str>,
+    ) -> PyResult<String> {
+        Ok(without_gil(py, || self.inner.put_bytes(data, expected_digest))?)
+    }
+
+    #[pyo3(signature = (digest, offset = 0, length = None))]
+    fn read<'py>(
+        &self,
+        py: Python<'py>,
+        digest: &str,
+        offset: u64,
+        length: Option<u64>,
+    ) -> PyResult<Bound<'py, PyBytes>> {
+        let range = without_gil(py, || self.inner.open_range(digest, offset, length))?;
+        // Fill the new bytes object in place, without the GIL: nothing else can see it yet.
+        PyBytes::new_with(py, range.len(), |buf| {
+            Ok(without_gil(py, || range.read_into(buf))?)
+        })
+    }
+
+    fn delete(&self, py: Python<'_>, digest: &str) -> PyResult<bool> {
+        Ok(without_gil(py, || self.inner.delete(digest))?)
+    }
+
+    fn list_digests(&self, py: Python<'_>) -> PyResult<Vec<String>> {
+        Ok(without_gil(py, || self.inner.list_digests())?)
+    }
+
+    fn upload(&self, py: Python<'_>, upload_id: &str) -> PyResult<PyUpload> {
+        Ok(PyUpload { inner: without_gil(py, || self.inner.upload(upload_id))? })
+    }
+
+    fn upload_exists(&self, py: Python<'_>, upload_id: &str) -> PyResult<bool> {
+        Ok(without_gil(py, || self.inner.upload_exists(upload_id))?)
+    }
+
+    fn upload_size(&self, py: Python<'_>, upload_id: &str) -> PyResult<Option<u64>> {
+        Ok(without_gil(py, || self.inner.upload_size(upload_id))?)
+    }
+
+    fn abort_upload(&self, py: Python<'_>, upload_id: &str) -> PyResult<()> {
+        Ok(without_gil(py, || self.inner.abort_upload(upload_id))?)
+    }
+
+    fn purge_stale_uploads(&self, py: Python<'_>, max_age_seconds: f64) -> PyResult<usize> {
+        // negative or NaN: everything is stale; too large for a Duration: nothing is
+        let max_age = Duration::try_from_secs_f64(max_age_seconds.max(0.0)).unwrap_or(Duration::MAX);
+        Ok(without_gil(py, || self.inner.purge_stale_uploads(max_age))?)
+    }
+
+    fn __repr__(&self) -> String {
+        format!("BlobStore({:?})", self.inner.root().display().to_string())
+    }
+}
+
+/// An in-progress upload; safe to use from worker threads.
+#[pyclass(name = "Upload", module = "connreg._core", frozen)]
+pub(crate) struct PyUpload {
+    inner: Upload,
+}
+
+#[pymethods]
+impl PyUpload {
+    #[getter]
+    fn upload_id(&self) -> &str {
+        self.inner.id()
+    }
+
+    #[getter]
+    fn size(&self) -> u64 {
+        self.inner.size()
+    }
+
+    fn write(&self, py: Python<'_>, data: &[u8]) -> PyResult<u64> {
+        Ok(without_gil(py, || self.inner.write(data))?)
+    }
+
+    fn commit(&self, py: Python<'_>, expected_digest: &str) -> PyResult<String> {
+        Ok(without_gil(py, || self.inner.commit(expected_digest))?)
+    }
+
+    fn abort(&self, py: Python<'_>) -> PyResult<()> {
+        Ok(without_gil(py, || self.inner.abort())?)
+    }
+
+    fn __repr__(&self) -> String {
+        format!("Upload({:?}, size={})", self.inner.id(), self.inner.size())
+    }
+}

@@ -1,0 +1,278 @@
+use std::collections::HashMap;
+use std::fs::{self, File};
+use std::io::{self, Write};
+use std::os::unix::fs::FileExt;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, SystemTime};
+
+use super::fsutil::{metadata_if_exists, publish, remove_if_exists};
+use super::layout::Layout;
+use super::upload::{validate_upload_id, Registry, Upload};
+use crate::digest::{Algorithm, Digest, Digester};
+use crate::errors::{CoreError, IoContext, Result};
+
+/// Content-addressed, deduplicated, crash-safe blob store rooted at one directory.
+///
+/// Cheap to share between threads (`&self` everywhere). Open [`Upload`]s are cached per id so
+/// that reopening an upload in the same process does not re-read its bytes; only a fresh
+/// process (or another `BlobStore` on the same root) rebuilds the hash state from disk.
+#[derive(Debug)]
+pub struct BlobStore {
+    layout: Arc<Layout>,
+    uploads: Arc<Registry>,
+}
+
+/// An open, bounds-checked byte range of a committed blob; see [`BlobStore::open_range`].
+#[derive(Debug)]
+pub struct BlobRange {
+    file: File,
+    path: PathBuf,
+    offset: u64,
+    len: usize,
+}
+
+impl BlobRange {
+    /// Number of bytes in the range.
+    pub fn len(&self) -> usize {
+        self.len
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+
+    /// Fill `buf` (exactly [`Self::len`] bytes) with the range.
+    pub fn read_into(&self, buf: &mut [u8]) -> Result<()> {
+        assert_eq!(buf.len(), self.len, "buffer must be exactly the range length");
+        self.file.read_exact_at(buf, self.offset).ctx("read", &self.path)
+    }
+}
+
+impl BlobStore {
+    /// Open the store at `root`, creating its directories if needed.
+    pub fn open(root: impl Into<PathBuf>) -> Result<Self> {
+        let layout = Layout::new(root.into());
+        layout.create()?;
+        Ok(BlobStore { layout: Arc::new(layout), uploads: Arc::new(Mutex::new(HashMap::new())) })
+    }
+
+    pub fn root(&self) -> &Path {
+        self.layout.root()
+    }
+
+    /// Where the blob with `digest` lives (whether or not it exists).
+    pub fn path_for(&self, digest: &str) -> Result<PathBuf> {
+        Ok(self.layout.blob_path(&Digest::parse(digest)?))
+    }
+
+    pub fn exists(&self, digest: &str) -> Result<bool> {
+        Ok(self.size(digest)?.is_some())
+    }
+
+    /// Size in bytes of the blob, or `None` if it is not in the store.
+    pub fn size(&self, digest: &str) -> Result<Option<u64>> {
+        let path = self.path_for(digest)?;
+        Ok(metadata_if_exists(&path)?.map(|m| m.len()))
+    }
+
+    /// Store a small blob atomically and return its digest.
+    ///
+    /// Hashes with sha256 when `expected` is `None`; otherwise with the expected digest's
+    /// algorithm, failing with [`CoreError::DigestMismatch`] if the content does not match.
+    /// Verifies even when the blob already exists (then nothing is written).
+    pub fn put_bytes(&self, data: &[u8], expected: Option<&str>) -> Result<String> {
+        let digest = match expected {
+            Some(e) => {
+                let expected = Digest::parse(e)?;
+                let actual = hex_of(data, expected.algorithm());
+                if actual != expected.hex() {
+                    return Err(CoreError::DigestMismatch {
+                        expected: expected.to_string(),
+                        actual: format!("{}:{actual}", expected.algorithm()),
+                    });
+                }
+                expected
+            }
+            None => Digest::from_parts(Algorithm::Sha256, hex_of(data, Algorithm::Sha256)),
+        };
+        if metadata_if_exists(&self.layout.blob_path(&digest))?.is_some() {
+            return Ok(digest.to_string());
+        }
+        let tmp = self.layout.new_tmp_path();
+        let staged = write_durably(&tmp, data).and_then(|()| publish(&self.layout, &tmp, &digest));
+        if let Err(e) = staged {
+            let _ = fs::remove_file(&tmp);
+            return Err(e);
+        }
+        Ok(digest.to_string())
+    }
+
+    /// Open `length` bytes (to the end when `None`) from `offset` of a blob, clamped to the
+    /// blob's size like a Python slice (an offset past the end gives an empty range).
+    ///
+    /// Errors with [`CoreError::BlobNotFound`] if the blob is missing.
+    pub fn open_range(&self, digest: &str, offset: u64, length: Option<u64>) -> Result<BlobRange> {
+        let path = self.path_for(digest)?;
+        let file = match File::open(&path) {
+            Ok(f) => f,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {
+                return Err(CoreError::BlobNotFound(digest.to_owned()))
+            }
+            Err(e) => return Err(e).ctx("open", &path),
+        };
+        let size = file.metadata().ctx("stat", &path)?.len();
+        let available = size.saturating_sub(offset);
+        let len = length.map_or(available, |l| l.min(available));
+        let len = usize::try_from(len).map_err(|_| {
+            CoreError::io("read", &path, io::Error::other("range does not fit in memory"))
+        })?;
+        Ok(BlobRange { file, path, offset: offset.min(size), len })
+    }
+
+    /// Read a blob, or a range of it; see [`Self::open_range`].
+    pub fn read(&self, digest: &str, offset: u64, length: Option<u64>) -> Result<Vec<u8>> {
+        let range = self.open_range(digest, offset, length)?;
+        let mut buf = vec![0u8; range.len()];
+        range.read_into(&mut buf)?;
+        Ok(buf)
+    }
+
+    /// Remove a blob. Returns whether it existed.
+    pub fn delete(&self, digest: &str) -> Result<bool> {
+        remove_if_exists(&self.path_for(digest)?)
+    }
+
+    /// Every committed blob's digest, sorted. Stray files that are not well-formed blob paths
+    /// are ignored.
+    pub fn list_digests(&self) -> Result<Vec<String>> {
+        let mut out = Vec::new();
+        for alg in Algorithm::OCI {
+            let alg_dir = self.layout.alg_dir(alg);
+            for prefix in read_dir_names(&alg_dir)? {
+                if prefix.len() != 2 {
+                    continue;
+                }
+                for name in read_dir_names(&alg_dir.join(&prefix))? {
+                    if !name.starts_with(&prefix) {
+                        continue;
+                    }
+                    if let Ok(d) = Digest::parse(&format!("{alg}:{name}")) {
+                        out.push(d.to_string());
+                    }
+                }
+            }
+        }
+        out.sort_unstable();
+        Ok(out)
+    }
+
+    /// Open the upload `id`, creating it if absent. See [`Upload`].
+    pub fn upload(&self, id: &str) -> Result<Upload> {
+        validate_upload_id(id)?;
+        if let Some(existing) = self.cached_upload(id) {
+            return Ok(existing);
+        }
+        // Open (and possibly re-hash) outside the registry lock, then publish unless another
+        // thread won the race, in which case use theirs.
+        let fresh = Upload::open(
+            Arc::clone(&self.layout),
+            Arc::downgrade(&self.uploads),
+            id.to_owned(),
+        )?;
+        let mut map = lock(&self.uploads);
+        match map.get(id) {
+            Some(u) if !u.is_closed() => Ok(u.clone()),
+            _ => {
+                map.insert(id.to_owned(), fresh.clone());
+                Ok(fresh)
+            }
+        }
+    }
+
+    pub fn upload_exists(&self, id: &str) -> Result<bool> {
+        Ok(self.upload_size(id)?.is_some())
+    }
+
+    /// Bytes on disk for upload `id`, or `None` if there is no such upload.
+    pub fn upload_size(&self, id: &str) -> Result<Option<u64>> {
+        validate_upload_id(id)?;
+        Ok(metadata_if_exists(&self.layout.upload_path(id))?.map(|m| m.len()))
+    }
+
+    /// Remove upload `id` (idempotent). Open [`Upload`] handles to it fail from then on.
+    pub fn abort_upload(&self, id: &str) -> Result<()> {
+        validate_upload_id(id)?;
+        let cached = lock(&self.uploads).remove(id);
+        match cached {
+            Some(upload) => upload.abort(),
+            None => remove_if_exists(&self.layout.upload_path(id)).map(drop),
+        }
+    }
+
+    /// Remove uploads whose file was last modified at least `max_age` ago; returns how many.
+    ///
+    /// Also sweeps `tmp/` files (left by a crash during `put_bytes`) of the same age; those
+    /// are not counted.
+    pub fn purge_stale_uploads(&self, max_age: Duration) -> Result<usize> {
+        let now = SystemTime::now();
+        let is_stale = |path: &Path| -> Result<bool> {
+            let Some(meta) = metadata_if_exists(path)? else { return Ok(false) };
+            let modified = meta.modified().ctx("stat", path)?;
+            Ok(now.duration_since(modified).unwrap_or(Duration::ZERO) >= max_age)
+        };
+        let mut purged = 0;
+        for id in read_dir_names(self.layout.uploads_dir())? {
+            if validate_upload_id(&id).is_err() || !is_stale(&self.layout.upload_path(&id))? {
+                continue;
+            }
+            self.abort_upload(&id)?;
+            purged += 1;
+        }
+        for name in read_dir_names(self.layout.tmp_dir())? {
+            let path = self.layout.tmp_dir().join(name);
+            if is_stale(&path)? {
+                remove_if_exists(&path)?;
+            }
+        }
+        Ok(purged)
+    }
+
+    fn cached_upload(&self, id: &str) -> Option<Upload> {
+        lock(&self.uploads).get(id).filter(|u| !u.is_closed()).cloned()
+    }
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
+fn hex_of(data: &[u8], algorithm: Algorithm) -> String {
+    let mut d = Digester::new(algorithm);
+    d.update(data);
+    d.hexdigest()
+}
+
+/// Create `path` (must not exist), write `data`, fsync.
+fn write_durably(path: &Path, data: &[u8]) -> Result<()> {
+    let mut f = File::create_new(path).ctx("create", path)?;
+    f.write_all(data).ctx("write", path)?;
+    f.sync_all().ctx("fsync", path)
+}
+
+/// File names in `dir` (empty if `dir` does not exist); non-UTF-8 names are skipped.
+fn read_dir_names(dir: &Path) -> Result<Vec<String>> {
+    let entries = match fs::read_dir(dir) {
+        Ok(e) => e,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(Vec::new()),
+        Err(e) => return Err(e).ctx("list", dir),
+    };
+    let mut names = Vec::new();
+    for entry in entries {
+        let entry = entry.ctx("list", dir)?;
+        if let Ok(name) = entry.file_name().into_string() {
+            names.push(name);
+        }
+    }
+    Ok(names)
+}

@@ -1,0 +1,233 @@
+use std::collections::HashMap;
+use std::fs::{File, OpenOptions};
+use std::io::Write;
+use std::os::unix::fs::MetadataExt;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard, Weak};
+
+use super::fsutil::{hash_file, metadata_if_exists, publish, remove_if_exists};
+use super::layout::Layout;
+use crate::digest::{Algorithm, Digest, Digester};
+use crate::errors::{CoreError, IoContext, Result};
+
+/// Open uploads of one [`super::BlobStore`], by id.
+pub(crate) type Registry = Mutex<HashMap<String, Upload>>;
+
+/// Longest accepted upload id.
+const MAX_ID_LEN: usize = 128;
+
+/// Check an upload id against `[A-Za-z0-9_-]{1,128}`.
+pub fn validate_upload_id(id: &str) -> Result<()> {
+    let ok = (1..=MAX_ID_LEN).contains(&id.len())
+        && id.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-');
+    if ok {
+        Ok(())
+    } else {
+        Err(CoreError::invalid_upload_id(id))
+    }
+}
+
+/// An in-progress upload: an append-only file under `uploads/` plus a running sha256.
+///
+/// A cheap, cloneable handle; clones (and every `BlobStore::upload` call for the same id in
+/// this process) share one state. All methods take `&self` and serialize on an internal mutex,
+/// so an `Upload` may be used from any thread.
+///
+/// Before each write or commit the handle checks that its open file is still the one at the
+/// upload path and that the on-disk size matches what it has hashed; if another process or
+/// store instance changed the file, the hash state is rebuilt from disk, and if the file is
+/// gone the call fails with [`CoreError::UploadNotFound`].
+#[derive(Clone, Debug)]
+pub struct Upload {
+    shared: Arc<Shared>,
+}
+
+#[derive(Debug)]
+struct Shared {
+    id: String,
+    path: PathBuf,
+    layout: Arc<Layout>,
+    registry: Weak<Registry>,
+    /// Bytes hashed so far; readable without taking `state`.
+    size: AtomicU64,
+    /// Set once committed or aborted; readable without taking `state`.
+    closed: AtomicBool,
+    state: Mutex<State>,
+}
+
+#[derive(Debug)]
+struct State {
+    /// Append-mode read/write handle to `path`; `None` after close.
+    file: Option<File>,
+    sha256: Digester,
+}
+
+impl Upload {
+    /// Open (creating if absent) the upload file and hash what it already holds.
+    pub(crate) fn open(layout: Arc<Layout>, registry: Weak<Registry>, id: String) -> Result<Self> {
+        validate_upload_id(&id)?;
+        let path = layout.upload_path(&id);
+        let (file, sha256, size) = open_and_hash(&path)?;
+        Ok(Upload {
+            shared: Arc::new(Shared {
+                id,
+                path,
+                layout,
+                registry,
+                size: AtomicU64::new(size),
+                closed: AtomicBool::new(false),
+                state: Mutex::new(State { file: Some(file), sha256 }),
+            }),
+        })
+    }
+
+    pub fn id(&self) -> &str {
+        &self.shared.id
+    }
+
+    /// Bytes written so far.
+    pub fn size(&self) -> u64 {
+        self.shared.size.load(Ordering::Acquire)
+    }
+
+    /// Whether this upload has been committed or aborted.
+    pub fn is_closed(&self) -> bool {
+        self.shared.closed.load(Ordering::Acquire)
+    }
+
+    /// Append `data`; returns the new size. The bytes are in the file (page cache) on return;
+    /// durability comes from the fsync in [`Self::commit`].
+    pub fn write(&self, data: &[u8]) -> Result<u64> {
+        let mut st = self.lock();
+        self.resync(&mut st)?;
+        let State { file, sha256 } = &mut *st;
+        let file = file.as_mut().expect("resync leaves a file open");
+        // On a failed or short write the on-disk size no longer matches `size`; the next
+        // resync notices and rebuilds the hash from what actually reached the file.
+        file.write_all(data).ctx("write", &self.shared.path)?;
+        sha256.update(data);
+        let size = self.size() + data.len() as u64;
+        self.shared.size.store(size, Ordering::Release);
+        Ok(size)
+    }
+
+    /// Verify the content against `expected`, then make it the blob at that digest.
+    ///
+    /// sha256 uses the running hash; sha512 re-reads the file. On mismatch returns
+    /// [`CoreError::DigestMismatch`] and leaves the upload as it was. On success (or if the
+    /// blob already exists, in which case the upload is discarded) the upload is closed and
+    /// the canonical digest string is returned.
+    pub fn commit(&self, expected: &str) -> Result<String> {
+        let expected = Digest::parse(expected)?;
+        let mut st = self.lock();
+        self.resync(&mut st)?;
+        let path = &self.shared.path;
+        let actual = match expected.algorithm() {
+            Algorithm::Sha256 => st.sha256.hexdigest(),
+            alg => {
+                let file = st.file.as_ref().expect("resync leaves a file open");
+                hash_file(file, alg, path)?.0.hexdigest()
+            }
+        };
+        if actual != expected.hex() {
+            return Err(CoreError::DigestMismatch {
+                expected: expected.to_string(),
+                actual: format!("{}:{actual}", expected.algorithm()),
+            });
+        }
+        let layout = &self.shared.layout;
+        if metadata_if_exists(&layout.blob_path(&expected))?.is_some() {
+            remove_if_exists(path)?;
+        } else {
+            let file = st.file.as_ref().expect("resync leaves a file open");
+            file.sync_all().ctx("fsync", path)?;
+            publish(layout, path, &expected)?;
+        }
+        self.close(&mut st);
+        Ok(expected.to_string())
+    }
+
+    /// Remove the upload's file and close it (idempotent).
+    pub fn abort(&self) -> Result<()> {
+        let mut st = self.lock();
+        self.close(&mut st);
+        remove_if_exists(&self.shared.path).map(drop)
+    }
+
+    fn lock(&self) -> MutexGuard<'_, State> {
+        self.shared.state.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    /// Make `st` agree with the file at the upload path (see the type's docs).
+    fn resync(&self, st: &mut State) -> Result<()> {
+        if self.is_closed() {
+            return Err(CoreError::UploadNotFound(self.shared.id.clone()));
+        }
+        let path = &self.shared.path;
+        let Some(on_disk) = metadata_if_exists(path)? else {
+            self.close(st);
+            return Err(CoreError::UploadNotFound(self.shared.id.clone()));
+        };
+        let same_file = match &st.file {
+            Some(f) => {
+                let open = f.metadata().ctx("stat", path)?;
+                open.dev() == on_disk.dev() && open.ino() == on_disk.ino()
+            }
+            None => false,
+        };
+        if !same_file {
+            let (file, sha256, size) = open_and_hash(path)?;
+            *st = State { file: Some(file), sha256 };
+            self.shared.size.store(size, Ordering::Release);
+        } else if on_disk.len() != self.size() {
+            let file = st.file.as_ref().expect("checked above");
+            let (sha256, size) = hash_file(file, Algorithm::Sha256, path)?;
+            st.sha256 = sha256;
+            self.shared.size.store(size, Ordering::Release);
+        }
+        Ok(())
+    }
+
+    /// Mark closed, drop the file handle and leave the store's registry.
+    fn close(&self, st: &mut State) {
+        self.shared.closed.store(true, Ordering::Release);
+        st.file = None;
+        if let Some(registry) = self.shared.registry.upgrade() {
+            let mut map = registry.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+            if map.get(&self.shared.id).is_some_and(|u| Arc::ptr_eq(&u.shared, &self.shared)) {
+                map.remove(&self.shared.id);
+            }
+        }
+    }
+}
+
+/// Open `path` for append (creating it) and hash its current content with sha256.
+fn open_and_hash(path: &Path) -> Result<(File, Digester, u64)> {
+    let file = OpenOptions::new()
+        .read(true)
+        .append(true)
+        .create(true)
+        .open(path)
+        .ctx("open", path)?;
+    let (sha256, size) = hash_file(&file, Algorithm::Sha256, path)?;
+    Ok((file, sha256, size))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn upload_ids() {
+        for ok in ["a", "A-z_09", &"x".repeat(128), "550e8400-e29b-41d4-a716-446655440000"] {
+            assert!(validate_upload_id(ok).is_ok(), "{ok}");
+        }
+        for bad in ["", "a/b", "..", ".", "a b", "ü", &"x".repeat(129), "a\0b"] {
+            assert!(
+                matches!(validate_upload_id(bad), Err(CoreError::InvalidUploadId(_))),
+                "{bad:?}"
+            );
+        }
+    }
+}

@@ -50,7 +50,10 @@ pub type Result<T, E = CoreError> = std::result::Result<T, E>;
 
 impl CoreError {
     pub(crate) fn invalid_digest(value: &str, reason: &'static str) -> Self {
-        CoreError::InvalidDigest { value: echo(value), reason }
+        CoreError::InvalidDigest {
+            value: echo(value),
+            reason,
+        }
     }
 
     pub(crate) fn unsupported(value: &str) -> Self {
@@ -63,7 +66,10 @@ impl CoreError {
 
     /// An I/O error on `path` while doing `what` (e.g. "open", "rename").
     pub(crate) fn io(what: &str, path: &Path, source: io::Error) -> Self {
-        CoreError::Io { context: format!("{what} {}", path.display()), source }
+        CoreError::Io {
+            context: format!("{what} {}", path.display()),
+            source,
+        }
     }
 }
 

@@ -67,7 +67,9 @@ impl Digester {
 
 impl std::fmt::Debug for Digester {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Digester").field("algorithm", &self.algorithm()).finish()
+        f.debug_struct("Digester")
+            .field("algorithm", &self.algorithm())
+            .finish()
     }
 }
 
@@ -90,10 +92,22 @@ mod tests {
 
     #[test]
     fn known_vectors() {
-        assert_eq!(digest_bytes(b"", Algorithm::Sha256), format!("sha256:{SHA256_EMPTY}"));
-        assert_eq!(digest_bytes(b"abc", Algorithm::Sha256), format!("sha256:{SHA256_ABC}"));
-        assert_eq!(digest_bytes(b"abc", Algorithm::Sha512), format!("sha512:{SHA512_ABC}"));
-        assert_eq!(digest_bytes(b"", Algorithm::Blake3), format!("blake3:{BLAKE3_EMPTY}"));
+        assert_eq!(
+            digest_bytes(b"", Algorithm::Sha256),
+            format!("sha256:{SHA256_EMPTY}")
+        );
+        assert_eq!(
+            digest_bytes(b"abc", Algorithm::Sha256),
+            format!("sha256:{SHA256_ABC}")
+        );
+        assert_eq!(
+            digest_bytes(b"abc", Algorithm::Sha512),
+            format!("sha512:{SHA512_ABC}")
+        );
+        assert_eq!(
+            digest_bytes(b"", Algorithm::Blake3),
+            format!("blake3:{BLAKE3_EMPTY}")
+        );
     }
 
     #[test]

@@ -30,7 +30,10 @@ impl Digest {
     /// whose algorithm is not sha256 or sha512 (blake3 included).
     pub fn parse(s: &str) -> Result<Self> {
         let Some((alg, encoded)) = s.split_once(':') else {
-            return Err(CoreError::invalid_digest(s, "expected <algorithm>:<encoded>"));
+            return Err(CoreError::invalid_digest(
+                s,
+                "expected <algorithm>:<encoded>",
+            ));
         };
         if !is_algorithm(alg) {
             return Err(CoreError::invalid_digest(s, "malformed algorithm"));
@@ -51,10 +54,19 @@ impl Digest {
                 },
             ));
         }
-        if !encoded.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f')) {
-            return Err(CoreError::invalid_digest(s, "encoded part must be lowercase hex"));
+        if !encoded
+            .bytes()
+            .all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f'))
+        {
+            return Err(CoreError::invalid_digest(
+                s,
+                "encoded part must be lowercase hex",
+            ));
         }
-        Ok(Digest { algorithm, hex: encoded.to_owned() })
+        Ok(Digest {
+            algorithm,
+            hex: encoded.to_owned(),
+        })
     }
 
     /// Build from a freshly computed hex string (trusted: produced by a [`super::Digester`]).
@@ -96,8 +108,11 @@ pub fn validate_digest(s: &str) -> Result<(String, String)> {
 fn is_algorithm(s: &str) -> bool {
     // components of [a-z0-9]+ joined by single separators from [+._-]
     !s.is_empty()
-        && s.split(['+', '.', '_', '-'])
-            .all(|c| !c.is_empty() && c.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit()))
+        && s.split(['+', '.', '_', '-']).all(|c| {
+            !c.is_empty()
+                && c.bytes()
+                    .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit())
+        })
 }
 
 fn is_encoded_byte(b: u8) -> bool {
@@ -162,7 +177,10 @@ mod tests {
             format!("multihash+base58:{H64}"),
         ] {
             assert!(
-                matches!(Digest::parse(&case), Err(CoreError::UnsupportedAlgorithm(_))),
+                matches!(
+                    Digest::parse(&case),
+                    Err(CoreError::UnsupportedAlgorithm(_))
+                ),
                 "{case:?}"
             );
         }

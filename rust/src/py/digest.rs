@@ -16,7 +16,9 @@ impl PyDigester {
     #[new]
     #[pyo3(signature = (algorithm = "sha256"))]
     fn new(algorithm: &str) -> PyResult<Self> {
-        Ok(PyDigester { inner: Digester::new(Algorithm::parse(algorithm)?) })
+        Ok(PyDigester {
+            inner: Digester::new(Algorithm::parse(algorithm)?),
+        })
     }
 
     /// Feed bytes; the GIL is released for buffers over 64 KiB.

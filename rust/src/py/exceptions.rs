@@ -30,7 +30,12 @@ pyo3::create_exception!(
     "A hash algorithm that is not supported here."
 );
 pyo3::create_exception!(connreg._core, BlobNotFound, CoreError, "No such blob.");
-pyo3::create_exception!(connreg._core, UploadNotFound, CoreError, "No upload with that id.");
+pyo3::create_exception!(
+    connreg._core,
+    UploadNotFound,
+    CoreError,
+    "No upload with that id."
+);
 
 impl From<Error> for PyErr {
     fn from(err: Error) -> PyErr {
@@ -52,7 +57,10 @@ pub(crate) fn register(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add("CoreError", py.get_type::<CoreError>())?;
     m.add("DigestMismatch", py.get_type::<DigestMismatch>())?;
     m.add("InvalidDigest", py.get_type::<InvalidDigest>())?;
-    m.add("UnsupportedAlgorithm", py.get_type::<UnsupportedAlgorithm>())?;
+    m.add(
+        "UnsupportedAlgorithm",
+        py.get_type::<UnsupportedAlgorithm>(),
+    )?;
     m.add("BlobNotFound", py.get_type::<BlobNotFound>())?;
     m.add("UploadNotFound", py.get_type::<UploadNotFound>())?;
     Ok(())

@@ -19,7 +19,9 @@ pub(crate) struct PyBlobStore {
 impl PyBlobStore {
     #[new]
     fn new(py: Python<'_>, root: PathBuf) -> PyResult<Self> {
-        Ok(PyBlobStore { inner: without_gil(py, || BlobStore::open(root))? })
+        Ok(PyBlobStore {
+            inner: without_gil(py, || BlobStore::open(root))?,
+        })
     }
 
     #[getter]
@@ -46,7 +48,9 @@ impl PyBlobStore {
         data: &[u8],
         expected_digest: Option<&str>,
     ) -> PyResult<String> {
-        Ok(without_gil(py, || self.inner.put_bytes(data, expected_digest))?)
+        Ok(without_gil(py, || {
+            self.inner.put_bytes(data, expected_digest)
+        })?)
     }
 
     #[pyo3(signature = (digest, offset = 0, length = None))]
@@ -73,7 +77,9 @@ impl PyBlobStore {
     }
 
     fn upload(&self, py: Python<'_>, upload_id: &str) -> PyResult<PyUpload> {
-        Ok(PyUpload { inner: without_gil(py, || self.inner.upload(upload_id))? })
+        Ok(PyUpload {
+            inner: without_gil(py, || self.inner.upload(upload_id))?,
+        })
     }
 
     fn upload_exists(&self, py: Python<'_>, upload_id: &str) -> PyResult<bool> {
@@ -90,7 +96,8 @@ impl PyBlobStore {
 
     fn purge_stale_uploads(&self, py: Python<'_>, max_age_seconds: f64) -> PyResult<usize> {
         // negative or NaN: everything is stale; too large for a Duration: nothing is
-        let max_age = Duration::try_from_secs_f64(max_age_seconds.max(0.0)).unwrap_or(Duration::MAX);
+        let max_age =
+            Duration::try_from_secs_f64(max_age_seconds.max(0.0)).unwrap_or(Duration::MAX);
         Ok(without_gil(py, || self.inner.purge_stale_uploads(max_age))?)
     }
 

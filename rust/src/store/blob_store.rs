@@ -8,6 +8,7 @@ use std::time::{Duration, SystemTime};
 
 use super::fsutil::{metadata_if_exists, publish, remove_if_exists};
 use super::layout::Layout;
+use super::lock;
 use super::upload::{validate_upload_id, Registry, Upload};
 use crate::digest::{Algorithm, Digest, Digester};
 use crate::errors::{CoreError, IoContext, Result};
@@ -44,8 +45,14 @@ impl BlobRange {
 
     /// Fill `buf` (exactly [`Self::len`] bytes) with the range.
     pub fn read_into(&self, buf: &mut [u8]) -> Result<()> {
-        assert_eq!(buf.len(), self.len, "buffer must be exactly the range length");
-        self.file.read_exact_at(buf, self.offset).ctx("read", &self.path)
+        assert_eq!(
+            buf.len(),
+            self.len,
+            "buffer must be exactly the range length"
+        );
+        self.file
+            .read_exact_at(buf, self.offset)
+            .ctx("read", &self.path)
     }
 }
 
@@ -54,7 +61,10 @@ impl BlobStore {
     pub fn open(root: impl Into<PathBuf>) -> Result<Self> {
         let layout = Layout::new(root.into());
         layout.create()?;
-        Ok(BlobStore { layout: Arc::new(layout), uploads: Arc::new(Mutex::new(HashMap::new())) })
+        Ok(BlobStore {
+            layout: Arc::new(layout),
+            uploads: Arc::new(Mutex::new(HashMap::new())),
+        })
     }
 
     pub fn root(&self) -> &Path {
@@ -125,9 +135,18 @@ impl BlobStore {
         let available = size.saturating_sub(offset);
         let len = length.map_or(available, |l| l.min(available));
         let len = usize::try_from(len).map_err(|_| {
-            CoreError::io("read", &path, io::Error::other("range does not fit in memory"))
+            CoreError::io(
+                "read",
+                &path,
+                io::Error::other("range does not fit in memory"),
+            )
         })?;
-        Ok(BlobRange { file, path, offset: offset.min(size), len })
+        Ok(BlobRange {
+            file,
+            path,
+            offset: offset.min(size),
+            len,
+        })
     }
 
     /// Read a blob, or a range of it; see [`Self::open_range`].
@@ -217,7 +236,9 @@ impl BlobStore {
     pub fn purge_stale_uploads(&self, max_age: Duration) -> Result<usize> {
         let now = SystemTime::now();
         let is_stale = |path: &Path| -> Result<bool> {
-            let Some(meta) = metadata_if_exists(path)? else { return Ok(false) };
+            let Some(meta) = metadata_if_exists(path)? else {
+                return Ok(false);
+            };
             let modified = meta.modified().ctx("stat", path)?;
             Ok(now.duration_since(modified).unwrap_or(Duration::ZERO) >= max_age)
         };
@@ -239,12 +260,11 @@ impl BlobStore {
     }
 
     fn cached_upload(&self, id: &str) -> Option<Upload> {
-        lock(&self.uploads).get(id).filter(|u| !u.is_closed()).cloned()
+        lock(&self.uploads)
+            .get(id)
+            .filter(|u| !u.is_closed())
+            .cloned()
     }
-}
-
-fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
 }
 
 fn hex_of(data: &[u8], algorithm: Algorithm) -> String {

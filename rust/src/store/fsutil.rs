@@ -14,7 +14,9 @@ const HASH_CHUNK: usize = 1 << 20;
 
 /// fsync a directory so that entries created, renamed or removed in it are durable.
 pub(crate) fn fsync_dir(dir: &Path) -> Result<()> {
-    File::open(dir).and_then(|d| d.sync_all()).ctx("fsync directory", dir)
+    File::open(dir)
+        .and_then(|d| d.sync_all())
+        .ctx("fsync directory", dir)
 }
 
 /// Hash a whole file from offset 0 to EOF with positional reads (the file's cursor is left
@@ -48,7 +50,12 @@ pub(crate) fn publish(layout: &Layout, src: &Path, digest: &Digest) -> Result<()
             // someone removed blobs/<alg>: recreate the whole chain
             fs::create_dir_all(dir).ctx("create directory", dir)?;
             fsync_dir(&layout.alg_dir(digest.algorithm()))?;
-            fsync_dir(layout.alg_dir(digest.algorithm()).parent().expect("has parent"))?;
+            fsync_dir(
+                layout
+                    .alg_dir(digest.algorithm())
+                    .parent()
+                    .expect("has parent"),
+            )?;
         }
         Err(e) => return Err(e).ctx("create directory", dir),
     }

@@ -74,8 +74,8 @@ impl Layout {
         let n = COUNTER.fetch_add(1, Ordering::Relaxed);
         let nanos = SystemTime::now()
             .duration_since(UNIX_EPOCH)
-            .map(|d| d.as_nanos())
-            .unwrap_or(0);
-        self.tmp.join(format!("put-{}-{n}-{nanos}", std::process::id()))
+            .map_or(0, |d| d.as_nanos());
+        self.tmp
+            .join(format!("put-{}-{n}-{nanos}", std::process::id()))
     }
 }

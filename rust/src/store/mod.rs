@@ -17,3 +17,12 @@ mod upload;
 
 pub use blob_store::{BlobRange, BlobStore};
 pub use upload::{validate_upload_id, Upload};
+
+/// Lock a mutex, ignoring poisoning: every guarded state here is re-validated against the
+/// filesystem before use, so a panic in another thread cannot leave it dangerously stale.
+fn lock<T>(m: &std::sync::Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
+#[cfg(test)]
+mod tests;

@@ -8,11 +8,15 @@ use std::sync::{Arc, Mutex, MutexGuard, Weak};
 
 use super::fsutil::{hash_file, metadata_if_exists, publish, remove_if_exists};
 use super::layout::Layout;
+use super::lock;
 use crate::digest::{Algorithm, Digest, Digester};
 use crate::errors::{CoreError, IoContext, Result};
 
 /// Open uploads of one [`super::BlobStore`], by id.
 pub(crate) type Registry = Mutex<HashMap<String, Upload>>;
+
+/// Writes at least this large hash on a second thread, in parallel with the write itself.
+const PARALLEL_HASH_MIN: usize = 256 * 1024;
 
 /// Longest accepted upload id.
 const MAX_ID_LEN: usize = 128;
@@ -20,7 +24,9 @@ const MAX_ID_LEN: usize = 128;
 /// Check an upload id against `[A-Za-z0-9_-]{1,128}`.
 pub fn validate_upload_id(id: &str) -> Result<()> {
     let ok = (1..=MAX_ID_LEN).contains(&id.len())
-        && id.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-');
+        && id
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-');
     if ok {
         Ok(())
     } else {
@@ -77,7 +83,10 @@ impl Upload {
                 registry,
                 size: AtomicU64::new(size),
                 closed: AtomicBool::new(false),
-                state: Mutex::new(State { file: Some(file), sha256 }),
+                state: Mutex::new(State {
+                    file: Some(file),
+                    sha256,
+                }),
             }),
         })
     }
@@ -98,15 +107,31 @@ impl Upload {
 
     /// Append `data`; returns the new size. The bytes are in the file (page cache) on return;
     /// durability comes from the fsync in [`Self::commit`].
+    ///
+    /// Buffers of [`PARALLEL_HASH_MIN`] bytes or more are hashed on a second thread while the
+    /// write system call copies them into the page cache.
     pub fn write(&self, data: &[u8]) -> Result<u64> {
         let mut st = self.lock();
         self.resync(&mut st)?;
-        let State { file, sha256 } = &mut *st;
-        let file = file.as_mut().expect("resync leaves a file open");
-        // On a failed or short write the on-disk size no longer matches `size`; the next
-        // resync notices and rebuilds the hash from what actually reached the file.
-        file.write_all(data).ctx("write", &self.shared.path)?;
-        sha256.update(data);
+        let State { file: slot, sha256 } = &mut *st;
+        let file = slot.as_mut().expect("resync leaves a file open");
+        let written = if data.len() >= PARALLEL_HASH_MIN {
+            std::thread::scope(|s| {
+                let hasher = s.spawn(|| sha256.update(data));
+                let written = file.write_all(data);
+                hasher.join().expect("hashing does not panic");
+                written
+            })
+        } else {
+            sha256.update(data);
+            file.write_all(data)
+        };
+        if let Err(e) = written {
+            // The hash now covers bytes that may not (all) be in the file: drop the handle so
+            // the next call reopens and rebuilds the hash from what actually reached the disk.
+            *slot = None;
+            return Err(e).ctx("write", &self.shared.path);
+        }
         let size = self.size() + data.len() as u64;
         self.shared.size.store(size, Ordering::Release);
         Ok(size)
@@ -156,7 +181,7 @@ impl Upload {
     }
 
     fn lock(&self) -> MutexGuard<'_, State> {
-        self.shared.state.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+        lock(&self.shared.state)
     }
 
     /// Make `st` agree with the file at the upload path (see the type's docs).
@@ -178,7 +203,10 @@ impl Upload {
         };
         if !same_file {
             let (file, sha256, size) = open_and_hash(path)?;
-            *st = State { file: Some(file), sha256 };
+            *st = State {
+                file: Some(file),
+                sha256,
+            };
             self.shared.size.store(size, Ordering::Release);
         } else if on_disk.len() != self.size() {
             let file = st.file.as_ref().expect("checked above");
@@ -194,8 +222,11 @@ impl Upload {
         self.shared.closed.store(true, Ordering::Release);
         st.file = None;
         if let Some(registry) = self.shared.registry.upgrade() {
-            let mut map = registry.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
-            if map.get(&self.shared.id).is_some_and(|u| Arc::ptr_eq(&u.shared, &self.shared)) {
+            let mut map = lock(&registry);
+            if map
+                .get(&self.shared.id)
+                .is_some_and(|u| Arc::ptr_eq(&u.shared, &self.shared))
+            {
                 map.remove(&self.shared.id);
             }
         }
@@ -220,7 +251,12 @@ mod tests {
 
     #[test]
     fn upload_ids() {
-        for ok in ["a", "A-z_09", &"x".repeat(128), "550e8400-e29b-41d4-a716-446655440000"] {
+        for ok in [
+            "a",
+            "A-z_09",
+            &"x".repeat(128),
+            "550e8400-e29b-41d4-a716-446655440000",
+        ] {
             assert!(validate_upload_id(ok).is_ok(), "{ok}");
         }
         for bad in ["", "a/b", "..", ".", "a b", "ü", &"x".repeat(129), "a\0b"] {

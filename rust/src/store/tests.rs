@@ -1,0 +1,488 @@
+//! Behavioural tests of the store against a real temporary directory.
+
+use std::fs;
+use std::path::Path;
+use std::time::Duration;
+
+use super::*;
+use crate::digest::{digest_bytes, Algorithm};
+use crate::errors::CoreError;
+
+fn store() -> (tempfile::TempDir, BlobStore) {
+    let dir = tempfile::tempdir().unwrap();
+    let store = BlobStore::open(dir.path()).unwrap();
+    (dir, store)
+}
+
+fn sha256(data: &[u8]) -> String {
+    digest_bytes(data, Algorithm::Sha256)
+}
+
+fn sha512(data: &[u8]) -> String {
+    digest_bytes(data, Algorithm::Sha512)
+}
+
+fn data(n: usize) -> Vec<u8> {
+    (0..n)
+        .map(|i| (i.wrapping_mul(2_654_435_761) >> 13) as u8)
+        .collect()
+}
+
+fn files_under(dir: &Path) -> Vec<String> {
+    let mut out = Vec::new();
+    for entry in fs::read_dir(dir).unwrap() {
+        let path = entry.unwrap().path();
+        if path.is_dir() {
+            out.extend(files_under(&path));
+        } else {
+            out.push(path.display().to_string());
+        }
+    }
+    out
+}
+
+#[test]
+fn layout_is_created_and_paths_follow_it() {
+    let (dir, store) = store();
+    for sub in ["blobs/sha256", "blobs/sha512", "uploads", "tmp"] {
+        assert!(dir.path().join(sub).is_dir(), "{sub}");
+    }
+    let d = sha256(b"x");
+    let hex = &d["sha256:".len()..];
+    assert_eq!(
+        store.path_for(&d).unwrap(),
+        dir.path().join("blobs/sha256").join(&hex[..2]).join(hex)
+    );
+    assert!(matches!(
+        store.path_for("sha256:nope"),
+        Err(CoreError::InvalidDigest { .. })
+    ));
+}
+
+#[test]
+fn put_bytes_read_exists_size_delete() {
+    let (_dir, store) = store();
+    let body = b"{\"schemaVersion\":2}";
+    let d = store.put_bytes(body, None).unwrap();
+    assert_eq!(d, sha256(body));
+    assert!(store.exists(&d).unwrap());
+    assert_eq!(store.size(&d).unwrap(), Some(body.len() as u64));
+    assert_eq!(store.read(&d, 0, None).unwrap(), body);
+    // idempotent, and verifies against an explicit digest
+    assert_eq!(store.put_bytes(body, Some(&d)).unwrap(), d);
+    let d512 = store.put_bytes(body, Some(&sha512(body))).unwrap();
+    assert_eq!(d512, sha512(body));
+    assert_eq!(store.read(&d512, 0, None).unwrap(), body);
+    assert_eq!(store.list_digests().unwrap(), {
+        let mut v = vec![d.clone(), d512.clone()];
+        v.sort();
+        v
+    });
+    assert!(store.delete(&d).unwrap());
+    assert!(!store.delete(&d).unwrap());
+    assert!(!store.exists(&d).unwrap());
+    assert_eq!(store.size(&d).unwrap(), None);
+    assert!(matches!(
+        store.read(&d, 0, None),
+        Err(CoreError::BlobNotFound(_))
+    ));
+}
+
+#[test]
+fn put_bytes_mismatch_stores_nothing() {
+    let (dir, store) = store();
+    let wrong = sha256(b"other");
+    let err = store.put_bytes(b"content", Some(&wrong)).unwrap_err();
+    assert!(matches!(err, CoreError::DigestMismatch { .. }), "{err}");
+    assert!(!store.exists(&wrong).unwrap());
+    assert!(!store.exists(&sha256(b"content")).unwrap());
+    assert!(files_under(dir.path()).is_empty());
+    // existing blob + wrong bytes still fails verification
+    let d = store.put_bytes(b"content", None).unwrap();
+    assert!(matches!(
+        store.put_bytes(b"tampered", Some(&d)),
+        Err(CoreError::DigestMismatch { .. })
+    ));
+    assert!(matches!(
+        store.put_bytes(b"x", Some(&format!("blake3:{}", "0".repeat(64)))),
+        Err(CoreError::UnsupportedAlgorithm(_))
+    ));
+}
+
+#[test]
+fn range_reads_clamp_like_slices() {
+    let (_dir, store) = store();
+    let body = data(10_000);
+    let d = store.put_bytes(&body, None).unwrap();
+    assert_eq!(store.read(&d, 0, None).unwrap(), body);
+    assert_eq!(store.read(&d, 100, Some(50)).unwrap(), &body[100..150]);
+    assert_eq!(store.read(&d, 9_990, None).unwrap(), &body[9_990..]);
+    assert_eq!(store.read(&d, 9_990, Some(100)).unwrap(), &body[9_990..]);
+    assert_eq!(store.read(&d, 0, Some(0)).unwrap(), b"");
+    assert_eq!(store.read(&d, 10_000, None).unwrap(), b"");
+    assert_eq!(store.read(&d, 50_000, Some(10)).unwrap(), b"");
+    assert_eq!(store.open_range(&d, 5, Some(7)).unwrap().len(), 7);
+}
+
+#[test]
+fn upload_write_commit() {
+    let (dir, store) = store();
+    let body = data(3 << 20 | 12345);
+    let up = store.upload("u1").unwrap();
+    assert_eq!(up.size(), 0);
+    assert!(store.upload_exists("u1").unwrap());
+    let mut expected_size = 0;
+    for chunk in body.chunks(1 << 20) {
+        expected_size += chunk.len() as u64;
+        assert_eq!(up.write(chunk).unwrap(), expected_size);
+    }
+    assert_eq!(store.upload_size("u1").unwrap(), Some(body.len() as u64));
+    let d = up.commit(&sha256(&body)).unwrap();
+    assert_eq!(d, sha256(&body));
+    assert_eq!(store.read(&d, 0, None).unwrap(), body);
+    assert!(!store.upload_exists("u1").unwrap());
+    assert!(up.is_closed());
+    assert!(matches!(
+        up.write(b"more"),
+        Err(CoreError::UploadNotFound(_))
+    ));
+    assert!(matches!(up.commit(&d), Err(CoreError::UploadNotFound(_))));
+    assert!(files_under(&dir.path().join("uploads")).is_empty());
+    assert!(files_under(&dir.path().join("tmp")).is_empty());
+}
+
+#[test]
+fn upload_commit_sha512() {
+    let (_dir, store) = store();
+    let body = data(1_500_000);
+    let up = store.upload("u512").unwrap();
+    up.write(&body[..1000]).unwrap();
+    up.write(&body[1000..]).unwrap();
+    // a wrong sha512 is rejected, the right one accepted
+    assert!(matches!(
+        up.commit(&sha512(b"nope")),
+        Err(CoreError::DigestMismatch { .. })
+    ));
+    let d = up.commit(&sha512(&body)).unwrap();
+    assert_eq!(d, sha512(&body));
+    assert_eq!(store.read(&d, 0, None).unwrap(), body);
+    assert_eq!(store.list_digests().unwrap(), vec![d]);
+}
+
+#[test]
+fn empty_upload_commits_to_empty_blob() {
+    let (_dir, store) = store();
+    let up = store.upload("empty").unwrap();
+    let d = up.commit(&sha256(b"")).unwrap();
+    assert_eq!(store.size(&d).unwrap(), Some(0));
+    assert_eq!(store.read(&d, 0, None).unwrap(), b"");
+}
+
+#[test]
+fn mismatch_leaves_nothing_visible_and_upload_intact() {
+    let (dir, store) = store();
+    let up = store.upload("mm").unwrap();
+    up.write(b"hello ").unwrap();
+    let wrong = sha256(b"goodbye");
+    let err = up.commit(&wrong).unwrap_err();
+    assert!(matches!(err, CoreError::DigestMismatch { .. }), "{err}");
+    assert!(!store.exists(&wrong).unwrap());
+    assert!(!store.exists(&sha256(b"hello ")).unwrap());
+    assert!(store.list_digests().unwrap().is_empty());
+    assert!(files_under(&dir.path().join("blobs")).is_empty());
+    // the upload is untouched: the client can keep going and commit correctly
+    assert_eq!(store.upload_size("mm").unwrap(), Some(6));
+    up.write(b"world").unwrap();
+    let d = up.commit(&sha256(b"hello world")).unwrap();
+    assert_eq!(store.read(&d, 0, None).unwrap(), b"hello world");
+}
+
+#[test]
+fn invalid_digests_on_commit() {
+    let (_dir, store) = store();
+    let up = store.upload("bad").unwrap();
+    up.write(b"x").unwrap();
+    assert!(matches!(
+        up.commit("sha256:abc"),
+        Err(CoreError::InvalidDigest { .. })
+    ));
+    assert!(matches!(
+        up.commit(&format!("blake3:{}", "a".repeat(64))),
+        Err(CoreError::UnsupportedAlgorithm(_))
+    ));
+    assert_eq!(up.size(), 1);
+    assert!(store.upload_exists("bad").unwrap());
+}
+
+#[test]
+fn dedup_discards_the_second_upload() {
+    let (dir, store) = store();
+    let body = data(100_000);
+    let d = sha256(&body);
+    let a = store.upload("a").unwrap();
+    let b = store.upload("b").unwrap();
+    a.write(&body).unwrap();
+    b.write(&body).unwrap();
+    assert_eq!(a.commit(&d).unwrap(), d);
+    let ino_before = fs::metadata(store.path_for(&d).unwrap()).unwrap();
+    assert_eq!(b.commit(&d).unwrap(), d);
+    let ino_after = fs::metadata(store.path_for(&d).unwrap()).unwrap();
+    use std::os::unix::fs::MetadataExt;
+    assert_eq!(
+        ino_before.ino(),
+        ino_after.ino(),
+        "existing blob must not be replaced"
+    );
+    assert!(!store.upload_exists("b").unwrap());
+    assert!(files_under(&dir.path().join("uploads")).is_empty());
+    assert_eq!(store.list_digests().unwrap(), vec![d]);
+}
+
+#[test]
+fn crash_before_commit_leaves_only_the_upload_file() {
+    let dir = tempfile::tempdir().unwrap();
+    let body = data(2 << 20);
+    {
+        let store = BlobStore::open(dir.path()).unwrap();
+        let up = store.upload("crashy").unwrap();
+        up.write(&body[..1 << 20]).unwrap();
+        // simulated crash: the process goes away without commit or abort
+    }
+    // also a put_bytes that died after staging
+    fs::write(dir.path().join("tmp/put-1-2-3"), b"partial").unwrap();
+
+    let store = BlobStore::open(dir.path()).unwrap();
+    assert!(store.list_digests().unwrap().is_empty());
+    assert!(!store.exists(&sha256(&body)).unwrap());
+    assert!(!store.exists(&sha256(&body[..1 << 20])).unwrap());
+    assert!(files_under(&dir.path().join("blobs")).is_empty());
+    assert_eq!(store.upload_size("crashy").unwrap(), Some(1 << 20));
+}
+
+#[test]
+fn reopen_after_restart_continues_the_hash() {
+    let dir = tempfile::tempdir().unwrap();
+    let body = data(5 << 20);
+    {
+        let store = BlobStore::open(dir.path()).unwrap();
+        let up = store.upload("resume").unwrap();
+        up.write(&body[..3_333_333]).unwrap();
+    }
+    let store = BlobStore::open(dir.path()).unwrap();
+    let up = store.upload("resume").unwrap();
+    assert_eq!(up.size(), 3_333_333);
+    assert_eq!(up.write(&body[3_333_333..]).unwrap(), body.len() as u64);
+    assert_eq!(up.commit(&sha256(&body)).unwrap(), sha256(&body));
+    assert_eq!(store.read(&sha256(&body), 0, None).unwrap(), body);
+}
+
+#[test]
+fn reopening_in_process_shares_state() {
+    let (_dir, store) = store();
+    let a = store.upload("same").unwrap();
+    a.write(b"abc").unwrap();
+    let b = store.upload("same").unwrap();
+    assert_eq!(b.size(), 3);
+    b.write(b"def").unwrap();
+    assert_eq!(a.size(), 6);
+    assert_eq!(a.commit(&sha256(b"abcdef")).unwrap(), sha256(b"abcdef"));
+    assert!(b.is_closed());
+    // a new upload with the same id starts afresh
+    let c = store.upload("same").unwrap();
+    assert_eq!(c.size(), 0);
+    assert!(!c.is_closed());
+}
+
+#[test]
+fn other_store_instance_writes_are_picked_up() {
+    let dir = tempfile::tempdir().unwrap();
+    let s1 = BlobStore::open(dir.path()).unwrap();
+    let s2 = BlobStore::open(dir.path()).unwrap();
+    let u1 = s1.upload("shared").unwrap();
+    u1.write(b"one,").unwrap();
+    let u2 = s2.upload("shared").unwrap();
+    assert_eq!(u2.size(), 4);
+    u2.write(b"two,").unwrap();
+    // u1's hash state is stale; it must resync from disk before appending
+    assert_eq!(u1.write(b"three").unwrap(), 13);
+    assert_eq!(
+        u1.commit(&sha256(b"one,two,three")).unwrap(),
+        sha256(b"one,two,three")
+    );
+    assert!(matches!(u2.write(b"x"), Err(CoreError::UploadNotFound(_))));
+}
+
+#[test]
+fn abort_is_idempotent_and_invalidates_handles() {
+    let (_dir, store) = store();
+    let up = store.upload("gone").unwrap();
+    up.write(b"data").unwrap();
+    store.abort_upload("gone").unwrap();
+    store.abort_upload("gone").unwrap();
+    assert!(!store.upload_exists("gone").unwrap());
+    assert_eq!(store.upload_size("gone").unwrap(), None);
+    assert!(matches!(up.write(b"x"), Err(CoreError::UploadNotFound(_))));
+    assert!(matches!(
+        up.commit(&sha256(b"data")),
+        Err(CoreError::UploadNotFound(_))
+    ));
+    up.abort().unwrap();
+
+    let up = store.upload("gone2").unwrap();
+    up.abort().unwrap();
+    up.abort().unwrap();
+    assert!(!store.upload_exists("gone2").unwrap());
+    store.abort_upload("never-existed").unwrap();
+}
+
+#[test]
+fn upload_file_removed_behind_our_back() {
+    let (dir, store) = store();
+    let up = store.upload("ext").unwrap();
+    up.write(b"abc").unwrap();
+    fs::remove_file(dir.path().join("uploads/ext")).unwrap();
+    assert!(matches!(up.write(b"x"), Err(CoreError::UploadNotFound(_))));
+    assert!(store.upload("ext").unwrap().size() == 0);
+}
+
+#[test]
+fn invalid_upload_ids() {
+    let (_dir, store) = store();
+    for bad in ["", "../escape", "a/b", "white space", &"x".repeat(129)] {
+        assert!(
+            matches!(store.upload(bad), Err(CoreError::InvalidUploadId(_))),
+            "{bad:?}"
+        );
+        assert!(matches!(
+            store.upload_exists(bad),
+            Err(CoreError::InvalidUploadId(_))
+        ));
+        assert!(matches!(
+            store.upload_size(bad),
+            Err(CoreError::InvalidUploadId(_))
+        ));
+        assert!(matches!(
+            store.abort_upload(bad),
+            Err(CoreError::InvalidUploadId(_))
+        ));
+    }
+}
+
+#[test]
+fn invalid_digests_everywhere() {
+    let (_dir, store) = store();
+    for bad in [
+        "",
+        "sha256",
+        "sha256:xyz",
+        "md5:d41d8cd98f00b204e9800998ecf8427e",
+    ] {
+        assert!(store.exists(bad).is_err(), "{bad}");
+        assert!(store.size(bad).is_err());
+        assert!(store.read(bad, 0, None).is_err());
+        assert!(store.delete(bad).is_err());
+        assert!(store.put_bytes(b"", Some(bad)).is_err());
+    }
+}
+
+#[test]
+fn list_digests_ignores_strays() {
+    let (dir, store) = store();
+    let d = store.put_bytes(b"real", None).unwrap();
+    let blobs = dir.path().join("blobs/sha256");
+    fs::create_dir_all(blobs.join("zz")).unwrap();
+    fs::write(blobs.join("zz/not-a-digest"), b"").unwrap();
+    // right shape, wrong prefix directory
+    let hex = &sha256(b"elsewhere")["sha256:".len()..];
+    fs::write(
+        blobs
+            .join(&d["sha256:".len().."sha256:".len() + 2])
+            .join(hex),
+        b"",
+    )
+    .unwrap();
+    assert_eq!(store.list_digests().unwrap(), vec![d]);
+}
+
+#[test]
+fn purge_stale_uploads_by_age() {
+    let (dir, store) = store();
+    let old = store.upload("old").unwrap();
+    old.write(b"old bytes").unwrap();
+    std::thread::sleep(Duration::from_millis(50));
+    let fresh = store.upload("fresh").unwrap();
+    fresh.write(b"fresh bytes").unwrap();
+    fs::write(dir.path().join("tmp/put-stray"), b"partial").unwrap();
+
+    assert_eq!(
+        store
+            .purge_stale_uploads(Duration::from_secs(3600))
+            .unwrap(),
+        0
+    );
+    assert!(store.upload_exists("old").unwrap());
+
+    // back-date "old" and the tmp stray by two hours
+    let two_hours_ago = std::time::SystemTime::now() - Duration::from_secs(7200);
+    for p in ["uploads/old", "tmp/put-stray"] {
+        let f = fs::File::options()
+            .write(true)
+            .open(dir.path().join(p))
+            .unwrap();
+        f.set_modified(two_hours_ago).unwrap();
+    }
+    assert_eq!(
+        store
+            .purge_stale_uploads(Duration::from_secs(3600))
+            .unwrap(),
+        1
+    );
+    assert!(!store.upload_exists("old").unwrap());
+    assert!(store.upload_exists("fresh").unwrap());
+    assert!(!dir.path().join("tmp/put-stray").exists());
+    assert!(matches!(old.write(b"x"), Err(CoreError::UploadNotFound(_))));
+
+    assert_eq!(store.purge_stale_uploads(Duration::ZERO).unwrap(), 1);
+    assert!(!store.upload_exists("fresh").unwrap());
+}
+
+#[test]
+fn uploads_are_usable_from_many_threads() {
+    let (_dir, store) = store();
+    let store = std::sync::Arc::new(store);
+    let handles: Vec<_> = (0..8)
+        .map(|i| {
+            let store = std::sync::Arc::clone(&store);
+            std::thread::spawn(move || {
+                let body = data(200_000 + i * 7);
+                let up = store.upload(&format!("t{i}")).unwrap();
+                for chunk in body.chunks(65_536) {
+                    up.write(chunk).unwrap();
+                }
+                up.commit(&sha256(&body)).unwrap()
+            })
+        })
+        .collect();
+    let mut digests: Vec<String> = handles.into_iter().map(|h| h.join().unwrap()).collect();
+    digests.sort();
+    assert_eq!(store.list_digests().unwrap(), digests);
+}
+
+#[test]
+fn concurrent_writers_to_one_upload_serialize() {
+    let (dir, store) = store();
+    let up = store.upload("shared").unwrap();
+    std::thread::scope(|s| {
+        for i in 0..4u8 {
+            let up = up.clone();
+            s.spawn(move || {
+                for _ in 0..100 {
+                    up.write(&[i; 1000]).unwrap();
+                }
+            });
+        }
+    });
+    assert_eq!(up.size(), 400_000);
+    let on_disk = fs::read(dir.path().join("uploads/shared")).unwrap();
+    assert_eq!(up.commit(&sha256(&on_disk)).unwrap(), sha256(&on_disk));
+}

@@ -5,7 +5,8 @@ filesystem releases the GIL, so the blocking calls are meant to be run in worker
 (``trio.to_thread.run_sync``).
 """
 
-from typing import final
+import os
+from typing import Self, final
 
 __all__ = [
     "BlobNotFound",
@@ -59,7 +60,7 @@ class Digester:
     'sha256:ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad'
     """
 
-    def __init__(self, algorithm: str = "sha256") -> None:
+    def __new__(cls, algorithm: str = "sha256") -> Self:
         """Start a hash with ``"sha256"``, ``"sha512"`` or ``"blake3"``.
 
         Raises:
@@ -117,7 +118,7 @@ class BlobStore:
     ``[A-Za-z0-9_-]{1,128}``.
     """
 
-    def __init__(self, root: str) -> None:
+    def __new__(cls, root: str | os.PathLike[str]) -> Self:
         """Open the store at ``root``, creating its directories if needed.
 
         Raises:

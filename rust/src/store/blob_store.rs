@@ -223,10 +223,10 @@ impl BlobStore {
     pub fn abort_upload(&self, id: &str) -> Result<()> {
         validate_upload_id(id)?;
         let cached = lock(&self.uploads).remove(id);
-        match cached {
-            Some(upload) => upload.abort(),
-            None => remove_if_exists(&self.layout.upload_path(id)).map(drop),
+        if let Some(upload) = cached {
+            upload.abort()?;
         }
+        remove_if_exists(&self.layout.upload_path(id)).map(drop)
     }
 
     /// Remove uploads whose file was last modified at least `max_age` ago; returns how many.

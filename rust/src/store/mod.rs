@@ -1,6 +1,6 @@
 //! A content-addressed, deduplicated, crash-safe blob store.
 //!
-//! On-disk layout under the store root (the one place it is drawn; [`layout`] computes it):
+//! On-disk layout under the store root (the one place it is drawn; `layout.rs` computes it):
 //! ```text
 //! <root>/blobs/<alg>/<first two hex>/<hex>   committed blobs: verified, fsynced, immutable
 //! <root>/uploads/<upload_id>                 in-progress upload bytes (append-only)

@@ -333,6 +333,14 @@ fn abort_is_idempotent_and_invalidates_handles() {
     up.abort().unwrap();
     assert!(!store.upload_exists("gone2").unwrap());
     store.abort_upload("never-existed").unwrap();
+
+    // a stale handle (committed) must not remove a newer upload that reuses the id
+    let old = store.upload("reused").unwrap();
+    old.commit(&sha256(b"")).unwrap();
+    let new = store.upload("reused").unwrap();
+    new.write(b"new").unwrap();
+    old.abort().unwrap();
+    assert_eq!(store.upload_size("reused").unwrap(), Some(3));
 }
 
 #[test]

@@ -108,7 +108,7 @@ impl Upload {
     /// Append `data`; returns the new size. The bytes are in the file (page cache) on return;
     /// durability comes from the fsync in [`Self::commit`].
     ///
-    /// Buffers of [`PARALLEL_HASH_MIN`] bytes or more are hashed on a second thread while the
+    /// Buffers of 256 KiB or more are hashed on a second thread while the
     /// write system call copies them into the page cache.
     pub fn write(&self, data: &[u8]) -> Result<u64> {
         let mut st = self.lock();
@@ -173,9 +173,13 @@ impl Upload {
         Ok(expected.to_string())
     }
 
-    /// Remove the upload's file and close it (idempotent).
+    /// Remove the upload's file and close it. A no-op on a handle that is already closed
+    /// (committed or aborted), so a stale handle never removes a newer upload with the same id.
     pub fn abort(&self) -> Result<()> {
         let mut st = self.lock();
+        if self.is_closed() {
+            return Ok(());
+        }
         self.close(&mut st);
         remove_if_exists(&self.shared.path).map(drop)
     }

@@ -227,6 +227,8 @@ def test_invalid_repository_names(client, path):
 def test_invalid_tag_and_unknown_manifest(client):
     r = client.put("/v2/app/t/manifests/.bad", content=b"{}")
     assert r.status_code == 400 and error_codes(r) == ["TAG_INVALID"]
+    r = client.get("/v2/app/t/manifests/.bad")
+    assert r.status_code == 404 and error_codes(r) == ["MANIFEST_UNKNOWN"]
     r = client.get("/v2/app/t/manifests/nope")
     assert r.status_code == 404 and error_codes(r) == ["MANIFEST_UNKNOWN"]
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import logging
 
 from quart import Response, request
-from quart_trio import QuartTrio
+from connreg.streaming import StreamingQuart
 
 from connreg import errors
 from connreg.api import routes
@@ -25,8 +25,8 @@ def _error_response(exc: RegistryError) -> Response:
     return resp
 
 
-def create_app(settings: Settings) -> QuartTrio:
-    app = QuartTrio("connreg")
+def create_app(settings: Settings) -> StreamingQuart:
+    app = StreamingQuart("connreg")
     # Blobs are streamed, never buffered; their size and duration are not the framework's call.
     app.config.update(MAX_CONTENT_LENGTH=None, BODY_TIMEOUT=None, RESPONSE_TIMEOUT=None)
     registry = Registry(settings)

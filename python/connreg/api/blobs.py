@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import re
 
 import trio
@@ -13,7 +14,7 @@ from connreg.errors import RegistryError
 from connreg.references import check_digest
 from connreg.registry import Registry
 
-READ_CHUNK = 1 << 20
+READ_CHUNK = 4 << 20
 _RANGE_RE = re.compile(r"bytes=(\d*)-(\d*)")
 
 
@@ -46,15 +47,17 @@ def _require_blob(reg: Registry, name: str, digest: str) -> int:
 
 
 async def _stream(path: str, start: int, length: int):
-    async with await trio.open_file(path, "rb") as f:
-        await f.seek(start)
-        remaining = length
-        while remaining > 0:
-            chunk = await f.read(min(READ_CHUNK, remaining))
+    fd = await trio.to_thread.run_sync(os.open, path, os.O_RDONLY)
+    try:
+        offset, end = start, start + length
+        while offset < end:
+            chunk = await trio.to_thread.run_sync(os.pread, fd, min(READ_CHUNK, end - offset), offset)
             if not chunk:
                 break
-            remaining -= len(chunk)
+            offset += len(chunk)
             yield chunk
+    finally:
+        os.close(fd)
 
 
 async def get_blob(reg: Registry, name: str, digest: str, head: bool = False) -> Response:

@@ -8,7 +8,7 @@ from quart import Response, request
 
 from connreg import errors
 from connreg.api.http import json_response, paginate
-from connreg.api.manifests import OCI_INDEX
+from connreg.content import OCI_INDEX
 from connreg.errors import RegistryError
 from connreg.references import check_digest
 from connreg.registry import Registry

@@ -98,3 +98,13 @@ async def read_body_limited(limit: int, too_large: errors.ErrorCode) -> bytes:
         raise RegistryError(too_large, detail={"limit": limit, "size": length or received},
                             headers=headers)
     return bytes(buf)
+
+
+def request_origin() -> str:
+    """Who made this change, for the change log: a child's sync identity or a local client.
+
+    The auth layer stores the child connected registry's name on the request when the caller
+    authenticated with that child's sync token.
+    """
+    child = getattr(request, "sync_child", None)
+    return f"child:{child}" if child else "local"

@@ -6,9 +6,10 @@ object-storage and PostgreSQL implementations of the same protocols.
 
 from connreg.storage.interfaces import (
     BlobStore,
+    Change,
     ManifestRecord,
     MetadataStore,
     Referrer,
 )
 
-__all__ = ["BlobStore", "ManifestRecord", "MetadataStore", "Referrer"]
+__all__ = ["BlobStore", "Change", "ManifestRecord", "MetadataStore", "Referrer"]

@@ -15,7 +15,7 @@ from typing import Callable, TypeVar
 
 import trio
 
-from connreg.storage.interfaces import ManifestRecord, Referrer
+from connreg.storage.interfaces import Change, ManifestRecord, Referrer
 
 T = TypeVar("T")
 
@@ -57,6 +57,23 @@ CREATE TABLE IF NOT EXISTS tags (
     updated REAL NOT NULL,
     PRIMARY KEY (repo, tag)
 ) WITHOUT ROWID;
+-- The change log: every manifest/tag change, written in the transaction that makes it.
+-- Children read it as their change feed; a ReadWrite node's outbox is its entries whose origin
+-- is not the parent. `prev` is what a tag pointed at before (conflict detection upstream).
+CREATE TABLE IF NOT EXISTS changes (
+    seq INTEGER PRIMARY KEY AUTOINCREMENT,
+    time REAL NOT NULL,
+    repo TEXT NOT NULL,
+    op TEXT NOT NULL,
+    digest TEXT,
+    tag TEXT,
+    prev TEXT,
+    origin TEXT NOT NULL
+);
+CREATE TABLE IF NOT EXISTS sync_state (
+    key TEXT PRIMARY KEY,
+    value TEXT NOT NULL
+);
 CREATE TABLE IF NOT EXISTS uploads (
     id TEXT PRIMARY KEY,
     repo TEXT NOT NULL,
@@ -80,6 +97,8 @@ class SqliteMetadataStore:
         self._writer.executescript(SCHEMA)
         self._reader = _connect(path)
         self._write_limiter = trio.CapacityLimiter(1)
+        # Replaced after every committed change; long-polling feed readers wait on it.
+        self._changed = trio.Event()
 
     def close(self) -> None:
         self._reader.close()
@@ -99,7 +118,10 @@ class SqliteMetadataStore:
             conn.execute("COMMIT")
             return result
 
-        return await trio.to_thread.run_sync(run, limiter=self._write_limiter)
+        result = await trio.to_thread.run_sync(run, limiter=self._write_limiter)
+        self._changed.set()
+        self._changed = trio.Event()
+        return result
 
     def _one(self, sql: str, args: tuple) -> tuple | None:
         return self._reader.execute(sql, args).fetchone()
@@ -163,10 +185,20 @@ class SqliteMetadataStore:
         return [r[0] for r in self._reader.execute(sql, args)]
 
     async def put_manifest(self, record: ManifestRecord, references: list[str],
-                           tag: str | None) -> None:
+                           tag: str | None, origin: str = "local") -> None:
         now = time.time()
 
         def fn(conn):
+            known = conn.execute("SELECT 1 FROM manifests WHERE repo = ? AND digest = ?",
+                                 (record.repo, record.digest)).fetchone()
+            prev = None
+            if tag is not None:
+                row = conn.execute("SELECT digest FROM tags WHERE repo = ? AND tag = ?",
+                                   (record.repo, tag)).fetchone()
+                prev = row[0] if row else None
+            if known and (tag is None or prev == record.digest):
+                return  # nothing changed: no log entry, so re-pushes do not echo around
+
             self._ensure_repo(conn, record.repo)
             conn.execute(
                 "INSERT OR REPLACE INTO manifests (repo, digest, media_type, size, subject,"
@@ -180,9 +212,10 @@ class SqliteMetadataStore:
                 conn.execute(
                     "INSERT OR REPLACE INTO tags (repo, tag, digest, updated) VALUES (?, ?, ?, ?)",
                     (record.repo, tag, record.digest, now))
+            self._log(conn, record.repo, "manifest", record.digest, tag, prev, origin, now)
         await self._write(fn)
 
-    async def delete_manifest(self, repo: str, digest: str) -> bool:
+    async def delete_manifest(self, repo: str, digest: str, origin: str = "local") -> bool:
         def fn(conn):
             deleted = conn.execute("DELETE FROM manifests WHERE repo = ? AND digest = ?",
                                    (repo, digest)).rowcount > 0
@@ -190,14 +223,68 @@ class SqliteMetadataStore:
                 conn.execute("DELETE FROM tags WHERE repo = ? AND digest = ?", (repo, digest))
                 conn.execute("DELETE FROM manifest_refs WHERE repo = ? AND digest = ?",
                              (repo, digest))
+                self._log(conn, repo, "delete_manifest", digest, None, None, origin, time.time())
             return deleted
         return await self._write(fn)
 
-    async def delete_tag(self, repo: str, tag: str) -> bool:
+    async def delete_tag(self, repo: str, tag: str, origin: str = "local") -> bool:
         def fn(conn):
-            return conn.execute("DELETE FROM tags WHERE repo = ? AND tag = ?",
-                                (repo, tag)).rowcount > 0
+            row = conn.execute("SELECT digest FROM tags WHERE repo = ? AND tag = ?",
+                               (repo, tag)).fetchone()
+            if row is None:
+                return False
+            conn.execute("DELETE FROM tags WHERE repo = ? AND tag = ?", (repo, tag))
+            self._log(conn, repo, "delete_tag", None, tag, row[0], origin, time.time())
+            return True
         return await self._write(fn)
+
+    # --- change log -----------------------------------------------------------------------
+    @staticmethod
+    def _log(conn, repo, op, digest, tag, prev, origin, now) -> None:
+        conn.execute(
+            "INSERT INTO changes (time, repo, op, digest, tag, prev, origin)"
+            " VALUES (?, ?, ?, ?, ?, ?, ?)", (now, repo, op, digest, tag, prev, origin))
+
+    def changes_since(self, cursor: int, limit: int,
+                      exclude_origin: str | None = None) -> list[Change]:
+        sql = ("SELECT seq, time, repo, op, digest, tag, prev, origin FROM changes"
+               " WHERE seq > ?")
+        args: list = [cursor]
+        if exclude_origin is not None:
+            sql += " AND origin != ?"
+            args.append(exclude_origin)
+        sql += " ORDER BY seq LIMIT ?"
+        args.append(limit)
+        return [Change(*row) for row in self._reader.execute(sql, args)]
+
+    def change_bounds(self) -> tuple[int, int]:
+        """(oldest retained seq, newest seq); (0, 0) when the log is empty and never used."""
+        first = self._one("SELECT MIN(seq) FROM changes", ())[0]
+        head = self._one("SELECT seq FROM sqlite_sequence WHERE name = 'changes'", ())
+        head_seq = head[0] if head else 0
+        return (first if first is not None else head_seq + 1), head_seq
+
+    async def prune_changes(self, older_than: float) -> int:
+        def fn(conn):
+            return conn.execute("DELETE FROM changes WHERE time < ?", (older_than,)).rowcount
+        return await self._write(fn)
+
+    async def wait_for_change(self, after: int, timeout: float) -> None:
+        """Return when the log has an entry past `after`, or after `timeout` seconds."""
+        with trio.move_on_after(timeout):
+            while self.change_bounds()[1] <= after:
+                await self._changed.wait()
+
+    # --- sync state (cursors) ----------------------------------------------------------
+    def get_state(self, key: str) -> str | None:
+        row = self._one("SELECT value FROM sync_state WHERE key = ?", (key,))
+        return row[0] if row else None
+
+    async def set_state(self, key: str, value: str) -> None:
+        def fn(conn):
+            conn.execute("INSERT OR REPLACE INTO sync_state (key, value) VALUES (?, ?)",
+                         (key, value))
+        await self._write(fn)
 
     def referrers(self, repo: str, subject: str, artifact_type: str | None) -> list[Referrer]:
         sql = ("SELECT digest, media_type, size, artifact_type, annotations FROM manifests"

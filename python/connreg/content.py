@@ -1,0 +1,158 @@
+"""Manifests as content, apart from HTTP: validation, storing, deleting.
+
+The OCI handlers (api/manifests.py) and the sync engine (sync/) both write through here, so a
+manifest that arrives from a client or from the parent passes the same checks and lands in the
+change log the same way; only `origin` differs.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import trio
+
+from connreg import _core, errors
+from connreg.errors import RegistryError
+from connreg.references import check_digest, check_tag, is_digest
+from connreg.registry import Registry
+from connreg.storage import ManifestRecord
+
+OCI_MANIFEST = "application/vnd.oci.image.manifest.v1+json"
+OCI_INDEX = "application/vnd.oci.image.index.v1+json"
+DOCKER_MANIFEST = "application/vnd.docker.distribution.manifest.v2+json"
+DOCKER_LIST = "application/vnd.docker.distribution.manifest.list.v2+json"
+IMAGE_TYPES = {OCI_MANIFEST, DOCKER_MANIFEST}
+INDEX_TYPES = {OCI_INDEX, DOCKER_LIST}
+# Layers that are never pushed to a registry (Windows base layers) may reference external URLs.
+FOREIGN_LAYER_TYPES = {
+    "application/vnd.docker.image.rootfs.foreign.diff.tar.gzip",
+    "application/vnd.oci.image.layer.nondistributable.v1.tar",
+    "application/vnd.oci.image.layer.nondistributable.v1.tar+gzip",
+    "application/vnd.oci.image.layer.nondistributable.v1.tar+zstd",
+}
+
+
+def _invalid(message: str, detail: Any = None) -> RegistryError:
+    return RegistryError(errors.MANIFEST_INVALID, message=f"manifest invalid: {message}",
+                         detail=detail)
+
+
+def _descriptor(value: Any, where: str) -> dict:
+    if not isinstance(value, dict):
+        raise _invalid(f"{where} must be a descriptor object")
+    if not isinstance(value.get("mediaType"), str) or not value["mediaType"]:
+        raise _invalid(f"{where}.mediaType must be a non-empty string")
+    digest = value.get("digest")
+    if not isinstance(digest, str):
+        raise _invalid(f"{where}.digest must be a string")
+    try:
+        check_digest(digest)
+    except RegistryError:
+        raise _invalid(f"{where}.digest is not a valid digest", {"digest": digest[:200]})
+    size = value.get("size")
+    if not isinstance(size, int) or isinstance(size, bool) or size < 0:
+        raise _invalid(f"{where}.size must be a non-negative integer")
+    return value
+
+
+def _media_type(doc: dict, content_type: str | None) -> str:
+    body_type = doc.get("mediaType")
+    header_type = (content_type or "").split(";")[0].strip()
+    if body_type is not None and not isinstance(body_type, str):
+        raise _invalid("mediaType must be a string")
+    if body_type and header_type and header_type in IMAGE_TYPES | INDEX_TYPES \
+            and body_type != header_type:
+        raise _invalid("Content-Type does not match the manifest's mediaType",
+                       {"contentType": header_type, "mediaType": body_type})
+    media_type = body_type or header_type
+    if media_type not in IMAGE_TYPES | INDEX_TYPES:
+        if "manifests" in doc:
+            media_type = OCI_INDEX
+        elif "config" in doc:
+            media_type = OCI_MANIFEST
+        else:
+            raise _invalid("unsupported manifest media type", {"mediaType": media_type[:200]})
+    return media_type
+
+
+def parse_manifest(body: bytes, content_type: str | None) -> tuple[dict, str, list[dict], list[dict]]:
+    """Validate the document; return (doc, media type, blob descriptors, child manifests)."""
+    try:
+        doc = json.loads(body)
+    except (ValueError, UnicodeDecodeError):
+        raise _invalid("body is not valid JSON")
+    if not isinstance(doc, dict):
+        raise _invalid("body must be a JSON object")
+    if doc.get("schemaVersion") != 2:
+        raise _invalid("schemaVersion must be 2", {"schemaVersion": doc.get("schemaVersion")})
+    media_type = _media_type(doc, content_type)
+    blobs: list[dict] = []
+    children: list[dict] = []
+    if media_type in IMAGE_TYPES:
+        blobs.append(_descriptor(doc.get("config"), "config"))
+        layers = doc.get("layers", [])
+        if not isinstance(layers, list):
+            raise _invalid("layers must be a list")
+        for i, layer in enumerate(layers):
+            layer = _descriptor(layer, f"layers[{i}]")
+            if layer["mediaType"] not in FOREIGN_LAYER_TYPES:
+                blobs.append(layer)
+    else:
+        manifests = doc.get("manifests")
+        if not isinstance(manifests, list):
+            raise _invalid("manifests must be a list")
+        children = [_descriptor(m, f"manifests[{i}]") for i, m in enumerate(manifests)]
+    if "subject" in doc:
+        _descriptor(doc["subject"], "subject")
+    if "artifactType" in doc and not isinstance(doc["artifactType"], str):
+        raise _invalid("artifactType must be a string")
+    if "annotations" in doc and not isinstance(doc["annotations"], dict):
+        raise _invalid("annotations must be an object")
+    return doc, media_type, blobs, children
+
+
+async def store_manifest(reg: Registry, name: str, reference: str, body: bytes,
+                         content_type: str | None, origin: str = "local") -> tuple[str, str | None]:
+    """Validate and store a manifest under a tag or digest reference; return (digest, subject)."""
+    tag = None
+    if is_digest(reference):
+        check_digest(reference)
+    else:
+        tag = check_tag(reference)
+    doc, media_type, blobs, children = parse_manifest(body, content_type)
+
+    algorithm = reference.split(":", 1)[0] if tag is None else "sha256"
+    digest = _core.digest_bytes(body, algorithm)
+    if tag is None and digest != reference:
+        raise RegistryError(errors.DIGEST_INVALID, detail={"expected": reference, "actual": digest})
+
+    missing_blobs = [d["digest"] for d in blobs
+                     if reg.meta.linked_blob_size(name, d["digest"]) is None]
+    missing_children = [d["digest"] for d in children
+                        if reg.meta.get_manifest(name, d["digest"]) is None]
+    if missing_blobs or missing_children:
+        raise RegistryError(errors.MANIFEST_BLOB_UNKNOWN,
+                            detail={"blobs": missing_blobs, "manifests": missing_children})
+
+    subject = doc.get("subject", {}).get("digest")
+    artifact_type = doc.get("artifactType")
+    if artifact_type is None and media_type in IMAGE_TYPES:
+        artifact_type = doc["config"]["mediaType"]
+    annotations = doc.get("annotations")
+    await trio.to_thread.run_sync(reg.blobs.put_bytes, body, digest)
+    record = ManifestRecord(name, digest, media_type, len(body), subject, artifact_type,
+                            json.dumps(annotations) if annotations else None)
+    references = [d["digest"] for d in blobs] + [d["digest"] for d in children]
+    await reg.meta.put_manifest(record, references, tag, origin)
+    reg.manifest_cache.put(digest, body)
+    return digest, subject
+
+
+async def delete_reference(reg: Registry, name: str, reference: str,
+                           origin: str = "local") -> bool:
+    """Delete a manifest (by digest, with its tags) or just a tag."""
+    if is_digest(reference):
+        check_digest(reference)
+        return await reg.meta.delete_manifest(name, reference, origin)
+    return await reg.meta.delete_tag(name, reference, origin)

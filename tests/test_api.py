@@ -308,3 +308,35 @@ def test_unknown_route_and_method(client):
     assert r.status_code == 404 and r.json()["errors"]
     r = client.post("/v2/app/x/manifests/v1")
     assert r.status_code == 405 and error_codes(r) == ["UNSUPPORTED"]
+
+
+def test_connection_survives_an_early_error_response(node):
+    """An answer sent before the body arrived must not leave the body to be read as the next
+    request (the keep-alive connection would hang)."""
+    import socket
+    import time
+
+    def exchange(sock, raw_head: bytes, body: bytes = b"") -> bytes:
+        sock.sendall(raw_head)
+        time.sleep(0.02)
+        if body:
+            sock.sendall(body)
+        data = b""
+        while b"\r\n\r\n" not in data:
+            data += sock.recv(65536)
+        head, rest = data.split(b"\r\n\r\n", 1)
+        length = int([l for l in head.split(b"\r\n") if l.lower().startswith(b"content-length")][0]
+                     .split(b":")[1])
+        while len(rest) < length:
+            rest += sock.recv(65536)
+        return head.split(b"\r\n")[0]
+
+    with httpx.Client(base_url=node.url) as c:
+        location = c.post("/v2/early/err/blobs/uploads/").headers["Location"]
+    with socket.create_connection(("127.0.0.1", node.port), timeout=5) as sock:
+        body = b"x" * 20
+        status = exchange(sock, (f"PATCH {location} HTTP/1.1\r\nHost: x\r\nContent-Range: 22-41\r\n"
+                                 f"Content-Length: {len(body)}\r\n\r\n").encode(), body)
+        assert b" 416" in status
+        status = exchange(sock, b"GET /v2/ HTTP/1.1\r\nHost: x\r\n\r\n")
+        assert b" 200" in status

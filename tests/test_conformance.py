@@ -18,6 +18,7 @@ Configuration (environment, same names and meaning as the Go suite; defaults in 
   OCI_DELETE_MANIFEST_BEFORE_BLOBS teardown deletes manifests before blobs             [1]
   OCI_TEST_PULL / OCI_TEST_PUSH / OCI_TEST_CONTENT_DISCOVERY / OCI_TEST_CONTENT_MANAGEMENT
                                    enable a workflow                                    [1 each]
+  OCI_DEBUG                        print every request/response (run pytest with -s)   [0]
   CONFORMANCE_SEED                 seed for the pseudo-random test blobs  [random per run]
 """
 
@@ -77,6 +78,7 @@ _AUTO_MOUNT_RAW = os.environ.get("OCI_AUTOMATIC_CROSSMOUNT", "1")
 RUN_AUTOMATIC_CROSSMOUNT_TEST = _AUTO_MOUNT_RAW != "unset"
 AUTOMATIC_CROSSMOUNT_ENABLED = _parse_bool(_AUTO_MOUNT_RAW)
 
+DEBUG = _parse_bool(os.environ.get("OCI_DEBUG", "0"))  # print every exchange (use with -s)
 SEED = int(os.environ.get("CONFORMANCE_SEED", str(random.randrange(1, 2**31))))
 
 # --------------------------------------------------------------------------------------------
@@ -330,11 +332,19 @@ S = State()
 # --------------------------------------------------------------------------------------------
 
 
+def _log_exchange(resp: httpx.Response) -> None:
+    req = resp.request
+    print(f"[conformance] {req.method} {req.url} -> {resp.status_code} "
+          f"{ {k: v for k, v in resp.headers.items() if k.lower() not in ('date', 'server')} }")
+
+
 class Registry:
     def __init__(self, base_url: str):
         # the Go client follows redirects (e.g. blob GETs redirected to storage)
-        self.http = httpx.Client(base_url=base_url, follow_redirects=True, timeout=60.0,
-                                 headers={"User-Agent": "connreg-conformance-pytest"})
+        hooks = {"response": [_log_exchange]} if DEBUG else {}
+        self.http = httpx.Client(base_url=base_url, follow_redirects=True, timeout=20.0,
+                                 headers={"User-Agent": "connreg-conformance-pytest"},
+                                 event_hooks=hooks)
         # the Go client sends no Accept header unless a spec sets one
         self.http.headers.pop("Accept", None)
 
@@ -382,13 +392,17 @@ def skip_if_disabled(workflow: str) -> None:
         pytest.skip(f"workflow {workflow} disabled by environment")
 
 
-def run_only_if(cond: bool) -> None:
+_MANIFESTS_FIRST_ONLY = "registered only with OCI_DELETE_MANIFEST_BEFORE_BLOBS=true"
+_BLOBS_FIRST_ONLY = "registered only with OCI_DELETE_MANIFEST_BEFORE_BLOBS=false"
+
+
+def run_only_if(cond: bool, why: str = "precondition not met") -> None:
     if not cond:
-        pytest.skip("precondition of this spec not met (skipped, as the suite does)")
+        pytest.skip(f"{why} (the suite skips this spec too)")
 
 
-def run_only_if_not(cond: bool) -> None:
-    run_only_if(not cond)
+def run_only_if_not(cond: bool, why: str = "precondition not met") -> None:
+    run_only_if(not cond, why)
 
 
 def warn(message: str) -> None:
@@ -491,7 +505,7 @@ def test_pull_setup_populate_registry_with_test_manifest_by_digest(reg):
 def test_pull_setup_get_tag_name_from_environment(reg):
     """Pull / Setup / Get tag name from environment"""
     skip_if_disabled(PULL)
-    run_only_if_not(RUN_PULL_SETUP)
+    run_only_if_not(RUN_PULL_SETUP, "pull setup ran")
     if os.environ.get("OCI_TAG_NAME"):
         S.pull_tag = os.environ["OCI_TAG_NAME"]
 
@@ -619,7 +633,7 @@ def _pull_delete_blob(reg, digest):
 
 def test_pull_teardown_delete_manifest0_created_in_setup(reg):
     """Pull / Teardown / Delete manifest[0] created in setup  (manifests-first order)"""
-    run_only_if(DELETE_MANIFEST_BEFORE_BLOBS)
+    run_only_if(DELETE_MANIFEST_BEFORE_BLOBS, _MANIFESTS_FIRST_ONLY)
     skip_if_disabled(PULL)
     run_only_if(RUN_PULL_SETUP)
     _pull_delete_manifest(reg, D.manifests[0])
@@ -627,7 +641,7 @@ def test_pull_teardown_delete_manifest0_created_in_setup(reg):
 
 def test_pull_teardown_delete_manifest1_created_in_setup(reg):
     """Pull / Teardown / Delete manifest[1] created in setup  (manifests-first order)"""
-    run_only_if(DELETE_MANIFEST_BEFORE_BLOBS)
+    run_only_if(DELETE_MANIFEST_BEFORE_BLOBS, _MANIFESTS_FIRST_ONLY)
     skip_if_disabled(PULL)
     run_only_if(RUN_PULL_SETUP)
     _pull_delete_manifest(reg, D.manifests[1])
@@ -656,7 +670,7 @@ def test_pull_teardown_delete_layer_blob_created_in_setup(reg):
 
 def test_pull_teardown_delete_manifest0_created_in_setup_after_blobs(reg):
     """Pull / Teardown / Delete manifest[0] created in setup  (blobs-first order)"""
-    run_only_if_not(DELETE_MANIFEST_BEFORE_BLOBS)
+    run_only_if_not(DELETE_MANIFEST_BEFORE_BLOBS, _BLOBS_FIRST_ONLY)
     skip_if_disabled(PULL)
     run_only_if(RUN_PULL_SETUP)
     _pull_delete_manifest(reg, D.manifests[0])
@@ -664,7 +678,7 @@ def test_pull_teardown_delete_manifest0_created_in_setup_after_blobs(reg):
 
 def test_pull_teardown_delete_manifest1_created_in_setup_after_blobs(reg):
     """Pull / Teardown / Delete manifest[1] created in setup  (blobs-first order)"""
-    run_only_if_not(DELETE_MANIFEST_BEFORE_BLOBS)
+    run_only_if_not(DELETE_MANIFEST_BEFORE_BLOBS, _BLOBS_FIRST_ONLY)
     skip_if_disabled(PULL)
     run_only_if(RUN_PULL_SETUP)
     _pull_delete_manifest(reg, D.manifests[1])
@@ -876,7 +890,7 @@ def test_push_crossmount_get_digest_in_crossmount_namespace_200(reg):
     should return 200"""
     skip_if_disabled(PUSH)
     assert S.last is not None
-    run_only_if(S.last.status_code == 201)
+    run_only_if(S.last.status_code == 201, "the mount did not answer 201")
     loc = relative_location(S.last)
     assert loc == f"/v2/{CROSSMOUNT_NAMESPACE}/blobs/{D.blob_a.digest}", describe(S.last)
     expect_status(reg.do("GET", loc), 200)
@@ -887,7 +901,7 @@ def test_push_crossmount_nonexistent_blob_yields_session_id(reg):
     session id"""
     skip_if_disabled(PUSH)
     assert S.last is not None
-    run_only_if(S.last.status_code == 202)
+    run_only_if(S.last.status_code == 202, "the mount did not answer 202")
     assert relative_location(S.last).startswith(f"/v2/{CROSSMOUNT_NAMESPACE}/blobs/uploads/"), \
         describe(S.last)
 
@@ -896,10 +910,10 @@ def test_push_crossmount_without_from_automatic_enabled_201(reg):
     """Push / Cross-Repository Blob Mount / Cross-mounting without from, and automatic content
     discovery enabled should return a 201"""
     skip_if_disabled(PUSH)
-    run_only_if(RUN_AUTOMATIC_CROSSMOUNT_TEST)
+    run_only_if(RUN_AUTOMATIC_CROSSMOUNT_TEST, "OCI_AUTOMATIC_CROSSMOUNT not set")
     assert S.last is not None
-    run_only_if(S.last.status_code == 201)
-    run_only_if(AUTOMATIC_CROSSMOUNT_ENABLED)
+    run_only_if(S.last.status_code == 201, "the mount did not answer 201")
+    run_only_if(AUTOMATIC_CROSSMOUNT_ENABLED, "OCI_AUTOMATIC_CROSSMOUNT is false")
     resp = start_upload(reg, CROSSMOUNT_NAMESPACE, params={"mount": D.blob_a.digest})
     expect_status(resp, 201)
 
@@ -908,10 +922,10 @@ def test_push_crossmount_without_from_automatic_disabled_202(reg):
     """Push / Cross-Repository Blob Mount / Cross-mounting without from, and automatic content
     discovery disabled should return a 202"""
     skip_if_disabled(PUSH)
-    run_only_if(RUN_AUTOMATIC_CROSSMOUNT_TEST)
+    run_only_if(RUN_AUTOMATIC_CROSSMOUNT_TEST, "OCI_AUTOMATIC_CROSSMOUNT not set")
     assert S.last is not None
-    run_only_if(S.last.status_code == 201)
-    run_only_if_not(AUTOMATIC_CROSSMOUNT_ENABLED)
+    run_only_if(S.last.status_code == 201, "the mount did not answer 201")
+    run_only_if_not(AUTOMATIC_CROSSMOUNT_ENABLED, "OCI_AUTOMATIC_CROSSMOUNT is true")
     resp = start_upload(reg, CROSSMOUNT_NAMESPACE, params={"mount": D.blob_a.digest})
     expect_status(resp, 202)
 
@@ -962,7 +976,7 @@ def _push_delete_manifests(reg):
 
 def test_push_teardown_delete_manifest_created_in_tests(reg):
     """Push / Teardown / Delete manifest created in tests  (manifests-first order)"""
-    run_only_if(DELETE_MANIFEST_BEFORE_BLOBS)
+    run_only_if(DELETE_MANIFEST_BEFORE_BLOBS, _MANIFESTS_FIRST_ONLY)
     skip_if_disabled(PUSH)
     run_only_if(RUN_PUSH_SETUP)
     _push_delete_manifests(reg)
@@ -984,7 +998,7 @@ def test_push_teardown_delete_layer_blob_created_in_setup(reg):
 
 def test_push_teardown_delete_manifest_created_in_tests_after_blobs(reg):
     """Push / Teardown / Delete manifest created in tests  (blobs-first order)"""
-    run_only_if_not(DELETE_MANIFEST_BEFORE_BLOBS)
+    run_only_if_not(DELETE_MANIFEST_BEFORE_BLOBS, _BLOBS_FIRST_ONLY)
     skip_if_disabled(PUSH)
     run_only_if(RUN_PUSH_SETUP)
     _push_delete_manifests(reg)
@@ -1026,7 +1040,7 @@ def test_discovery_setup_populate_registry_with_test_tags(reg):
 def test_discovery_setup_populate_registry_with_test_tags_no_push(reg):
     """Content Discovery / Setup / Populate registry with test tags (no push)"""
     skip_if_disabled(CONTENT_DISCOVERY)
-    run_only_if_not(RUN_CONTENT_DISCOVERY_SETUP)
+    run_only_if_not(RUN_CONTENT_DISCOVERY_SETUP, "discovery setup ran")
     S.tag_list = os.environ.get("OCI_TAG_LIST", "").split(",")
 
 
@@ -1181,7 +1195,7 @@ def _discovery_delete_manifests_and_tags(reg):
 def test_discovery_teardown_delete_created_manifest_and_tags(reg):
     """Content Discovery / Teardown / Delete created manifest & associated tags
     (manifests-first order)"""
-    run_only_if(DELETE_MANIFEST_BEFORE_BLOBS)
+    run_only_if(DELETE_MANIFEST_BEFORE_BLOBS, _MANIFESTS_FIRST_ONLY)
     skip_if_disabled(CONTENT_DISCOVERY)
     run_only_if(RUN_CONTENT_DISCOVERY_SETUP)
     _discovery_delete_manifests_and_tags(reg)
@@ -1205,7 +1219,7 @@ def test_discovery_teardown_delete_layer_blob_created_in_setup(reg):
 def test_discovery_teardown_delete_created_manifest_and_tags_after_blobs(reg):
     """Content Discovery / Teardown / Delete created manifest & associated tags
     (blobs-first order)"""
-    run_only_if_not(DELETE_MANIFEST_BEFORE_BLOBS)
+    run_only_if_not(DELETE_MANIFEST_BEFORE_BLOBS, _BLOBS_FIRST_ONLY)
     skip_if_disabled(CONTENT_DISCOVERY)
     run_only_if(RUN_CONTENT_DISCOVERY_SETUP)
     _discovery_delete_manifests_and_tags(reg)
@@ -1327,5 +1341,5 @@ def test_management_get_deleted_blob_404(reg):
     response"""
     skip_if_disabled(CONTENT_MANAGEMENT)
     run_only_if(RUN_CONTENT_MANAGEMENT_SETUP)
-    run_only_if(S.blob_delete_allowed)
+    run_only_if(S.blob_delete_allowed, "blob DELETE answered 405")
     expect_status(reg.do("GET", ns_path(f"blobs/{D.configs[3].digest}")), 404)

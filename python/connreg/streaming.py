@@ -14,6 +14,12 @@ from quart_trio.asgi import TrioASGIHTTPConnection
 from quart_trio.wrappers.request import EventWrapper, TrioBody, TrioRequest
 
 HIGH_WATER = 4 * 1024 * 1024
+# A response sent before its request body was read (an early 4xx) must not leave the rest of
+# that body on the connection: it would be parsed as the next request and the keep-alive
+# connection would hang. Up to this much is read and dropped; past it, or past the deadline,
+# the connection is closed instead.
+MAX_DRAIN = 64 * 1024 * 1024
+DRAIN_SECONDS = 10.0
 
 
 class StreamingBody(TrioBody):
@@ -25,6 +31,21 @@ class StreamingBody(TrioBody):
         data = await super().__anext__()
         self._drained.set()
         return data
+
+    @property
+    def complete(self) -> bool:
+        return self._complete.is_set() and not self._data
+
+    async def drain(self, limit: int) -> bool:
+        """Read and drop what is left of the body; False if more than `limit` bytes remain."""
+        if self._must_raise is not None:
+            return False
+        dropped = 0
+        async for chunk in self:
+            dropped += len(chunk)
+            if dropped > limit:
+                return False
+        return True
 
     async def wait_for_room(self) -> None:
         while len(self._data) >= HIGH_WATER and self._must_raise is None:
@@ -48,6 +69,25 @@ class StreamingHTTPConnection(TrioASGIHTTPConnection):
                     await request.body.wait_for_room()
             elif message["type"] == "http.disconnect":
                 break
+        nursery.cancel_scope.cancel()
+
+
+    async def handle_request(self, nursery: trio.Nursery, request, send) -> None:  # type: ignore[override]
+        response = await self.app.handle_request(request)
+        body = request.body
+        if not body.complete:
+            drained = False
+            with trio.move_on_after(DRAIN_SECONDS):
+                drained = await body.drain(MAX_DRAIN)
+            if not drained:
+                response.headers["Connection"] = "close"
+        timeout = response.timeout if response.timeout is not Ellipsis \
+            else self.app.config["RESPONSE_TIMEOUT"]
+        if timeout is not None:
+            with trio.move_on_after(timeout):
+                await self._send_response(send, response)
+        else:
+            await self._send_response(send, response)
         nursery.cancel_scope.cancel()
 
 

@@ -74,29 +74,17 @@ async def body_chunks(min_chunk: int = 1 << 20) -> AsyncIterator[bytes]:
         yield bytes(buf)
 
 
-# Past this many bytes an oversized body is not drained; the connection is closed instead.
-MAX_DRAIN = 64 * 1024 * 1024
-
-
 async def read_body_limited(limit: int, too_large: errors.ErrorCode) -> bytes:
-    """The whole body, or `too_large` once it passes `limit`.
-
-    The rest of an oversized body is read and dropped (up to MAX_DRAIN) so the keep-alive
-    connection stays in step for the client's next request.
-    """
+    """The whole body, or `too_large` once it passes `limit` (the rest is drained or the
+    connection closed by streaming.py, so keep-alive stays in step)."""
     length = request.content_length
+    if length is not None and length > limit:
+        raise RegistryError(too_large, detail={"limit": limit, "size": length})
     buf = bytearray()
-    received = 0
     async for part in request.body:
-        received += len(part)
-        if received <= limit:
-            buf += part
-        elif received > MAX_DRAIN or (length is not None and length > MAX_DRAIN):
-            break
-    if received > limit or (length is not None and length > limit):
-        headers = {"Connection": "close"} if received > MAX_DRAIN else None
-        raise RegistryError(too_large, detail={"limit": limit, "size": length or received},
-                            headers=headers)
+        buf += part
+        if len(buf) > limit:
+            raise RegistryError(too_large, detail={"limit": limit})
     return bytes(buf)
 
 

@@ -8,19 +8,23 @@ import pytest
 
 from connreg.testing import Node, start_node
 
+# The foundation tests (OCI API, skopeo, durability, conformance) run against an open registry;
+# the auth and control-plane tests start nodes with auth on (the default).
+OPEN = ["--no-auth"]
+
 
 @pytest.fixture
 def node(tmp_path) -> Node:
-    """A fresh registry node with its own data dir, stopped after the test."""
-    n = start_node(tmp_path / "node")
+    """A fresh open registry node (`--no-auth`) with its own data dir, stopped after the test."""
+    n = start_node(tmp_path / "node", args=OPEN)
     yield n
     n.stop()
 
 
 @pytest.fixture(scope="module")
 def shared_node(tmp_path_factory) -> Node:
-    """One node for a module of tests that do not depend on an empty registry."""
-    n = start_node(tmp_path_factory.mktemp("shared") / "node")
+    """One open node for a module of tests that do not depend on an empty registry."""
+    n = start_node(tmp_path_factory.mktemp("shared") / "node", args=OPEN)
     yield n
     n.stop()
 

@@ -9,7 +9,15 @@ from connreg.streaming import StreamingQuart
 
 from connreg import errors
 from connreg.api import routes
+from connreg.auth import endpoints as auth_endpoints
+from connreg.auth.authorizer import Authorizer
+from connreg.auth.identity import Authenticator
+from connreg.auth.tokens import TokenService
 from connreg.config import Settings
+from connreg.control import activation
+from connreg.control import api as control_api
+from connreg.control.service import ControlPlane
+from connreg.control.sqlite_store import SqliteControlStore
 from connreg.errors import RegistryError
 from connreg.references import check_name
 from connreg.registry import Registry
@@ -31,10 +39,28 @@ def create_app(settings: Settings) -> StreamingQuart:
     app.config.update(MAX_CONTENT_LENGTH=None, BODY_TIMEOUT=None, RESPONSE_TIMEOUT=None)
     registry = Registry(settings)
     app.extensions["registry"] = registry
+    app.config["CONNREG_SETTINGS"] = settings
+
+    # Control plane and auth (docs/auth.md): resources in <data_dir>/control.sqlite, one
+    # Authorizer that the /v2/ dispatcher, the token endpoint and the management API share.
+    control_store = SqliteControlStore(settings.data_dir / "control.sqlite")
+    app.extensions["control"] = ControlPlane(settings, control_store)
+    authn = None
+    if settings.auth:
+        tokens = TokenService(settings.data_dir / "auth", settings.auth_service,
+                              settings.token_ttl_seconds, settings.refresh_token_ttl_seconds)
+        authn = Authenticator(settings, control_store, tokens)
+    state = activation.load_state(settings.data_dir) if settings.is_connected_registry else None
+    read_only = state["name"] if state and state.get("mode") == "ReadOnly" else None
+    authz = Authorizer(settings, authn, read_only)
+    app.extensions["authorizer"] = authz
+    app.register_blueprint(auth_endpoints.bp)
+    app.register_blueprint(control_api.bp)
 
     @app.after_serving
     async def close() -> None:
         registry.close()
+        control_store.close()
 
     @app.after_request
     async def api_version(resp: Response) -> Response:
@@ -57,6 +83,7 @@ def create_app(settings: Settings) -> StreamingQuart:
     @app.route("/v2/", methods=["GET", "HEAD"])
     @app.route("/v2", methods=["GET", "HEAD"])
     async def base() -> Response:
+        await authz.check_base()
         return Response(b"{}", content_type="application/json")
 
     all_methods = ["GET", "HEAD", "POST", "PUT", "PATCH", "DELETE"]
@@ -74,6 +101,10 @@ def create_app(settings: Settings) -> StreamingQuart:
                                 headers={"Allow": ", ".join(route.methods)})
         if "name" in params:
             check_name(params["name"])
+        # The one authorization step: 401/403 here, or the caller the handler acts for.
+        principal = await authz.authorize(route.name, request.method, params)
+        if route.name == "catalog" and not authz.sees_everything(principal):
+            return await authz.catalog(registry, principal)
         return await handler(registry, **params)
 
     return app

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import os
 import tomllib
-from dataclasses import dataclass, fields
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
@@ -22,6 +22,43 @@ class Settings:
     upload_ttl_seconds: float = 24 * 3600
     # Bytes of manifests kept in memory; they are immutable by digest, so caching is safe.
     manifest_cache_bytes: int = 32 * MiB
+
+    # --- auth (docs/auth.md) ----------------------------------------------------------------
+    # Off only for an open test registry (`--no-auth`); every real deployment keeps it on.
+    auth: bool = True
+    # Opt-in: clients without credentials may pull every repository (never push or delete).
+    anonymous_pull: bool = False
+    # The admin's password; when empty, one is generated on first start into
+    # <data_dir>/admin-password (0600). Never printed, never logged.
+    admin_password: str = field(default="", repr=False)
+    # `service` of the Bearer challenge and audience of the issued tokens.
+    auth_service: str = "connreg"
+    token_ttl_seconds: int = 300
+    refresh_token_ttl_seconds: int = 24 * 3600
+    # Failed logins allowed per source address and window before 429 TOOMANYREQUESTS.
+    auth_failure_limit: int = 10
+    auth_failure_window_seconds: float = 60.0
+
+    # --- control plane (docs/management-api.md) ---------------------------------------------
+    # host:port this node is reached at by its children (default: `listen`).
+    advertise_address: str = ""
+    max_tokens: int = 20_000
+    max_scope_maps: int = 20_000
+    max_scope_map_repositories: int = 500
+    max_client_tokens: int = 20
+
+    # --- connected registry: present only on a node that has a parent (§4) ------------------
+    connection_string: str = field(default="", repr=False)
+    # host:port overriding the connection string's ParentGatewayEndpoint.
+    parent_endpoint: str = ""
+
+    @property
+    def advertised(self) -> str:
+        return self.advertise_address or self.listen
+
+    @property
+    def is_connected_registry(self) -> bool:
+        return bool(self.connection_string)
 
     @property
     def host_port(self) -> tuple[str, int]:
@@ -49,10 +86,21 @@ class Settings:
         for name, raw in values.items():
             default = getattr(settings, name)
             try:
-                value = type(default)(raw)
+                value = _parse_bool(raw) if isinstance(default, bool) else type(default)(raw)
             except (TypeError, ValueError) as exc:
                 raise ValueError(f"setting {name}: {raw!r} is not a valid "
                                  f"{type(default).__name__}") from exc
             setattr(settings, name, value)
         settings.host_port  # validates listen early
         return settings
+
+
+def _parse_bool(raw: Any) -> bool:
+    if isinstance(raw, bool):
+        return raw
+    text = str(raw).strip().lower()
+    if text in ("1", "true", "yes", "on"):
+        return True
+    if text in ("0", "false", "no", "off"):
+        return False
+    raise ValueError(raw)

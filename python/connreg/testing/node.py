@@ -43,6 +43,19 @@ class Node:
     def host(self) -> str:
         return f"127.0.0.1:{self.port}"
 
+    @property
+    def admin_password(self) -> str:
+        """The admin's password: the one given in the environment, else the generated one."""
+        given = self.env.get("CONNREG_ADMIN_PASSWORD")
+        if given:
+            return given
+        return (self.data_dir / "admin-password").read_text().strip()
+
+    @property
+    def admin(self) -> tuple[str, str]:
+        """(username, password) of the admin, as httpx's `auth=` takes it."""
+        return ("admin", self.admin_password)
+
     def start(self, timeout: float = 30.0) -> "Node":
         self.data_dir.mkdir(parents=True, exist_ok=True)
         self.log_path = self.data_dir.parent / f"{self.data_dir.name}.log"
@@ -93,6 +106,12 @@ class Node:
 
 
 def start_node(data_dir: Path, port: int | None = None, args: list[str] | None = None,
-               env: dict[str, str] | None = None) -> Node:
+               env: dict[str, str] | None = None, admin_password: str | None = None) -> Node:
+    """Start a node. Auth is on unless `args` has `--no-auth`; `admin_password` sets
+    CONNREG_ADMIN_PASSWORD (otherwise the node generates one, readable as `node.admin_password`).
+    """
+    env = dict(env or {})
+    if admin_password is not None:
+        env["CONNREG_ADMIN_PASSWORD"] = admin_password
     return Node(data_dir=data_dir, port=port or free_port(), extra_args=args or [],
-                env=env or {}).start()
+                env=env).start()

@@ -1,0 +1,157 @@
+"""Registry authorization: the one hook the /v2/ dispatcher calls between route and handler.
+
+Each route and method needs one registry action on the repository in the path (spec §4):
+reads need `pull`, uploads and manifest PUT need `push`, DELETEs need `delete`. No credentials
+→ 401 `UNAUTHORIZED` with a Bearer challenge naming the scope; valid credentials without the
+action → 403 `DENIED` (or 401 `insufficient_scope` when the caller's Bearer token is merely
+narrower than what the caller may have, so clients fetch a wider token).
+"""
+
+from __future__ import annotations
+
+import logging
+
+from quart import Response, request
+from werkzeug.datastructures import ImmutableMultiDict
+
+from connreg import errors
+from connreg.api.http import json_response, paginate
+from connreg.auth.actions import Permissions
+from connreg.auth.identity import Authenticator, Principal
+from connreg.config import Settings
+from connreg.errors import RegistryError
+from connreg.registry import Registry
+
+log = logging.getLogger("connreg.auth")
+
+# route name -> method -> registry action on the repository `name`
+REQUIRED = {
+    "upload-start": {"POST": "push"},
+    "upload": {"GET": "push", "PATCH": "push", "PUT": "push", "DELETE": "push"},
+    "blob": {"GET": "pull", "HEAD": "pull", "DELETE": "delete"},
+    "manifest": {"GET": "pull", "HEAD": "pull", "PUT": "push", "DELETE": "delete"},
+    "tags": {"GET": "pull"},
+    "referrers": {"GET": "pull"},
+}
+# What the challenge asks for: clients conventionally request pull along with push.
+CHALLENGE_ACTIONS = {"pull": "pull", "push": "pull,push", "delete": "delete"}
+OPEN = Principal("<open>", "open", Permissions(everything=True), via="none")
+
+
+def source_address() -> str:
+    return request.remote_addr or "unknown"
+
+
+class Authorizer:
+    def __init__(self, settings: Settings, authenticator: Authenticator | None,
+                 read_only_mode: str | None = None):
+        self.settings = settings
+        self.authn = authenticator
+        # Set on a ReadOnly connected registry: every write is DENIED naming the mode (§1).
+        self.read_only_name = read_only_mode
+
+    @property
+    def enabled(self) -> bool:
+        return self.authn is not None
+
+    def challenge(self, scope: str | None = None, error: str | None = None) -> dict[str, str]:
+        base = f"{request.scheme}://{request.host}"
+        value = f'Bearer realm="{base}/oauth2/token",service="{self.settings.auth_service}"'
+        if scope:
+            value += f',scope="{scope}"'
+        if error:
+            value += f',error="{error}"'
+        return {"WWW-Authenticate": value}
+
+    def unauthorized(self, scope: str | None = None, message: str | None = None,
+                     error: str | None = None, detail=None) -> RegistryError:
+        return RegistryError(errors.UNAUTHORIZED, message=message, detail=detail,
+                             headers=self.challenge(scope, error))
+
+    async def caller(self, scope: str | None = None) -> Principal | None:
+        """The authenticated caller, None without credentials; bad credentials → 401."""
+        try:
+            return await self.authn.authenticate(request.headers.get("Authorization"),
+                                                 source_address())
+        except RegistryError as exc:
+            if exc.code is errors.UNAUTHORIZED:
+                raise self.unauthorized(scope, exc.message) from None
+            raise
+
+    async def check_base(self) -> None:
+        """`/v2/`: any valid credentials (an anonymous pull token included) get 200."""
+        if self.enabled and await self.caller() is None:
+            raise self.unauthorized()
+
+    async def authorize(self, route: str, method: str, params: dict[str, str]) -> Principal:
+        if not self.enabled:
+            principal = OPEN
+        elif route == "catalog":
+            principal = await self.caller("registry:catalog:*") or self.authn.anonymous()
+            if principal is None:
+                raise self.unauthorized("registry:catalog:*")
+            return principal
+        else:
+            repo, action = params["name"], REQUIRED[route][method]
+            scope = f"repository:{repo}:{CHALLENGE_ACTIONS[action]}"
+            principal = await self.caller(scope)
+            if principal is None:
+                anonymous = self.authn.anonymous()
+                if anonymous is None or not anonymous.can(repo, action):
+                    raise self.unauthorized(scope)
+                principal = anonymous
+            elif not principal.can(repo, action):
+                if principal.via == "bearer" and action in principal.perms.docker_actions(repo):
+                    raise self.unauthorized(scope, error="insufficient_scope",
+                                            message="token does not cover this scope")
+                log.info("denied %s on %s to %s", action, repo, principal.name)
+                raise RegistryError(errors.DENIED, detail={"repository": repo, "action": action},
+                                    message=f"{principal.name} may not {action} {repo}")
+        if route != "catalog" and self.read_only_name and REQUIRED[route][method] != "pull":
+            raise RegistryError(errors.DENIED, message=f"connected registry "
+                                f"{self.read_only_name} is ReadOnly: writes are not accepted")
+        if route == "upload-start" and "mount" in request.args:
+            self._restrict_mount(principal)
+        return principal
+
+    def _restrict_mount(self, principal: Principal) -> None:
+        """Mount only from a repository the caller may pull; otherwise a normal upload.
+
+        An automatic mount (no `from`) is kept only for callers who may read everything, since
+        it would otherwise reveal blobs of repositories the caller cannot see.
+        """
+        source = request.args.get("from")
+        if source is not None and principal.can(source, "pull"):
+            return
+        if source is None and principal.perms.everything:
+            return
+        args = request.args.to_dict(flat=False)
+        args.pop("mount", None)
+        args.pop("from", None)
+        request.args = ImmutableMultiDict([(k, v) for k, vs in args.items() for v in vs])
+
+    def sees_everything(self, principal: Principal) -> bool:
+        return principal.perms.everything or principal.perms.read_everything
+
+    async def catalog(self, reg: Registry, principal: Principal) -> Response:
+        """The catalog restricted to repositories `principal` may pull, paginated as usual."""
+
+        if principal.via == "bearer" and not principal.catalog_granted:
+            def allowed(repo: str) -> bool:  # a token without the catalog scope: its repositories
+                return principal.can(repo, "pull")
+        else:
+            allowed = principal.perms.can_pull
+
+        def fetch(limit: int, last: str | None) -> list[str]:
+            out: list[str] = []
+            cursor = last
+            while len(out) < limit:
+                batch = reg.meta.list_repositories(1000, cursor)
+                if not batch:
+                    break
+                out.extend(r for r in batch if allowed(r))
+                cursor = batch[-1]
+            return out[:limit]
+
+        repos, headers = paginate(fetch, "/v2/_catalog")
+        return json_response({"repositories": repos}, headers=headers)

@@ -1,0 +1,116 @@
+"""Short-lived signed registry tokens (JWT, EdDSA/Ed25519) and refresh tokens.
+
+The signing key is generated on first start into `<data_dir>/auth/token-signing-key.pem` with
+mode 0600 and never leaves the node. Access tokens carry the Docker token-spec `access` claim
+(`[{"type":"repository","name":…,"actions":[…]}]`); refresh tokens carry only the subject and
+are re-checked against the subject's current permissions when used.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import secrets
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import jwt
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
+ALGORITHM = "EdDSA"
+KEY_FILE = "token-signing-key.pem"
+
+
+def write_secret_file(path: Path, data: bytes) -> bool:
+    """Create `path` with mode 0600 and `data`; False if it already exists (never overwritten)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    except FileExistsError:
+        return False
+    with os.fdopen(fd, "wb") as f:
+        f.write(data)
+        f.flush()
+        os.fsync(f.fileno())
+    return True
+
+
+def load_or_create_key(auth_dir: Path) -> Ed25519PrivateKey:
+    path = auth_dir / KEY_FILE
+    if not path.exists():
+        pem = Ed25519PrivateKey.generate().private_bytes(
+            serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+            serialization.NoEncryption())
+        write_secret_file(path, pem)
+    key = serialization.load_pem_private_key(path.read_bytes(), password=None)
+    if not isinstance(key, Ed25519PrivateKey):
+        raise ValueError(f"{path} is not an Ed25519 private key")
+    return key
+
+
+@dataclass(frozen=True)
+class TokenClaims:
+    subject: str
+    # repository name -> granted registry actions (pull/push/delete)
+    access: dict[str, frozenset[str]]
+    catalog: bool
+    expires_at: float
+
+
+class TokenService:
+    def __init__(self, auth_dir: Path, service: str, ttl: int, refresh_ttl: int):
+        self._key = load_or_create_key(auth_dir)
+        self._public = self._key.public_key()
+        raw = self._public.public_bytes(serialization.Encoding.Raw, serialization.PublicFormat.Raw)
+        self.key_id = hashlib.sha256(raw).hexdigest()[:16]
+        self.service = service
+        self.ttl = ttl
+        self.refresh_ttl = refresh_ttl
+
+    def _sign(self, claims: dict) -> str:
+        return jwt.encode(claims, self._key, algorithm=ALGORITHM, headers={"kid": self.key_id})
+
+    def _base(self, subject: str, ttl: int, typ: str) -> dict:
+        now = int(time.time())
+        return {"iss": self.service, "aud": self.service, "sub": subject, "iat": now,
+                "nbf": now - 5, "exp": now + ttl, "jti": secrets.token_urlsafe(12), "typ": typ}
+
+    def issue_access(self, subject: str, access: dict[str, set[str]], catalog: bool) -> tuple[str, dict]:
+        claims = self._base(subject, self.ttl, "access")
+        entries = [{"type": "repository", "name": repo, "actions": sorted(actions)}
+                   for repo, actions in sorted(access.items())]
+        if catalog:
+            entries.append({"type": "registry", "name": "catalog", "actions": ["*"]})
+        claims["access"] = entries
+        return self._sign(claims), claims
+
+    def issue_refresh(self, subject: str) -> str:
+        return self._sign(self._base(subject, self.refresh_ttl, "refresh"))
+
+    def _decode(self, token: str, typ: str) -> dict | None:
+        try:
+            claims = jwt.decode(token, self._public, algorithms=[ALGORITHM],
+                                audience=self.service, issuer=self.service,
+                                options={"require": ["exp", "sub", "iat"]})
+        except jwt.PyJWTError:
+            return None
+        return claims if claims.get("typ") == typ else None
+
+    def verify_access(self, token: str) -> TokenClaims | None:
+        claims = self._decode(token, "access")
+        if claims is None:
+            return None
+        access: dict[str, frozenset[str]] = {}
+        catalog = False
+        for entry in claims.get("access") or []:
+            if entry.get("type") == "repository" and isinstance(entry.get("name"), str):
+                access[entry["name"]] = frozenset(entry.get("actions") or ())
+            elif entry.get("type") == "registry" and entry.get("name") == "catalog":
+                catalog = True
+        return TokenClaims(claims["sub"], access, catalog, float(claims["exp"]))
+
+    def verify_refresh(self, token: str) -> str | None:
+        claims = self._decode(token, "refresh")
+        return claims["sub"] if claims else None

@@ -1,0 +1,139 @@
+"""A connected registry's side of activation (spec §4), and relaying it up a hierarchy.
+
+At start, a node with a connection string POSTs `{"instanceId"}` to its parent's
+`/connreg/v1/connected-registries/<name>/activate` with its sync token (Basic). The instance id
+is generated once and kept in `<data_dir>/instance-id`, so restarts of the same deployment are
+recognised; a second deployment gets 409 until `deactivate`. What the parent answers (mode,
+parent, repositories; never a secret) is kept in `<data_dir>/connected-registry.json`.
+
+Nested hierarchies: the root is the only source of truth for activation. A CR that receives an
+activate request for a descendant relays it unchanged (same Authorization header, same body) to
+its own parent, and so on up to the root, which checks the descendant's own sync token.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import uuid
+from dataclasses import dataclass
+from pathlib import Path
+
+import httpx
+
+from connreg import __version__
+from connreg.config import Settings
+
+INSTANCE_ID_FILE = "instance-id"
+STATE_FILE = "connected-registry.json"
+REQUIRED_KEYS = ("ConnectedRegistryName", "SyncTokenName", "SyncTokenPassword",
+                 "ParentGatewayEndpoint", "ParentEndpointProtocol")
+
+
+class ActivationError(Exception):
+    """Activation was refused or could not happen; the message is one line for the operator."""
+
+
+@dataclass(frozen=True)
+class Connection:
+    name: str
+    token: str
+    password: str
+    endpoint: str
+    protocol: str
+
+    @property
+    def base_url(self) -> str:
+        return f"{self.protocol}://{self.endpoint}"
+
+    def __repr__(self) -> str:  # never show the password
+        return f"Connection(name={self.name!r}, token={self.token!r}, endpoint={self.endpoint!r})"
+
+
+def parse_connection_string(text: str, endpoint_override: str = "") -> Connection:
+    parts = {}
+    for item in text.strip().split(";"):
+        if item.strip():
+            key, sep, value = item.partition("=")
+            if not sep:
+                raise ValueError("connection string: expected Key=Value pairs separated by ';'")
+            parts[key.strip()] = value.strip()
+    missing = [k for k in REQUIRED_KEYS if not parts.get(k)]
+    if missing:
+        raise ValueError(f"connection string lacks {', '.join(missing)}")
+    protocol = parts["ParentEndpointProtocol"].lower()
+    if protocol not in ("http", "https"):
+        raise ValueError("connection string: ParentEndpointProtocol must be http or https")
+    return Connection(parts["ConnectedRegistryName"], parts["SyncTokenName"],
+                      parts["SyncTokenPassword"], endpoint_override or
+                      parts["ParentGatewayEndpoint"], protocol)
+
+
+def connection(settings: Settings) -> Connection | None:
+    if not settings.connection_string:
+        return None
+    return parse_connection_string(settings.connection_string, settings.parent_endpoint)
+
+
+def instance_id(data_dir: Path) -> str:
+    path = data_dir / INSTANCE_ID_FILE
+    if not path.exists():
+        data_dir.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_suffix(".tmp")
+        tmp.write_text(str(uuid.uuid4()) + "\n")
+        os.replace(tmp, path)
+    return path.read_text().strip()
+
+
+def load_state(data_dir: Path) -> dict | None:
+    path = data_dir / STATE_FILE
+    return json.loads(path.read_text()) if path.exists() else None
+
+
+def _message(resp: httpx.Response) -> str:
+    try:
+        return resp.json()["errors"][0]["message"]
+    except (ValueError, KeyError, IndexError, TypeError):
+        return f"HTTP {resp.status_code}"
+
+
+def activate(settings: Settings, timeout: float = 30.0) -> dict:
+    """Activate this node's connected registry at its parent; ActivationError if refused."""
+    conn = connection(settings)
+    assert conn is not None
+    body = {"instanceId": instance_id(settings.data_dir), "version": __version__}
+    url = f"{conn.base_url}/connreg/v1/connected-registries/{conn.name}/activate"
+    try:
+        resp = httpx.post(url, json=body, auth=(conn.token, conn.password), timeout=timeout)
+    except httpx.HTTPError as exc:
+        state = load_state(settings.data_dir)
+        if state is not None:  # activated before: serve what we have while the parent is away
+            state["offline"] = f"parent {conn.endpoint} unreachable ({type(exc).__name__})"
+            return state
+        raise ActivationError(f"cannot reach parent {conn.endpoint} to activate connected "
+                              f"registry {conn.name}: {type(exc).__name__}") from None
+    if resp.status_code != 200:
+        raise ActivationError(f"parent {conn.endpoint} refused to activate connected registry "
+                              f"{conn.name} (HTTP {resp.status_code}): {_message(resp)}")
+    doc = resp.json()
+    state = {k: doc.get(k) for k in ("name", "mode", "parent", "repositories", "instanceId",
+                                     "syncSchedule", "syncWindow", "messageTtl", "logLevel")}
+    path = settings.data_dir / STATE_FILE
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(json.dumps(state, indent=2))
+    os.replace(tmp, path)
+    return state
+
+
+async def relay_activation(settings: Settings, name: str, authorization: str | None,
+                           body: bytes) -> httpx.Response:
+    """Forward a descendant's activate request to this node's parent, unchanged."""
+    conn = connection(settings)
+    assert conn is not None
+    headers = {"Content-Type": "application/json"}
+    if authorization:
+        headers["Authorization"] = authorization
+    async with httpx.AsyncClient(timeout=30.0) as client:
+        return await client.post(
+            f"{conn.base_url}/connreg/v1/connected-registries/{name}/activate",
+            content=body, headers=headers)

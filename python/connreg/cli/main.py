@@ -7,21 +7,38 @@ import sys
 from pathlib import Path
 
 from connreg import __version__
+from connreg.cli import connected_registry, login, scope_map, token
 from connreg.config import Settings
 
 
 def _serve(args: argparse.Namespace) -> int:
     from connreg import serve
+    from connreg.control import activation
 
     try:
         settings = Settings.load(
             config_file=args.config,
             overrides={"data_dir": args.data_dir, "listen": args.listen,
-                       "log_level": args.log_level},
+                       "log_level": args.log_level, "auth": args.auth,
+                       "anonymous_pull": args.anonymous_pull,
+                       "advertise_address": args.advertise_address,
+                       "connection_string": args.connection_string,
+                       "parent_endpoint": args.parent_endpoint},
         )
+        if settings.is_connected_registry:
+            activation.connection(settings)  # validates the connection string early
     except (OSError, ValueError) as exc:
         print(f"connreg: error: {exc}", file=sys.stderr)
         return 2
+    if settings.is_connected_registry:
+        try:
+            state = activation.activate(settings)
+        except activation.ActivationError as exc:
+            print(f"connreg: error: {exc}", file=sys.stderr)
+            return 3
+        if state.get("offline"):
+            print(f"connreg: warning: {state['offline']}; serving as connected registry "
+                  f"{state.get('name')} with what is stored", file=sys.stderr)
     serve.main(settings)
     return 0
 
@@ -37,7 +54,22 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--listen", help="host:port (env CONNREG_LISTEN, default 127.0.0.1:5000)")
     serve.add_argument("--config", type=Path, help="TOML file with settings")
     serve.add_argument("--log-level", help="debug, info, warning, error")
+    serve.add_argument("--no-auth", dest="auth", action="store_const", const=False,
+                       help="open registry without authentication, for tests only "
+                       "(env CONNREG_AUTH=false)")
+    serve.add_argument("--anonymous-pull", action="store_const", const=True,
+                       help="let clients without credentials pull (env CONNREG_ANONYMOUS_PULL)")
+    serve.add_argument("--advertise-address", help="host:port children reach this node at "
+                       "(env CONNREG_ADVERTISE_ADDRESS, default --listen)")
+    serve.add_argument("--connection-string", help="run as a connected registry: the string "
+                       "printed by `connreg connected-registry get-settings` "
+                       "(env CONNREG_CONNECTION_STRING)")
+    serve.add_argument("--parent-endpoint", help="host:port of the parent, overriding the "
+                       "connection string's (env CONNREG_PARENT_ENDPOINT)")
     serve.set_defaults(func=_serve)
+
+    for module in (login, scope_map, token, connected_registry):
+        module.register(sub)
     return parser
 
 

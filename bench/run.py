@@ -276,7 +276,9 @@ class Connreg(Server):
         self.python = python
 
     def command(self, data: Path) -> list[str]:
-        return [self.python, "-m", "connreg", "serve", "--data-dir", str(data), "--listen", self.host, *self.extra]
+        # Open mode, like the distribution peer (which runs without auth): same work per request.
+        return [self.python, "-m", "connreg", "serve", "--data-dir", str(data), "--listen", self.host,
+                "--no-auth", *self.extra]
 
     def ready_url(self) -> str:
         return f"http://{self.host}/healthz"

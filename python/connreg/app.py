@@ -17,10 +17,14 @@ from connreg.config import Settings
 from connreg.control import activation
 from connreg.control import api as control_api
 from connreg.control.service import ControlPlane
+from connreg.control import validation as control_validation
 from connreg.control.sqlite_store import SqliteControlStore
 from connreg.errors import RegistryError
 from connreg.references import check_name
 from connreg.registry import Registry
+from connreg.sync import endpoints as sync_endpoints
+from connreg.sync.endpoints import sync_child
+from connreg.sync.runner import run_node_tasks
 
 log = logging.getLogger("connreg")
 API_VERSION_HEADER = ("Docker-Distribution-API-Version", "registry/2.0")
@@ -56,6 +60,15 @@ def create_app(settings: Settings) -> StreamingQuart:
     app.extensions["authorizer"] = authz
     app.register_blueprint(auth_endpoints.bp)
     app.register_blueprint(control_api.bp)
+    app.register_blueprint(sync_endpoints.bp)
+    if settings.test_min_sync_window_seconds:
+        control_validation.MIN_SYNC_WINDOW_SECONDS = settings.test_min_sync_window_seconds
+
+    @app.before_serving
+    async def start_background_tasks() -> None:
+        # Sync with the parent (connected registries) and change-log pruning (every node).
+        app.extensions["sync"] = await run_node_tasks(settings, registry, control_store, state,
+                                                      app.nursery)
 
     @app.after_serving
     async def close() -> None:
@@ -103,6 +116,9 @@ def create_app(settings: Settings) -> StreamingQuart:
             check_name(params["name"])
         # The one authorization step: 401/403 here, or the caller the handler acts for.
         principal = await authz.authorize(route.name, request.method, params)
+        request.sync_child = sync_child(principal)  # change-log origin of a child's pushes
+        if request.sync_child:
+            sync_endpoints.TRAFFIC[request.sync_child] += 1
         if route.name == "catalog" and not authz.sees_everything(principal):
             return await authz.catalog(registry, principal)
         return await handler(registry, **params)

@@ -52,6 +52,12 @@ class Settings:
     # host:port overriding the connection string's ParentGatewayEndpoint.
     parent_endpoint: str = ""
 
+    # --- test-only knobs (never set in production; documented in docs/sync.md) ---------------
+    # Shifts this node's clock for sync schedules and change-log retention.
+    test_clock_offset_seconds: float = 0.0
+    # Lowers the PT1H minimum sync window the root accepts.
+    test_min_sync_window_seconds: int = 0
+
     @property
     def advertised(self) -> str:
         return self.advertise_address or self.listen

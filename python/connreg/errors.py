@@ -44,6 +44,7 @@ MANIFEST_TOO_LARGE = _register("SIZE_INVALID", 413, "manifest exceeds the size l
 NOT_FOUND = _register("NOT_FOUND", 404, "no such endpoint")
 METHOD_NOT_ALLOWED = _register("UNSUPPORTED", 405, "method not allowed on this endpoint")
 STORAGE_FULL = _register("DENIED", 507, "registry storage budget exhausted")
+INVALID_BODY = _register("INVALID", 400, "request body invalid")
 INTERNAL = _register("UNKNOWN", 500, "internal server error")
 
 

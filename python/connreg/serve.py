@@ -47,4 +47,6 @@ async def run(settings: Settings) -> None:
 def main(settings: Settings) -> None:
     logging.basicConfig(level=settings.log_level.upper(),
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    # One line per request to the parent is noise; sync logs what it does itself.
+    logging.getLogger("httpx").setLevel(logging.WARNING)
     trio.run(run, settings)

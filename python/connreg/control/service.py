@@ -11,6 +11,9 @@ them for a set of connected registries after any change to the tree.
 
 from __future__ import annotations
 
+import time
+from datetime import datetime
+
 from typing import Any, Callable
 
 from connreg.auth.actions import (
@@ -36,6 +39,11 @@ CR_REPORTED = {
     "version": None, "statusDetails": [],
 }
 SETTABLE = set(CR_DEFAULTS) | {"repositories"}
+
+
+# A node reports every few seconds (sync/service.py STATUS_EVERY); three missed reports and
+# the parent shows it Offline.
+HEARTBEAT_TIMEOUT_SECONDS = 20.0
 
 
 def sync_names(cr: str) -> tuple[str, str]:
@@ -412,13 +420,26 @@ class ControlPlane:
                 a["updatedAt"] = v.now_iso()
                 t.put(CONNECTED_REGISTRY, a)
 
+    @staticmethod
+    def _with_liveness(doc: dict) -> dict:
+        """connectionState as reported, unless heartbeats stopped: then Offline (§2)."""
+        last = doc.get("lastActivityTime")
+        if last and doc.get("connectionState") != "Offline":
+            age = time.time() - datetime.fromisoformat(last.replace("Z", "+00:00")).timestamp()
+            if age > HEARTBEAT_TIMEOUT_SECONDS:
+                return {**doc, "connectionState": "Offline"}
+        return doc
+
     def get_connected_registry(self, name: str) -> dict:
         doc = self.store.get(CONNECTED_REGISTRY, name)
         if doc is None:
             raise v.not_found("connected registry", name)
-        return doc
+        return self._with_liveness(doc)
 
     def list_connected_registries(self, parent: str | None, no_children: bool) -> list[dict]:
+        return [self._with_liveness(d) for d in self._list_crs(parent, no_children)]
+
+    def _list_crs(self, parent: str | None, no_children: bool) -> list[dict]:
         docs = self.store.list(CONNECTED_REGISTRY)
         if parent is None:  # the root: all, or with no_children only the root's own children
             return [c for c in docs if not c.get("parent")] if no_children else docs

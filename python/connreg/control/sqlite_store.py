@@ -79,6 +79,7 @@ class SqliteControlStore:
 
     def transact_sync(self, fn: Callable[[_Txn], T]) -> T:
         conn = self._writer
+        before = conn.total_changes
         conn.execute("BEGIN IMMEDIATE")
         try:
             result = fn(_Txn(conn))
@@ -86,7 +87,8 @@ class SqliteControlStore:
             conn.execute("ROLLBACK")
             raise
         conn.execute("COMMIT")
-        self.generation += 1
+        if conn.total_changes != before:  # a transaction that wrote nothing changes no cache
+            self.generation += 1
         return result
 
     async def transact(self, fn: Callable[[_Txn], T]) -> T:

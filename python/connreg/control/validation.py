@@ -139,13 +139,20 @@ def duration(value, field: str, low: int, high: int, low_text: str, high_text: s
     return value
 
 
+# The smallest sync window. Lowered only by the test-only setting
+# `test_min_sync_window_seconds`, so tests of windows need not wait an hour.
+MIN_SYNC_WINDOW_SECONDS = HOUR
+
+
 def sync_window(value, schedule: str) -> str | None:
     if value is None:
         if schedule != CONTINUOUS:
             raise invalid("syncWindow is required with a non-continuous syncSchedule "
                           f"({schedule!r}); give a duration between PT1H and P7D", "syncWindow")
         return None
-    return duration(value, "syncWindow", HOUR, 7 * DAY, "PT1H", "P7D")
+    low = MIN_SYNC_WINDOW_SECONDS
+    return duration(value, "syncWindow", low, 7 * DAY, "PT1H" if low == HOUR else f"PT{low}S",
+                    "P7D")
 
 
 def message_ttl(value) -> str:

@@ -238,6 +238,21 @@ class SqliteMetadataStore:
             return True
         return await self._write(fn)
 
+    def manifest_digests(self, repo: str) -> list[str]:
+        return [r[0] for r in self._reader.execute(
+            "SELECT digest FROM manifests WHERE repo = ? ORDER BY created", (repo,))]
+
+    async def unlink_all_blobs(self, repo: str) -> int:
+        """Forget a repository's blob links and the repository itself (bytes wait for GC)."""
+        def fn(conn):
+            n = conn.execute("DELETE FROM repo_blobs WHERE repo = ?", (repo,)).rowcount
+            remaining = conn.execute("SELECT 1 FROM manifests WHERE repo = ? LIMIT 1",
+                                     (repo,)).fetchone()
+            if remaining is None:
+                conn.execute("DELETE FROM repositories WHERE name = ?", (repo,))
+            return n
+        return await self._write(fn)
+
     # --- change log -----------------------------------------------------------------------
     @staticmethod
     def _log(conn, repo, op, digest, tag, prev, origin, now) -> None:
@@ -280,10 +295,14 @@ class SqliteMetadataStore:
         row = self._one("SELECT value FROM sync_state WHERE key = ?", (key,))
         return row[0] if row else None
 
-    async def set_state(self, key: str, value: str) -> None:
+    async def set_state(self, key: str, value: str | None) -> None:
+        """Set (or, with None, delete) a durable sync-state value."""
         def fn(conn):
-            conn.execute("INSERT OR REPLACE INTO sync_state (key, value) VALUES (?, ?)",
-                         (key, value))
+            if value is None:
+                conn.execute("DELETE FROM sync_state WHERE key = ?", (key,))
+            else:
+                conn.execute("INSERT OR REPLACE INTO sync_state (key, value) VALUES (?, ?)",
+                             (key, value))
         await self._write(fn)
 
     def referrers(self, repo: str, subject: str, artifact_type: str | None) -> list[Referrer]:

@@ -1,0 +1,175 @@
+"""Down: make the local store hold what the parent holds, for this node's repositories.
+
+Everything written here goes through `content.store_manifest` with origin "parent", so it lands
+in the local change log (this node's children see it) but never in the outbox (it is not sent
+back up). Blobs are fetched before the manifests that reference them, child manifests before
+their index, so a manifest is visible only once everything it points at is.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+
+import trio
+
+from connreg import _core
+from connreg.content import IMAGE_TYPES, INDEX_TYPES, delete_reference, store_manifest
+from connreg.errors import RegistryError
+from connreg.registry import Registry
+from connreg.sync.remote import ParentClient, ParentRefused, ParentUnavailable
+from connreg.sync.state import SyncState, last_known_key
+
+log = logging.getLogger("connreg.sync")
+PARENT = "parent"
+FOREIGN = "nondistributable"
+
+
+class ContentMissingAtParent(Exception):
+    """The parent no longer has something a change refers to (deleted since): skip it."""
+
+
+class Puller:
+    def __init__(self, reg: Registry, parent: ParentClient, state: SyncState,
+                 parallel_blobs: int = 4):
+        self.reg = reg
+        self.parent = parent
+        self.state = state
+        self._blob_slots = trio.CapacityLimiter(parallel_blobs)
+        self._blob_locks: dict[str, trio.Lock] = {}
+
+    # --- blobs ------------------------------------------------------------------------------
+    async def ensure_blob(self, repo: str, digest: str) -> None:
+        if self.reg.meta.linked_blob_size(repo, digest) is not None and self.reg.blobs.exists(digest):
+            return
+        lock = self._blob_locks.setdefault(digest, trio.Lock())
+        async with lock, self._blob_slots:
+            if not self.reg.blobs.exists(digest):
+                await self._fetch_blob(repo, digest)
+            await self.reg.meta.link_blob(repo, digest, self.reg.blobs.size(digest))
+        self._blob_locks.pop(digest, None)
+
+    async def _fetch_blob(self, repo: str, digest: str) -> None:
+        """Stream the blob into a resumable upload named after its digest, then verify+commit.
+
+        An interrupted fetch keeps its verified-by-length prefix on disk and resumes with HTTP
+        Range; content that fails the digest check is discarded and fetched again once.
+        """
+        upload_id = "sync-" + digest.replace(":", "-")
+        for attempt in (1, 2):
+            upload = self.reg.blobs.upload(upload_id)
+            offset = upload.size
+            try:
+                async for chunk in self.parent.stream_blob(repo, digest, offset):
+                    await trio.to_thread.run_sync(upload.write, chunk)
+                    self.state.progress_bytes(len(chunk))
+            except ParentRefused as exc:
+                if exc.status == 416 or (exc.status == 200 and offset):
+                    upload.abort()  # our prefix does not fit the parent's blob: start over
+                    continue
+                if exc.status == 404:
+                    raise ContentMissingAtParent(f"{repo}@{digest}") from None
+                raise
+            try:
+                await trio.to_thread.run_sync(upload.commit, digest)
+                self.state.progress_blob()
+                return
+            except _core.DigestMismatch:
+                log.warning("blob %s from parent failed verification; fetching again", digest)
+                upload.abort()
+        raise ParentUnavailable(f"blob {digest} failed verification twice")
+
+    # --- manifests ----------------------------------------------------------------------------
+    async def ensure_manifest(self, repo: str, digest: str, with_referrers: bool = True) -> bytes:
+        """Fetch a manifest and everything it references (and its referrers), if missing."""
+        if self.reg.meta.get_manifest(repo, digest) is None:
+            manifest = await self.parent.get_manifest(repo, digest)
+            if manifest is None:
+                raise ContentMissingAtParent(f"{repo}@{digest}")
+            doc = json.loads(manifest.body)
+            media_type = doc.get("mediaType") or manifest.media_type
+            if media_type in INDEX_TYPES or "manifests" in doc:
+                for child in doc.get("manifests", []):
+                    await self.ensure_manifest(repo, child["digest"], with_referrers=False)
+            else:
+                layers = [l for l in doc.get("layers", [])
+                          if FOREIGN not in l.get("mediaType", "")
+                          and "foreign" not in l.get("mediaType", "")]
+                async with trio.open_nursery() as nursery:
+                    for desc in [doc["config"], *layers]:
+                        nursery.start_soon(self.ensure_blob, repo, desc["digest"])
+            await store_manifest(self.reg, repo, digest, manifest.body, manifest.media_type,
+                                 origin=PARENT)
+        if with_referrers:
+            for ref in await self.parent.referrers(repo, digest):
+                try:
+                    await self.ensure_manifest(repo, ref["digest"], with_referrers=True)
+                except ContentMissingAtParent:
+                    pass
+        return await self.reg.read_manifest(digest)
+
+    async def set_tag(self, repo: str, tag: str, digest: str) -> None:
+        body = await self.ensure_manifest(repo, digest)
+        record = self.reg.meta.get_manifest(repo, digest)
+        if self.reg.meta.resolve_tag(repo, tag) != digest:
+            await store_manifest(self.reg, repo, tag, body, record.media_type, origin=PARENT)
+        await self.state.set(last_known_key(repo, tag), digest)
+
+    # --- changes ------------------------------------------------------------------------------
+    async def apply(self, change: dict) -> None:
+        repo, op, digest, tag = change["repo"], change["op"], change.get("digest"), change.get("tag")
+        self.state.current_repo = repo
+        try:
+            if op == "manifest":
+                if tag:
+                    await self.set_tag(repo, tag, digest)
+                else:
+                    await self.ensure_manifest(repo, digest)
+            elif op == "delete_tag":
+                await delete_reference(self.reg, repo, tag, origin=PARENT)
+                await self.state.delete(last_known_key(repo, tag))
+            elif op == "delete_manifest":
+                for t in self._tags_pointing_at(repo, digest):
+                    await self.state.delete(last_known_key(repo, t))
+                await delete_reference(self.reg, repo, digest, origin=PARENT)
+        except ContentMissingAtParent as exc:
+            # Deleted at the parent after this change was written; a later change says so.
+            log.info("skipping change %s: %s is gone at the parent", change.get("seq"), exc)
+        except RegistryError as exc:
+            log.warning("change %s for %s not applicable: %s", change.get("seq"), repo, exc.message)
+
+    def _tags_pointing_at(self, repo: str, digest: str) -> list[str]:
+        return [t for t in self.reg.meta.list_tags(repo, None, None)
+                if self.reg.meta.resolve_tag(repo, t) == digest]
+
+    # --- full reconciliation ---------------------------------------------------------------
+    async def reconcile(self, repos: list[str], read_only: bool, pending_tags: set[tuple[str, str]]
+                        ) -> None:
+        """Make `repos` equal to the parent's. Local tags the parent lacks are removed unless a
+        local change to them is still waiting in the outbox (ReadWrite)."""
+        for repo in repos:
+            self.state.current_repo = repo
+            parent_tags = await self.parent.list_tags(repo) or []
+            for tag in parent_tags:
+                digest = await self.parent.head_manifest(repo, tag)
+                if digest is None:
+                    continue
+                if (repo, tag) in pending_tags and self.reg.meta.resolve_tag(repo, tag) != digest:
+                    continue  # our own move of this tag is still to be pushed; pusher decides
+                try:
+                    await self.set_tag(repo, tag, digest)
+                except ContentMissingAtParent:
+                    continue
+            wanted = set(parent_tags)
+            for tag in self.reg.meta.list_tags(repo, None, None):
+                if tag not in wanted and (read_only or (repo, tag) not in pending_tags):
+                    await delete_reference(self.reg, repo, tag, origin=PARENT)
+                    await self.state.delete(last_known_key(repo, tag))
+
+    async def purge_repository(self, repo: str) -> None:
+        """Drop a repository this (ReadOnly) node no longer syncs: tags, manifests, blob links."""
+        for tag in self.reg.meta.list_tags(repo, None, None):
+            await delete_reference(self.reg, repo, tag, origin=PARENT)
+        for digest in self.reg.meta.manifest_digests(repo):
+            await delete_reference(self.reg, repo, digest, origin=PARENT)
+        await self.reg.meta.unlink_all_blobs(repo)

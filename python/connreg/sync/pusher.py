@@ -1,0 +1,148 @@
+"""Up: send this node's outbox to the parent (ReadWrite nodes only).
+
+The outbox is the change log minus what came from the parent: local client pushes and what
+ReadWrite children pushed here, so a change climbs hop by hop until the root has it. Each change
+is acknowledged (`up_cursor`) only after the parent accepted it; a crash re-sends at most the
+change in flight, and re-sending is harmless (content addressed, tag set idempotent).
+
+Conflicts (§5): before moving or deleting a tag at the parent we compare the parent's current
+digest with the one we last agreed on. If the parent moved it too, the parent wins: our manifest
+is still pushed by digest (nothing is lost), our tag follows the parent's, and SYNC_CONFLICT is
+reported. The check and the write are two requests; a move at the parent between them is not
+detected (documented in docs/sync.md).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+
+import trio
+
+from connreg.registry import Registry
+from connreg.storage import Change
+from connreg.sync.puller import PARENT, Puller
+from connreg.sync.remote import ParentClient
+from connreg.sync.state import UP_CURSOR, SyncState, last_known_key
+
+log = logging.getLogger("connreg.sync")
+READ_CHUNK = 1 << 20
+
+
+class Pusher:
+    def __init__(self, reg: Registry, parent: ParentClient, state: SyncState, puller: Puller,
+                 parallel_blobs: int = 4):
+        self.reg = reg
+        self.parent = parent
+        self.state = state
+        self.puller = puller  # fetches the parent's side of a conflict
+        self._blob_slots = trio.CapacityLimiter(parallel_blobs)
+
+    def pending(self, limit: int = 500) -> list[Change]:
+        cursor = self.state.cursor(UP_CURSOR) or 0
+        return self.reg.meta.changes_since(cursor, limit, exclude_origin=PARENT)
+
+    def pending_tags(self) -> set[tuple[str, str]]:
+        out: set[tuple[str, str]] = set()
+        while True:
+            batch = self.pending(10_000)
+            out.update((c.repo, c.tag) for c in batch if c.tag)
+            if len(batch) < 10_000:
+                return out
+
+    async def push_all(self, stop_at: float | None = None) -> int:
+        """Send pending changes in order; return how many were acknowledged."""
+        sent = 0
+        while True:
+            batch = self.pending()
+            if not batch:
+                return sent
+            for change in batch:
+                if stop_at is not None and trio.current_time() >= stop_at:
+                    return sent
+                await self.push_change(change)
+                await self.state.set(UP_CURSOR, str(change.seq))
+                sent += 1
+
+    async def push_change(self, change: Change) -> None:
+        self.state.current_repo = change.repo
+        if change.op == "manifest":
+            if self.reg.meta.get_manifest(change.repo, change.digest) is None:
+                return  # deleted locally since; the delete follows in the outbox
+            await self._push_manifest_tree(change.repo, change.digest)
+            if change.tag and self.reg.meta.resolve_tag(change.repo, change.tag) == change.digest:
+                await self._move_tag(change.repo, change.tag, change.digest)
+        elif change.op == "delete_tag":
+            await self._delete_tag(change.repo, change.tag)
+        elif change.op == "delete_manifest":
+            await self.parent.delete(change.repo, change.digest)
+
+    async def _push_manifest_tree(self, repo: str, digest: str) -> None:
+        record = self.reg.meta.get_manifest(repo, digest)
+        body = await self.reg.read_manifest(digest)
+        if await self.parent.head_manifest(repo, digest) == digest:
+            return
+        doc = json.loads(body)
+        if "manifests" in doc:
+            for child in doc["manifests"]:
+                if self.reg.meta.get_manifest(repo, child["digest"]) is not None:
+                    await self._push_manifest_tree(repo, child["digest"])
+        else:
+            async with trio.open_nursery() as nursery:
+                for desc in [doc.get("config"), *doc.get("layers", [])]:
+                    if desc and self.reg.meta.linked_blob_size(repo, desc["digest"]) is not None:
+                        nursery.start_soon(self._push_blob, repo, desc["digest"])
+        await self.parent.put_manifest(repo, digest, body, record.media_type)
+
+    async def _push_blob(self, repo: str, digest: str) -> None:
+        async with self._blob_slots:
+            if await self.parent.has_blob(repo, digest) or await self.parent.mount_blob(repo, digest):
+                return
+            size = self.reg.blobs.size(digest)
+            await self.parent.push_blob(repo, digest, size, self._read_blob(digest, size))
+            self.state.progress_blob()
+            self.state.progress_bytes(size)
+
+    async def _read_blob(self, digest: str, size: int):
+        offset = 0
+        while offset < size:
+            chunk = await trio.to_thread.run_sync(self.reg.blobs.read, digest, offset, READ_CHUNK)
+            if not chunk:
+                return
+            offset += len(chunk)
+            yield chunk
+
+    async def _parent_moved(self, repo: str, tag: str, ours: str | None) -> str | None:
+        """The parent's digest for `tag` if it moved since we last agreed (a conflict)."""
+        at_parent = await self.parent.head_manifest(repo, tag)
+        agreed = self.state.get(last_known_key(repo, tag))
+        if at_parent is None or at_parent == agreed or at_parent == ours:
+            return None
+        return at_parent
+
+    async def _move_tag(self, repo: str, tag: str, digest: str) -> None:
+        theirs = await self._parent_moved(repo, tag, digest)
+        if theirs is not None:
+            await self._yield_to_parent(repo, tag, digest, theirs)
+            return
+        body = await self.reg.read_manifest(digest)
+        record = self.reg.meta.get_manifest(repo, digest)
+        await self.parent.put_manifest(repo, tag, body, record.media_type)
+        await self.state.set(last_known_key(repo, tag), digest)
+
+    async def _delete_tag(self, repo: str, tag: str) -> None:
+        theirs = await self._parent_moved(repo, tag, None)
+        if theirs is not None:
+            await self._yield_to_parent(repo, tag, None, theirs)
+            return
+        await self.parent.delete(repo, tag)
+        await self.state.delete(last_known_key(repo, tag))
+
+    async def _yield_to_parent(self, repo: str, tag: str, ours: str | None, theirs: str) -> None:
+        detail = self.state.report(
+            "SYNC_CONFLICT",
+            f"tag {repo}:{tag} moved here (to {ours or 'deleted'}) and at the parent "
+            f"(to {theirs}); the parent's tag wins, {ours or 'the local change'} stays "
+            f"reachable by digest")
+        log.warning("%s [%s]", detail.description, detail.correlation_id)
+        await self.puller.set_tag(repo, tag, theirs)

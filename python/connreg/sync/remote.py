@@ -1,0 +1,207 @@
+"""The parent registry, seen from a child: OCI Distribution calls plus the sync endpoints.
+
+Every call raises `ParentUnavailable` for transport failures and 5xx answers (the caller backs
+off and retries later) and `ParentRefused` for answers that retrying will not change.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import AsyncIterator
+
+import httpx
+
+MANIFEST_ACCEPT = ", ".join([
+    "application/vnd.oci.image.manifest.v1+json",
+    "application/vnd.oci.image.index.v1+json",
+    "application/vnd.docker.distribution.manifest.v2+json",
+    "application/vnd.docker.distribution.manifest.list.v2+json",
+])
+
+
+class ParentUnavailable(Exception):
+    """The parent cannot be reached right now (network, 5xx, 429)."""
+
+
+class ParentRefused(Exception):
+    """The parent answered with a definitive error (4xx other than 404/429)."""
+
+    def __init__(self, status: int, message: str):
+        super().__init__(f"HTTP {status}: {message}")
+        self.status = status
+
+
+@dataclass
+class Manifest:
+    body: bytes
+    media_type: str
+    digest: str
+
+
+def _message(resp: httpx.Response) -> str:
+    try:
+        return resp.json()["errors"][0]["message"]
+    except (ValueError, KeyError, IndexError, TypeError):
+        return resp.reason_phrase
+
+
+class ParentClient:
+    def __init__(self, base_url: str, auth: tuple[str, str] | None,
+                 meter=None, timeout: float = 60.0):
+        self.base_url = base_url.rstrip("/")
+        # `meter` counts bytes and may throttle them (bandwidth cap); None means unmetered.
+        self.meter = meter
+        self._client = httpx.AsyncClient(base_url=self.base_url, auth=auth,
+                                         timeout=httpx.Timeout(timeout, connect=10.0),
+                                         limits=httpx.Limits(max_connections=8))
+
+    async def aclose(self) -> None:
+        await self._client.aclose()
+
+    async def _request(self, method: str, url: str, ok=(200,), **kwargs) -> httpx.Response:
+        try:
+            resp = await self._client.request(method, url, **kwargs)
+        except httpx.HTTPError as exc:
+            raise ParentUnavailable(f"{method} {url}: {type(exc).__name__}") from exc
+        if resp.status_code in ok:
+            return resp
+        if resp.status_code >= 500 or resp.status_code == 429:
+            raise ParentUnavailable(f"{method} {url}: HTTP {resp.status_code}")
+        raise ParentRefused(resp.status_code, _message(resp))
+
+    # --- sync endpoints ---------------------------------------------------------------------
+    async def changes(self, cursor: int, wait: float, config: str | None = None,
+                      limit: int = 500) -> dict:
+        params = {"cursor": cursor, "wait": f"{wait:.1f}", "limit": limit}
+        if config:
+            params["config"] = config
+        resp = await self._request(
+            "GET", "/connreg/v1/sync/changes", params=params,
+            timeout=httpx.Timeout(wait + 30.0, connect=10.0))
+        return resp.json()
+
+    async def head(self) -> int:
+        resp = await self._request("GET", "/connreg/v1/sync/changes", params={"peek": 1})
+        return resp.json()["head"]
+
+    async def report_status(self, statuses: list[dict]) -> None:
+        await self._request("POST", "/connreg/v1/sync/status", ok=(200, 204),
+                            json={"registries": statuses})
+
+    async def config(self) -> dict:
+        return (await self._request("GET", "/connreg/v1/sync/config")).json()
+
+    # --- OCI reads ----------------------------------------------------------------------------
+    async def get_manifest(self, repo: str, reference: str) -> Manifest | None:
+        resp = await self._request("GET", f"/v2/{repo}/manifests/{reference}", ok=(200, 404),
+                                   headers={"Accept": MANIFEST_ACCEPT})
+        if resp.status_code == 404:
+            return None
+        body = resp.content
+        if self.meter:
+            await self.meter.account(len(body))
+        return Manifest(body, resp.headers.get("Content-Type", "").split(";")[0],
+                        resp.headers.get("Docker-Content-Digest", ""))
+
+    async def head_manifest(self, repo: str, reference: str) -> str | None:
+        resp = await self._request("HEAD", f"/v2/{repo}/manifests/{reference}", ok=(200, 404),
+                                   headers={"Accept": MANIFEST_ACCEPT})
+        return resp.headers.get("Docker-Content-Digest") if resp.status_code == 200 else None
+
+    async def list_tags(self, repo: str) -> list[str] | None:
+        tags: list[str] = []
+        last = None
+        while True:
+            params = {"n": 1000, **({"last": last} if last else {})}
+            resp = await self._request("GET", f"/v2/{repo}/tags/list", ok=(200, 404),
+                                       params=params)
+            if resp.status_code == 404:
+                return None
+            page = resp.json().get("tags") or []
+            tags.extend(page)
+            if "Link" not in resp.headers or not page:
+                return tags
+            last = page[-1]
+
+    async def catalog(self) -> list[str]:
+        repos: list[str] = []
+        last = None
+        while True:
+            params = {"n": 1000, **({"last": last} if last else {})}
+            resp = await self._request("GET", "/v2/_catalog", params=params)
+            page = resp.json().get("repositories") or []
+            repos.extend(page)
+            if "Link" not in resp.headers or not page:
+                return repos
+            last = page[-1]
+
+    async def referrers(self, repo: str, digest: str) -> list[dict]:
+        resp = await self._request("GET", f"/v2/{repo}/referrers/{digest}", ok=(200, 404))
+        if resp.status_code == 404:
+            return []
+        return resp.json().get("manifests") or []
+
+    async def stream_blob(self, repo: str, digest: str, offset: int = 0
+                          ) -> AsyncIterator[bytes]:
+        """The blob's bytes from `offset` on (HTTP Range), for resuming an interrupted fetch."""
+        headers = {"Range": f"bytes={offset}-"} if offset else {}
+        try:
+            async with self._client.stream("GET", f"/v2/{repo}/blobs/{digest}",
+                                           headers=headers) as resp:
+                if resp.status_code >= 500 or resp.status_code == 429:
+                    raise ParentUnavailable(f"GET blob {digest}: HTTP {resp.status_code}")
+                if resp.status_code not in (200, 206):
+                    await resp.aread()
+                    raise ParentRefused(resp.status_code, _message(resp))
+                if offset and resp.status_code == 200:
+                    raise ParentRefused(200, "parent ignored the Range header")
+                async for chunk in resp.aiter_raw(1 << 20):
+                    if self.meter:
+                        await self.meter.account(len(chunk))
+                    yield chunk
+        except httpx.HTTPError as exc:
+            raise ParentUnavailable(f"GET blob {digest}: {type(exc).__name__}") from exc
+
+    # --- OCI writes (upward sync) ------------------------------------------------------------
+    async def has_blob(self, repo: str, digest: str) -> bool:
+        resp = await self._request("HEAD", f"/v2/{repo}/blobs/{digest}", ok=(200, 404))
+        return resp.status_code == 200
+
+    async def mount_blob(self, repo: str, digest: str) -> bool:
+        """Ask the parent to link a blob it already holds (automatic cross-repository mount)."""
+        resp = await self._request("POST", f"/v2/{repo}/blobs/uploads/", ok=(201, 202),
+                                   params={"mount": digest})
+        if resp.status_code == 201:
+            return True
+        location = resp.headers.get("Location")
+        if location:  # an upload session was opened instead; close it again
+            await self._request("DELETE", location, ok=(204, 404))
+        return False
+
+    async def push_blob(self, repo: str, digest: str, size: int, chunks) -> None:
+        """Upload a blob in one streamed POST+PUT; `chunks` is an async iterator of bytes."""
+        resp = await self._request("POST", f"/v2/{repo}/blobs/uploads/", ok=(202,))
+        location = resp.headers["Location"]
+
+        async def metered():
+            async for chunk in chunks:
+                if self.meter:
+                    await self.meter.account(len(chunk))
+                yield chunk
+
+        await self._request("PUT", location, ok=(201,), params={"digest": digest},
+                            content=metered(),
+                            headers={"Content-Type": "application/octet-stream",
+                                     "Content-Length": str(size)})
+
+    async def put_manifest(self, repo: str, reference: str, body: bytes,
+                           media_type: str) -> None:
+        if self.meter:
+            await self.meter.account(len(body))
+        await self._request("PUT", f"/v2/{repo}/manifests/{reference}", ok=(201,),
+                            content=body, headers={"Content-Type": media_type})
+
+    async def delete(self, repo: str, reference: str) -> bool:
+        resp = await self._request("DELETE", f"/v2/{repo}/manifests/{reference}",
+                                   ok=(202, 404))
+        return resp.status_code == 202

@@ -1,0 +1,67 @@
+"""Wiring: the background tasks every node runs for sync, started by the app.
+
+- Every node prunes its change log to its children's message TTL (the longest one, default
+  P2D), so a child away for longer finds its cursor expired and reconciles fully.
+- A connected registry (a node with a connection string) also runs its SyncService.
+"""
+
+from __future__ import annotations
+
+import logging
+
+import trio
+
+from connreg.config import Settings
+from connreg.control.interfaces import CONNECTED_REGISTRY, ControlStore
+from connreg.control.activation import connection
+from connreg.registry import Registry
+from connreg.sync.control_sync import descendant_statuses, replace_documents
+from connreg.sync.remote import ParentClient
+from connreg.sync.schedule import Clock, parse_duration
+from connreg.sync.service import NodeConfig, SyncService
+
+log = logging.getLogger("connreg.sync")
+DEFAULT_TTL = "P2D"
+PRUNE_EVERY = 60.0
+
+
+def retention_seconds(store: ControlStore, me: str | None) -> float:
+    """The longest message TTL among this node's direct children."""
+    ttls = [parse_duration(cr.get("messageTtl") or DEFAULT_TTL)
+            for cr in store.list(CONNECTED_REGISTRY)
+            if (cr.get("parent") or None) == me or
+            (me is not None and (cr.get("parent") or "").lower() == me.lower())]
+    return max(ttls, default=parse_duration(DEFAULT_TTL))
+
+
+async def prune_loop(reg: Registry, store: ControlStore, me: str | None, clock: Clock) -> None:
+    while True:
+        cutoff = clock.now() - retention_seconds(store, me)
+        pruned = await reg.meta.prune_changes(cutoff)
+        if pruned:
+            log.info("pruned %d change-log entries older than the message TTL", pruned)
+        await trio.sleep(PRUNE_EVERY)
+
+
+def build_sync_service(settings: Settings, reg: Registry, store: ControlStore, state: dict,
+                       clock: Clock) -> SyncService:
+    conn = connection(settings)
+    parent = ParentClient(conn.base_url, (conn.token, conn.password))
+    config = NodeConfig.from_json(state)
+    return SyncService(reg, parent, config, clock,
+                       descendants=lambda: descendant_statuses(store, config.name),
+                       on_config=lambda doc: replace_documents(store, doc))
+
+
+async def run_node_tasks(settings: Settings, reg: Registry, store: ControlStore,
+                         state: dict | None, nursery: trio.Nursery) -> SyncService | None:
+    clock = Clock(settings.test_clock_offset_seconds)
+    me = state["name"] if state else None
+    nursery.start_soon(prune_loop, reg, store, me, clock)
+    if state is None:
+        return None
+    service = build_sync_service(settings, reg, store, state, clock)
+    await nursery.start(service.run)
+    log.info("connected registry %s: syncing with %s (%s)", me, connection(settings).endpoint,
+             service.config.mode)
+    return service

@@ -1,0 +1,255 @@
+"""The sync service of a connected registry: owns the parent connection and three loops.
+
+Inside a sync window (always, when continuous) three tasks run under one nursery:
+- down: long-poll the parent's change feed and apply changes; reconcile fully on first sync,
+  when the cursor expired, or when a resync was requested;
+- up (ReadWrite only): wake on every local change and push the outbox;
+- status: report this node's and its descendants' state to the parent (heartbeat).
+At the window's end the nursery is cancelled; cursors are durable, so the next window resumes
+exactly where this one stopped. Parent failures put the node Offline and back off (capped),
+while clients keep being served from the local store.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import time
+from dataclasses import dataclass, field
+
+import trio
+
+from connreg import __version__
+from connreg.auth.actions import repo_matches
+from connreg.registry import Registry
+from connreg.sync.puller import Puller
+from connreg.sync.pusher import Pusher
+from connreg.sync.remote import ParentClient, ParentRefused, ParentUnavailable
+from connreg.sync.schedule import Clock, Schedule, parse_duration
+from connreg.sync.state import DOWN_CURSOR, SyncState
+
+log = logging.getLogger("connreg.sync")
+LONG_POLL = 20.0
+STATUS_EVERY = 5.0
+MAX_BACKOFF = 30.0
+
+
+@dataclass
+class NodeConfig:
+    """This connected registry's settings as last received from its parent."""
+
+    name: str
+    mode: str = "ReadWrite"
+    repositories: list[str] = field(default_factory=list)
+    sync_schedule: str | None = None
+    sync_window: str | None = None
+    message_ttl: str = "P2D"
+    resync_requested_at: str | None = None
+
+    @classmethod
+    def from_json(cls, doc: dict) -> "NodeConfig":
+        return cls(name=doc["name"], mode=doc.get("mode") or "ReadWrite",
+                   repositories=list(doc.get("repositories") or []),
+                   sync_schedule=doc.get("syncSchedule"), sync_window=doc.get("syncWindow"),
+                   message_ttl=doc.get("messageTtl") or "P2D",
+                   resync_requested_at=doc.get("resyncRequestedAt"))
+
+    @property
+    def read_only(self) -> bool:
+        return self.mode == "ReadOnly"
+
+    def wants(self, repo: str) -> bool:
+        return any(repo_matches(pattern, repo) for pattern in self.repositories)
+
+
+class SyncService:
+    def __init__(self, reg: Registry, parent: ParentClient, config: NodeConfig, clock: Clock,
+                 descendants=None, on_config=None, min_window_seconds: float = 3600.0):
+        self.reg = reg
+        self.parent = parent
+        self.config = config
+        self.clock = clock
+        self.state = SyncState(reg.meta)
+        self.puller = Puller(reg, parent, self.state)
+        self.pusher = Pusher(reg, parent, self.state, self.puller)
+        # Callables supplied by the control plane: statuses of our descendants (relayed up),
+        # and what to do with the configuration document the parent sends down.
+        self.descendants = descendants or (lambda: [])
+        self.on_config = on_config
+        self.min_window = min_window_seconds
+        self._resync = trio.Event()
+        self._reconcile_needed = self.state.cursor(DOWN_CURSOR) is None
+        self._config_version: str | None = None  # as last applied; the feed says when it moves
+
+    # --- public ------------------------------------------------------------------------------
+    def request_resync(self) -> None:
+        self._reconcile_needed = True
+        self._resync.set()
+
+    def schedule(self) -> Schedule:
+        window = None
+        if self.config.sync_window:
+            window = max(parse_duration(self.config.sync_window), 1.0)
+        return Schedule(self.config.sync_schedule, window, self.clock)
+
+    def status(self) -> dict:
+        return {"name": self.config.name, "version": __version__,
+                "lastActivityTime": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+                **self.state.to_json()}
+
+    async def run(self, task_status=trio.TASK_STATUS_IGNORED) -> None:
+        """Run until cancelled. Never raises for parent trouble: it backs off and retries."""
+        task_status.started()
+        while True:
+            schedule = self.schedule()
+            window = schedule.current()
+            if window is None:
+                self.state.connection_state = "Offline"
+                wait = schedule.seconds_until_next()
+                log.info("outside the sync window; next window in %.0f s", wait)
+                with trio.move_on_after(wait):
+                    await self._resync.wait()
+                self._resync = trio.Event()
+                if window is None and schedule.current() is None:
+                    continue
+            end = window.end if window else math.inf
+            deadline = trio.current_time() + (end - self.clock.now()) if end != math.inf else math.inf
+            with trio.move_on_at(deadline):
+                async with trio.open_nursery() as nursery:
+                    nursery.start_soon(self._guarded, "down", self._down_loop)
+                    if not self.config.read_only:
+                        nursery.start_soon(self._guarded, "up", self._up_loop)
+                    nursery.start_soon(self._guarded, "status", self._status_loop)
+                    nursery.start_soon(self._watch_schedule, nursery, schedule.cron,
+                                       self.config.sync_window)
+            log.info("sync window closed; work resumes in the next window")
+
+    # --- loops ---------------------------------------------------------------------------------
+    async def _guarded(self, name: str, loop) -> None:
+        backoff = 1.0
+        while True:
+            try:
+                await loop()
+                return
+            except ParentUnavailable as exc:
+                self.state.connection_state = "Offline"
+                self.state.report("PARENT_UNREACHABLE", f"parent unreachable: {exc}")
+                log.warning("%s sync: parent unreachable (%s); retrying in %.0f s", name, exc,
+                            backoff)
+            except ParentRefused as exc:
+                self.state.connection_state = "Unhealthy"
+                self.state.report("SYNC_REFUSED", f"parent refused {name} sync: {exc}")
+                log.warning("%s sync refused by parent: %s; retrying in %.0f s", name, exc, backoff)
+            await trio.sleep(backoff)
+            backoff = min(backoff * 2, MAX_BACKOFF)
+
+    def _online(self) -> None:
+        if self.state.connection_state in ("Offline", "Unhealthy"):
+            log.info("parent reachable again")
+        self.state.connection_state = "Online"
+        self.state.clear("PARENT_UNREACHABLE")
+        self.state.clear("SYNC_REFUSED")
+
+    async def _down_loop(self) -> None:
+        if self.on_config is not None:
+            await self._sync_config()
+        while True:
+            if self._reconcile_needed:
+                await self.reconcile()
+            cursor = self.state.cursor(DOWN_CURSOR) or 0
+            wait = LONG_POLL if self.schedule().continuous else 0.0
+            feed = await self.parent.changes(cursor, wait, self._config_version)
+            self._online()
+            if self.on_config is not None and feed.get("config") != self._config_version:
+                await self._sync_config()
+                self._config_version = feed.get("config")
+            if feed.get("expired"):
+                log.info("change feed cursor %d expired at the parent; reconciling fully", cursor)
+                self._reconcile_needed = True
+                continue
+            if feed["changes"]:
+                self.state.connection_state = "Syncing"
+                for change in feed["changes"]:
+                    if self.config.wants(change["repo"]) or not self.config.repositories:
+                        await self.puller.apply(change)
+                self.state.connection_state = "Online"
+            if feed["cursor"] != cursor:
+                await self.state.set(DOWN_CURSOR, str(feed["cursor"]))
+            self._synced()
+            if not feed["changes"] and not wait:
+                # Windowed mode without long-poll: poll again shortly, or on resync.
+                with trio.move_on_after(5.0):
+                    await self._resync.wait()
+                self._resync = trio.Event()
+
+    async def _up_loop(self) -> None:
+        while True:
+            head = self.reg.meta.change_bounds()[1]
+            if self.pusher.pending(1):
+                self.state.connection_state = "Syncing"
+                sent = await self.pusher.push_all()
+                self._online()
+                if sent:
+                    log.info("pushed %d change(s) to the parent", sent)
+                    self._synced()
+            await self.reg.meta.wait_for_change(head, 10.0)
+
+    async def _status_loop(self) -> None:
+        while True:
+            await self.parent.report_status([self.status(), *self.descendants()])
+            self._online()
+            await trio.sleep(STATUS_EVERY)
+
+    async def _watch_schedule(self, nursery: trio.Nursery, cron, window) -> None:
+        """Restart the window logic when the parent changes our schedule."""
+        while (self.config.sync_schedule, self.config.sync_window) == (cron, window):
+            await trio.sleep(1.0)
+        nursery.cancel_scope.cancel()
+
+    def _synced(self) -> None:
+        now = time.time()
+        self.state.last_sync_time = now
+        self.state.last_successful_sync_time = now
+
+    async def _sync_config(self) -> None:
+        doc = await self.parent.config()
+        previous = self.config
+        await self.on_config(doc)
+        me = next((r for r in doc.get("connectedRegistries", []) if r["name"] == self.config.name),
+                  None)
+        if me is None:
+            return
+        self.config = NodeConfig.from_json(me)
+        if self.config.resync_requested_at != previous.resync_requested_at and \
+                self.config.resync_requested_at:
+            self._reconcile_needed = True
+        removed = set(previous.repositories) - set(self.config.repositories)
+        added = set(self.config.repositories) - set(previous.repositories)
+        if added:
+            self._reconcile_needed = True
+        if removed and self.config.read_only:
+            await self.purge_unwanted()
+
+    # --- reconciliation ----------------------------------------------------------------------
+    async def reconcile(self) -> None:
+        """Full reconciliation: make every synced repository equal to the parent's."""
+        head = await self.parent.head()  # where to resume the feed once reconciled
+        self.state.connection_state = "Syncing"
+        parent_repos = await self.parent.catalog()
+        repos = [r for r in parent_repos if self.config.wants(r) or not self.config.repositories]
+        log.info("reconciling %d repositories with the parent", len(repos))
+        pending = set() if self.config.read_only else self.pusher.pending_tags()
+        await self.puller.reconcile(repos, self.config.read_only, pending)
+        if self.config.read_only:
+            await self.purge_unwanted(keep=set(repos))
+        await self.state.set(DOWN_CURSOR, str(head))
+        self._reconcile_needed = False
+        self._online()
+        self._synced()
+
+    async def purge_unwanted(self, keep: set[str] | None = None) -> None:
+        """ReadOnly: drop local repositories outside the repository set (§5)."""
+        for repo in self.reg.meta.list_repositories(None, None):
+            if not self.config.wants(repo) and (keep is None or repo not in keep):
+                log.info("purging %s: no longer in this registry's repository set", repo)
+                await self.puller.purge_repository(repo)

@@ -119,7 +119,8 @@ async def config() -> Response:
     name = child or request.args.get("name")
     if not name:
         raise RegistryError(errors.NAME_UNKNOWN, message="which connected registry? (?name=)")
-    return json_response(subtree_documents(control.store, name))
+    return json_response({**subtree_documents(control.store, name),
+                          "version": config_version(control.store, name)})
 
 
 @bp.route("/connreg/v1/sync/status", methods=["POST"])

@@ -139,10 +139,6 @@ class Pusher:
         await self.state.delete(last_known_key(repo, tag))
 
     async def _yield_to_parent(self, repo: str, tag: str, ours: str | None, theirs: str) -> None:
-        detail = self.state.report(
-            "SYNC_CONFLICT",
-            f"tag {repo}:{tag} moved here (to {ours or 'deleted'}) and at the parent "
-            f"(to {theirs}); the parent's tag wins, {ours or 'the local change'} stays "
-            f"reachable by digest")
+        detail = self.state.conflict(repo, tag, ours, theirs)
         log.warning("%s [%s]", detail.description, detail.correlation_id)
         await self.puller.set_tag(repo, tag, theirs)

@@ -32,6 +32,16 @@ log = logging.getLogger("connreg.sync")
 LONG_POLL = 20.0
 STATUS_EVERY = 5.0
 MAX_BACKOFF = 30.0
+MAX_REFUSED_BACKOFF = 10.0
+
+
+def _leaves(exc: BaseException):
+    """The individual exceptions inside (nested) exception groups."""
+    if isinstance(exc, BaseExceptionGroup):
+        for inner in exc.exceptions:
+            yield from _leaves(inner)
+    else:
+        yield exc
 
 
 @dataclass
@@ -126,20 +136,35 @@ class SyncService:
 
     # --- loops ---------------------------------------------------------------------------------
     async def _guarded(self, name: str, loop) -> None:
+        """Run one loop forever: parent trouble backs off and retries; so does a bug, loudly,
+        since a node that stops syncing for good is worse than one that retries."""
         backoff = 1.0
         while True:
             try:
                 await loop()
                 return
-            except ParentUnavailable as exc:
-                self.state.connection_state = "Offline"
-                self.state.report("PARENT_UNREACHABLE", f"parent unreachable: {exc}")
-                log.warning("%s sync: parent unreachable (%s); retrying in %.0f s", name, exc,
-                            backoff)
-            except ParentRefused as exc:
-                self.state.connection_state = "Unhealthy"
-                self.state.report("SYNC_REFUSED", f"parent refused {name} sync: {exc}")
-                log.warning("%s sync refused by parent: %s; retrying in %.0f s", name, exc, backoff)
+            except Exception as exc:  # groups from nurseries included; Cancelled is not caught
+                leaves = list(_leaves(exc))
+                unavailable = next((e for e in leaves if isinstance(e, ParentUnavailable)), None)
+                refused = next((e for e in leaves if isinstance(e, ParentRefused)), None)
+                if unavailable is not None:
+                    self.state.connection_state = "Offline"
+                    self.state.report("PARENT_UNREACHABLE", f"parent unreachable: {unavailable}")
+                    log.warning("%s sync: parent unreachable (%s); retrying in %.0f s", name,
+                                unavailable, backoff)
+                elif refused is not None:
+                    self.state.connection_state = "Unhealthy"
+                    self.state.report("SYNC_REFUSED", f"parent refused {name} sync: {refused}")
+                    log.warning("%s sync refused by parent: %s; retrying in %.0f s", name,
+                                refused, backoff)
+                    # Refused credentials right after a rotation usually mean the parent's copy
+                    # of our token is a moment old: retry soon, but not so often as to be
+                    # rate limited.
+                    backoff = min(backoff, MAX_REFUSED_BACKOFF / 2)
+                else:
+                    self.state.connection_state = "Unhealthy"
+                    self.state.report("SYNC_ERROR", f"{name} sync failed: {type(exc).__name__}")
+                    log.exception("%s sync failed unexpectedly; retrying in %.0f s", name, backoff)
             await trio.sleep(backoff)
             backoff = min(backoff * 2, MAX_BACKOFF)
 
@@ -162,7 +187,6 @@ class SyncService:
             self._online()
             if self.on_config is not None and feed.get("config") != self._config_version:
                 await self._sync_config()
-                self._config_version = feed.get("config")
             if feed.get("expired"):
                 log.info("change feed cursor %d expired at the parent; reconciling fully", cursor)
                 self._reconcile_needed = True
@@ -215,6 +239,7 @@ class SyncService:
         doc = await self.parent.config()
         previous = self.config
         await self.on_config(doc)
+        self._config_version = doc.get("version")
         me = next((r for r in doc.get("connectedRegistries", []) if r["name"] == self.config.name),
                   None)
         if me is None:

@@ -81,6 +81,14 @@ class SyncState:
         self.details = self.details[-MAX_DETAILS:]
         return detail
 
+    def conflict(self, repo: str, tag: str, ours: str | None, theirs: str) -> StatusDetail:
+        """A tag moved here and at the parent since we last agreed: the parent's wins (§5)."""
+        return self.report(
+            "SYNC_CONFLICT",
+            f"tag {repo}:{tag} moved here (to {ours or 'deleted'}) and at the parent "
+            f"(to {theirs}); the parent's tag wins, {ours or 'the local change'} stays "
+            f"reachable by digest")
+
     def clear(self, code: str) -> None:
         self.details = [d for d in self.details if d.code != code]
 

@@ -115,14 +115,13 @@ class SyncService:
             window = schedule.current()
             if window is None:
                 self.state.connection_state = "Offline"
-                wait = schedule.seconds_until_next()
+                wait = max(schedule.seconds_until_next(), 0.1)
                 log.info("outside the sync window; next window in %.0f s", wait)
                 with trio.move_on_after(wait):
                     await self._resync.wait()
                 self._resync = trio.Event()
-                if window is None and schedule.current() is None:
-                    continue
-            end = window.end if window else math.inf
+                continue  # look at the schedule again: the window may be open now
+            end = window.end
             deadline = trio.current_time() + (end - self.clock.now()) if end != math.inf else math.inf
             with trio.move_on_at(deadline):
                 async with trio.open_nursery() as nursery:

@@ -256,3 +256,23 @@ def test_disabled_client_token_stops_working_at_the_edge(tree):
     with tree.client("shopC", tree.reader) as c:
         wait_for(lambda: c.get("/v2/shop/app/tags/list").status_code == 401, 30,
                  message="reader refused at C")
+
+
+def test_resync_runs_a_full_reconciliation_now(tree):
+    b = tree.node("shopB")
+    before = b.log().count("reconciling")
+    cli(tree.h.root, "connected-registry", "resync", "--name", "shopB")
+    wait_for(lambda: b.log().count("reconciling") > before, 30, message="resync at B")
+
+
+def test_disabled_sync_token_stops_the_registry_with_a_clear_status(tree):
+    c = tree.node("shopC")
+    refusals = c.log().count("refused by parent")
+    cli(tree.h.root, "token", "update", "--name", "shopC-sync-token", "--status", "disabled")
+    doc = cli(tree.h.root, "connected-registry", "show", "--name", "shopC")
+    assert doc["connectionState"] == "Offline"
+    assert any(d["code"] == "SYNC_TOKEN_DISABLED" for d in doc["statusDetails"])
+    # The node keeps serving what it has, and says why it stopped syncing.
+    wait_for(lambda: c.log().count("refused by parent") > refusals, 30, message="C refused")
+    with tree.client("shopC") as client:
+        assert client.get("/v2/shop/app/manifests/v2").status_code == 200

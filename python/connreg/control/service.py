@@ -420,9 +420,17 @@ class ControlPlane:
                 a["updatedAt"] = v.now_iso()
                 t.put(CONNECTED_REGISTRY, a)
 
-    @staticmethod
-    def _with_liveness(doc: dict) -> dict:
-        """connectionState as reported, unless heartbeats stopped: then Offline (§2)."""
+    def _with_liveness(self, doc: dict) -> dict:
+        """connectionState as reported, unless heartbeats stopped: then Offline (§2). A disabled
+        sync token disables the connected registry: it is shown Offline with the reason."""
+        token = self.store.get(TOKEN, doc.get("syncToken") or "")
+        if token is not None and token.get("status") == "disabled":
+            detail = {"code": "SYNC_TOKEN_DISABLED",
+                      "description": f"sync token {token['name']} is disabled: the connected "
+                                     "registry cannot sync until it is enabled again",
+                      "timestamp": token.get("updatedAt"), "correlationId": None}
+            return {**doc, "connectionState": "Offline",
+                    "statusDetails": [*doc.get("statusDetails", []), detail]}
         last = doc.get("lastActivityTime")
         if last and doc.get("connectionState") != "Offline":
             age = time.time() - datetime.fromisoformat(last.replace("Z", "+00:00")).timestamp()

@@ -100,6 +100,8 @@ class Puller:
                         nursery.start_soon(self.ensure_blob, repo, desc["digest"])
             await store_manifest(self.reg, repo, digest, manifest.body, manifest.media_type,
                                  origin=PARENT)
+            log.info("synced %s@%s (progress: %d blobs, %d bytes received)", repo, digest[:19],
+                     self.state.blobs_transferred, self.state.bytes_transferred)
         if with_referrers:
             for ref in await self.parent.referrers(repo, digest):
                 try:

@@ -275,4 +275,6 @@ def test_disabled_sync_token_stops_the_registry_with_a_clear_status(tree):
     # The node keeps serving what it has, and says why it stopped syncing.
     wait_for(lambda: c.log().count("refused by parent") > refusals, 30, message="C refused")
     with tree.client("shopC") as client:
-        assert client.get("/v2/shop/app/manifests/v2").status_code == 200
+        repo = client.get("/v2/_catalog").json()["repositories"][0]
+        tag = client.get(f"/v2/{repo}/tags/list").json()["tags"][0]
+        assert client.get(f"/v2/{repo}/manifests/{tag}").status_code == 200

@@ -1,4 +1,4 @@
-"""Native core of connreg (Rust, built by maturin): digests and the blob store.
+"""Native core of connreg (Rust, built by maturin): digests, the blob store and delta transfer.
 
 Typed twin of ``docs/core-api.md``; change both together. Every method that touches the
 filesystem releases the GIL, so the blocking calls are meant to be run in worker threads
@@ -11,15 +11,22 @@ from typing import Self, final
 __all__ = [
     "BlobNotFound",
     "BlobStore",
+    "ChunkParams",
     "CoreError",
+    "CorruptChunk",
     "DigestMismatch",
     "Digester",
     "InvalidDigest",
     "UnsupportedAlgorithm",
     "Upload",
     "UploadNotFound",
+    "chunk_bytes",
+    "decode_chunks",
     "digest_bytes",
+    "encode_chunks",
     "validate_digest",
+    "zstd_compress",
+    "zstd_decompress",
 ]
 
 # --- exceptions -------------------------------------------------------------------------------
@@ -47,6 +54,13 @@ class BlobNotFound(CoreError):
 
 class UploadNotFound(CoreError):
     """No upload with that id (never created, or already committed, aborted or purged)."""
+
+class CorruptChunk(CoreError):
+    """A chunk batch frame (see :func:`decode_chunks`) is truncated or malformed, an entry does
+    not decompress within the size limit, or a chunk's bytes do not hash (BLAKE3) to its id.
+
+    The message names the 0-based entry and, once its header is readable, the chunk id.
+    """
 
 # --- digests ----------------------------------------------------------------------------------
 
@@ -148,6 +162,20 @@ class BlobStore:
             DigestMismatch: ``data`` does not hash to ``expected_digest``.
         """
 
+    def chunks(
+        self, digest: str, params: ChunkParams | None = None
+    ) -> list[tuple[int, int, str]]:
+        """The blob's content-defined chunks: ``(offset, length, blake3 hex)`` for each, in
+        order, covering the blob exactly (``[]`` for an empty blob).
+
+        The same as :func:`chunk_bytes` on the blob's bytes, but streamed from the file through
+        a fixed 1 MiB buffer (constant memory) with the GIL released. ``params`` defaults to
+        ``ChunkParams()``.
+
+        Raises:
+            BlobNotFound: the blob is not in the store.
+        """
+
     def read(self, digest: str, offset: int = 0, length: int | None = None) -> bytes:
         """The blob, or ``length`` bytes of it from ``offset`` (to the end when ``None``).
 
@@ -216,6 +244,23 @@ class Upload:
             UploadNotFound: the upload was committed, aborted or purged.
         """
 
+    def copy_from(self, digest: str, offset: int, length: int) -> int:
+        """Append ``length`` bytes of the stored blob ``digest`` from ``offset`` (a chunk this
+        node already holds) and return the new size.
+
+        The running sha256 covers the copied bytes exactly like :meth:`write`, so
+        :meth:`commit` verifies the assembled content as usual. All or nothing: on failure the
+        upload keeps its previous size. Releases the GIL.
+
+        Raises:
+            BlobNotFound: the source blob is not in the store.
+            CoreError: ``offset + length`` is past the end of the source, or either is
+                negative.
+            InvalidDigest, UnsupportedAlgorithm: ``digest`` is not a valid sha256/sha512
+                digest.
+            UploadNotFound: the upload was committed, aborted or purged.
+        """
+
     def commit(self, expected_digest: str) -> str:
         """Verify the content against ``expected_digest`` (sha256 or sha512), fsync it,
         atomically rename it to its blob path, fsync the directory and return the digest.
@@ -232,3 +277,89 @@ class Upload:
 
     def abort(self) -> None:
         """Remove the upload's file (idempotent)."""
+
+# --- delta transfer ---------------------------------------------------------------------------
+
+@final
+class ChunkParams:
+    """FastCDC chunk size bounds, in bytes.
+
+    Chunks are cut by a gear rolling hash with normalized chunking: never shorter than
+    ``min_size`` (except the last chunk of a stream), never longer than ``max_size``, about
+    ``avg_size`` on average (a little more, because of the skipped minimum). Boundaries depend
+    only on nearby content, so an insertion or deletion changes only the chunks around it.
+    Equal params compare equal.
+    """
+
+    def __new__(
+        cls, min_size: int = 16384, avg_size: int = 65536, max_size: int = 262144
+    ) -> Self:
+        """Validate the bounds.
+
+        Raises:
+            CoreError: unless ``0 <= min_size <= avg_size <= max_size < 2**32`` and
+                ``avg_size`` is a power of two ``>= 256``.
+        """
+
+    @property
+    def min_size(self) -> int:
+        """Smallest chunk (except the last)."""
+
+    @property
+    def avg_size(self) -> int:
+        """Target average chunk (a power of two)."""
+
+    @property
+    def max_size(self) -> int:
+        """Largest chunk; a chunk is cut here unconditionally."""
+
+def chunk_bytes(data: bytes, params: ChunkParams | None = None) -> list[tuple[int, int, str]]:
+    """``(offset, length, blake3 hex)`` for every content-defined chunk of ``data``, in order,
+    covering it exactly; ``[]`` for empty data, one chunk for data shorter than ``min_size``.
+
+    ``params`` defaults to ``ChunkParams()``. The GIL is released for inputs over 64 KiB.
+    """
+
+def encode_chunks(
+    store: BlobStore, items: list[tuple[str, int, int]], level: int = 3
+) -> bytes:
+    """A batch frame holding the bytes of each ``(digest, offset, length)`` of a stored blob.
+
+    For each item, in order: ``id`` (32 raw bytes, BLAKE3 of the bytes) | ``codec`` (1 byte:
+    0 = raw, 1 = zstd) | payload length (u32 little-endian) | payload. A chunk is zstd-compressed
+    at ``level`` only when that makes it strictly smaller; otherwise it is stored raw (already
+    compressed data costs nothing extra). Releases the GIL.
+
+    Raises:
+        BlobNotFound: a blob is not in the store.
+        CoreError: a range passes the end of its blob, a length does not fit in a u32, or
+            ``level`` is outside zstd's range (about -131072..=22; 0 means zstd's default).
+        InvalidDigest, UnsupportedAlgorithm: a digest is not a valid sha256/sha512 digest.
+    """
+
+def decode_chunks(frame: bytes, max_chunk: int = 16777216) -> list[tuple[str, bytes]]:
+    """``(blake3 hex, data)`` for each entry of a frame made by :func:`encode_chunks`, each
+    verified: BLAKE3 of the data equals the entry's id. ``b""`` decodes to ``[]``. Releases
+    the GIL.
+
+    Raises:
+        CorruptChunk: the frame is truncated or malformed (short header, payload past the end,
+            unknown codec), an entry is over ``max_chunk`` bytes (raw, or once decompressed),
+            a zstd payload does not decompress, or a chunk does not match its id. The message
+            names the entry.
+    """
+
+def zstd_compress(data: bytes, level: int = 3) -> bytes:
+    """``data`` as one zstd frame (its content size recorded). Releases the GIL.
+
+    Raises:
+        CoreError: ``level`` is outside zstd's range.
+    """
+
+def zstd_decompress(data: bytes, max_size: int) -> bytes:
+    """Decompress zstd ``data`` (one or more frames) of at most ``max_size`` bytes once
+    decompressed. Releases the GIL.
+
+    Raises:
+        CoreError: ``data`` is not valid zstd, or it decompresses to more than ``max_size``.
+    """

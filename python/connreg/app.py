@@ -22,6 +22,7 @@ from connreg.control.sqlite_store import SqliteControlStore
 from connreg.errors import RegistryError
 from connreg.references import check_name
 from connreg.registry import Registry
+from connreg.delta import endpoints as delta_endpoints
 from connreg.sync import endpoints as sync_endpoints
 from connreg.sync.endpoints import sync_child
 from connreg.sync.runner import run_node_tasks
@@ -61,11 +62,13 @@ def create_app(settings: Settings) -> StreamingQuart:
     app.register_blueprint(auth_endpoints.bp)
     app.register_blueprint(control_api.bp)
     app.register_blueprint(sync_endpoints.bp)
+    app.register_blueprint(delta_endpoints.bp)
     if settings.test_min_sync_window_seconds:
         control_validation.MIN_SYNC_WINDOW_SECONDS = settings.test_min_sync_window_seconds
 
     @app.before_serving
     async def start_background_tasks() -> None:
+        await app.nursery.start(registry.chunk_index.run)
         # Sync with the parent (connected registries) and change-log pruning (every node).
         app.extensions["sync"] = await run_node_tasks(settings, registry, control_store, state,
                                                       app.nursery)
@@ -78,6 +81,9 @@ def create_app(settings: Settings) -> StreamingQuart:
     @app.after_request
     async def api_version(resp: Response) -> Response:
         resp.headers[API_VERSION_HEADER[0]] = API_VERSION_HEADER[1]
+        child = getattr(request, "sync_child", None)
+        if child and request.method != "HEAD":  # what a child downloads through /v2/
+            sync_endpoints.TRAFFIC_BYTES[child] += int(resp.headers.get("Content-Length") or 0)
         return resp
 
     @app.errorhandler(RegistryError)
@@ -119,6 +125,7 @@ def create_app(settings: Settings) -> StreamingQuart:
         request.sync_child = sync_child(principal)  # change-log origin of a child's pushes
         if request.sync_child:
             sync_endpoints.TRAFFIC[request.sync_child] += 1
+            sync_endpoints.TRAFFIC_BYTES[request.sync_child] += request.content_length or 0
         if route.name == "catalog" and not authz.sees_everything(principal):
             return await authz.catalog(registry, principal)
         return await handler(registry, **params)

@@ -52,11 +52,25 @@ class Settings:
     # host:port overriding the connection string's ParentGatewayEndpoint.
     parent_endpoint: str = ""
 
+    # --- delta transfer (docs/delta.md) -----------------------------------------------------
+    # FastCDC chunk sizes; parent and child must agree for chunks to be recognised.
+    chunk_min_size: int = 16 * 1024
+    chunk_avg_size: int = 64 * 1024
+    chunk_max_size: int = 256 * 1024
+    # zstd level for chunk batches on the wire (chunks that do not shrink travel raw).
+    zstd_level: int = 3
+    # Blobs smaller than this travel whole (resumable with Range); larger ones by chunks.
+    delta_threshold_bytes: int = 1024 * 1024
+    # Serve chunk lists and batches to children (off: children fall back to whole blobs).
+    delta: bool = True
+
     # --- test-only knobs (never set in production; documented in docs/sync.md) ---------------
     # Shifts this node's clock for sync schedules and change-log retention.
     test_clock_offset_seconds: float = 0.0
     # Lowers the PT1H minimum sync window the root accepts.
     test_min_sync_window_seconds: int = 0
+    # Flip one byte in the first N chunk batches this node serves (corruption detection tests).
+    test_corrupt_chunk_batches: int = 0
 
     @property
     def advertised(self) -> str:

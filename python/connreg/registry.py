@@ -12,6 +12,7 @@ import trio
 
 from connreg import _core
 from connreg.config import Settings
+from connreg.delta.index import ChunkIndex
 from connreg.storage.sqlite_metadata import SqliteMetadataStore
 
 
@@ -47,6 +48,7 @@ class Registry:
         self.blobs = _core.BlobStore(str(data / "store"))
         self.meta = SqliteMetadataStore(data / "metadata.sqlite")
         self.manifest_cache = ManifestCache(settings.manifest_cache_bytes)
+        self.chunk_index = ChunkIndex(self.blobs, self.meta, settings)
         # Open upload handles keep their running hash; one lock per upload serializes PATCHes.
         self._uploads: dict[str, _core.Upload] = {}
         self._upload_locks: dict[str, trio.Lock] = {}

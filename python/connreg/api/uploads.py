@@ -65,6 +65,7 @@ async def _commit(reg: Registry, name: str, upload_id: str, upload: _core.Upload
         raise RegistryError(errors.DIGEST_INVALID, detail={"digest": digest})
     reg.forget_upload(upload_id)
     await reg.meta.link_blob(name, digest, reg.blobs.size(digest))
+    reg.chunk_index.schedule(digest)
     await reg.meta.delete_upload(upload_id)
     return _blob_created(name, digest)
 

@@ -117,7 +117,8 @@ def activate(settings: Settings, timeout: float = 30.0) -> dict:
                               f"{conn.name} (HTTP {resp.status_code}): {_message(resp)}")
     doc = resp.json()
     state = {k: doc.get(k) for k in ("name", "mode", "parent", "repositories", "instanceId",
-                                     "syncSchedule", "syncWindow", "messageTtl", "logLevel")}
+                                     "syncSchedule", "syncWindow", "messageTtl", "logLevel",
+                                     "bandwidthLimit")}
     path = settings.data_dir / STATE_FILE
     tmp = path.with_suffix(".tmp")
     tmp.write_text(json.dumps(state, indent=2))

@@ -70,6 +70,21 @@ CREATE TABLE IF NOT EXISTS changes (
     prev TEXT,
     origin TEXT NOT NULL
 );
+-- Content-defined chunks of stored blobs (delta transfer): which bytes of which blob hold a
+-- chunk with a given BLAKE3 id. `chunked` records that a blob's list is complete, and with
+-- which chunking parameters it was cut.
+CREATE TABLE IF NOT EXISTS chunks (
+    digest TEXT NOT NULL,
+    offset INTEGER NOT NULL,
+    length INTEGER NOT NULL,
+    chunk_id TEXT NOT NULL,
+    PRIMARY KEY (digest, offset)
+) WITHOUT ROWID;
+CREATE INDEX IF NOT EXISTS chunks_by_id ON chunks (chunk_id);
+CREATE TABLE IF NOT EXISTS chunked (
+    digest TEXT PRIMARY KEY,
+    params TEXT NOT NULL
+);
 CREATE TABLE IF NOT EXISTS sync_state (
     key TEXT PRIMARY KEY,
     value TEXT NOT NULL
@@ -289,6 +304,38 @@ class SqliteMetadataStore:
         with trio.move_on_after(timeout):
             while self.change_bounds()[1] <= after:
                 await self._changed.wait()
+
+    # --- chunk index (delta transfer) -----------------------------------------------------
+    def chunk_list(self, digest: str, params: str) -> list[tuple[int, int, str]] | None:
+        row = self._one("SELECT params FROM chunked WHERE digest = ?", (digest,))
+        if row is None or row[0] != params:
+            return None
+        return [tuple(r) for r in self._reader.execute(
+            "SELECT offset, length, chunk_id FROM chunks WHERE digest = ? ORDER BY offset",
+            (digest,))]
+
+    def find_chunk(self, chunk_id: str, params: str) -> tuple[str, int, int] | None:
+        row = self._one(
+            "SELECT c.digest, c.offset, c.length FROM chunks c JOIN chunked k ON k.digest = c.digest"
+            " WHERE c.chunk_id = ? AND k.params = ? LIMIT 1", (chunk_id, params))
+        return tuple(row) if row else None
+
+    async def put_chunk_list(self, digest: str, params: str,
+                             chunks: list[tuple[int, int, str]]) -> None:
+        def fn(conn):
+            conn.execute("DELETE FROM chunks WHERE digest = ?", (digest,))
+            conn.executemany(
+                "INSERT INTO chunks (digest, offset, length, chunk_id) VALUES (?, ?, ?, ?)",
+                [(digest, o, n, c) for o, n, c in chunks])
+            conn.execute("INSERT OR REPLACE INTO chunked (digest, params) VALUES (?, ?)",
+                         (digest, params))
+        await self._write(fn)
+
+    async def drop_chunk_list(self, digest: str) -> None:
+        def fn(conn):
+            conn.execute("DELETE FROM chunks WHERE digest = ?", (digest,))
+            conn.execute("DELETE FROM chunked WHERE digest = ?", (digest,))
+        await self._write(fn)
 
     # --- sync state (cursors) ----------------------------------------------------------
     def get_state(self, key: str) -> str | None:

@@ -25,6 +25,8 @@ bp = Blueprint("sync_feed", __name__)
 # Requests per child connected registry since this process started (sync API and /v2/):
 # lets operators and tests see that a node outside its window leaves its parent alone.
 TRAFFIC: Counter[str] = Counter()
+# Body bytes exchanged with each child (both directions, headers excluded).
+TRAFFIC_BYTES: Counter[str] = Counter()
 SYNC_TOKEN_SUFFIX = "-sync-token"
 MAX_WAIT = 30.0
 MAX_LIMIT = 1000
@@ -145,4 +147,4 @@ async def traffic() -> Response:
     principal, _ = await sync_caller("config/read")
     if principal is not None and not principal.perms.everything:
         raise RegistryError(errors.DENIED, message="only the admin may read sync traffic")
-    return json_response({"requests": dict(TRAFFIC)})
+    return json_response({"requests": dict(TRAFFIC), "bytes": dict(TRAFFIC_BYTES)})

@@ -14,7 +14,8 @@ import logging
 import trio
 
 from connreg import _core
-from connreg.content import IMAGE_TYPES, INDEX_TYPES, delete_reference, store_manifest
+from connreg.content import INDEX_TYPES, delete_reference, store_manifest
+from connreg.delta.fetch import DeltaFetcher, DeltaUnavailable
 from connreg.errors import RegistryError
 from connreg.registry import Registry
 from connreg.sync.remote import ParentClient, ParentRefused, ParentUnavailable
@@ -35,19 +36,33 @@ class Puller:
         self.reg = reg
         self.parent = parent
         self.state = state
+        self.delta = DeltaFetcher(reg.blobs, reg.chunk_index, parent, state)
+        self.delta_threshold = reg.settings.delta_threshold_bytes
         self._blob_slots = trio.CapacityLimiter(parallel_blobs)
         self._blob_locks: dict[str, trio.Lock] = {}
 
     # --- blobs ------------------------------------------------------------------------------
-    async def ensure_blob(self, repo: str, digest: str) -> None:
+    async def ensure_blob(self, repo: str, digest: str, size: int = 0) -> None:
         if self.reg.meta.linked_blob_size(repo, digest) is not None and self.reg.blobs.exists(digest):
             return
         lock = self._blob_locks.setdefault(digest, trio.Lock())
         async with lock, self._blob_slots:
             if not self.reg.blobs.exists(digest):
-                await self._fetch_blob(repo, digest)
+                await self._fetch(repo, digest, size)
+                self.reg.chunk_index.schedule(digest)
             await self.reg.meta.link_blob(repo, digest, self.reg.blobs.size(digest))
         self._blob_locks.pop(digest, None)
+
+    async def _fetch(self, repo: str, digest: str, size: int) -> None:
+        """Large blobs by chunks (only what this node lacks), small ones whole; a parent that
+        cannot serve chunks gets the whole-blob request."""
+        if size >= self.delta_threshold:
+            try:
+                await self.delta.fetch(repo, digest)
+                return
+            except DeltaUnavailable as exc:
+                log.info("whole-blob transfer for %s: %s", digest[:19], exc)
+        await self._fetch_blob(repo, digest)
 
     async def _fetch_blob(self, repo: str, digest: str) -> None:
         """Stream the blob into a resumable upload named after its digest, then verify+commit.
@@ -97,7 +112,8 @@ class Puller:
                           and "foreign" not in l.get("mediaType", "")]
                 async with trio.open_nursery() as nursery:
                     for desc in [doc["config"], *layers]:
-                        nursery.start_soon(self.ensure_blob, repo, desc["digest"])
+                        nursery.start_soon(self.ensure_blob, repo, desc["digest"],
+                                           desc.get("size") or 0)
             await store_manifest(self.reg, repo, digest, manifest.body, manifest.media_type,
                                  origin=PARENT)
             log.info("synced %s@%s (progress: %d blobs, %d bytes received)", repo, digest[:19],

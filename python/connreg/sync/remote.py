@@ -162,6 +162,24 @@ class ParentClient:
         except httpx.HTTPError as exc:
             raise ParentUnavailable(f"GET blob {digest}: {type(exc).__name__}") from exc
 
+    # --- delta transfer -------------------------------------------------------------------------
+    async def chunk_list(self, repo: str, digest: str) -> dict | None:
+        resp = await self._request("GET", "/connreg/v1/sync/chunks", ok=(200, 404),
+                                   params={"repo": repo, "digest": digest})
+        if resp.status_code == 404:
+            return None
+        if self.meter:
+            await self.meter.account(len(resp.content))
+        return resp.json()
+
+    async def fetch_chunks(self, repo: str, digest: str, ranges: list[list[int]]) -> bytes:
+        resp = await self._request("POST", "/connreg/v1/sync/chunks",
+                                   params={"repo": repo, "digest": digest},
+                                   json={"ranges": ranges})
+        if self.meter:
+            await self.meter.account(len(resp.content))
+        return resp.content
+
     # --- OCI writes (upward sync) ------------------------------------------------------------
     async def has_blob(self, repo: str, digest: str) -> bool:
         resp = await self._request("HEAD", f"/v2/{repo}/blobs/{digest}", ok=(200, 404))

@@ -14,6 +14,7 @@ import trio
 from connreg.config import Settings
 from connreg.control.interfaces import CONNECTED_REGISTRY, ControlStore
 from connreg.control.activation import connection
+from connreg.delta.bandwidth import BandwidthMeter
 from connreg.registry import Registry
 from connreg.sync.control_sync import descendant_statuses, replace_documents
 from connreg.sync.remote import ParentClient
@@ -46,8 +47,9 @@ async def prune_loop(reg: Registry, store: ControlStore, me: str | None, clock: 
 def build_sync_service(settings: Settings, reg: Registry, store: ControlStore, state: dict,
                        clock: Clock) -> SyncService:
     conn = connection(settings)
-    parent = ParentClient(conn.base_url, (conn.token, conn.password))
     config = NodeConfig.from_json(state)
+    meter = BandwidthMeter(config.bandwidth_limit)
+    parent = ParentClient(conn.base_url, (conn.token, conn.password), meter=meter)
     return SyncService(reg, parent, config, clock,
                        descendants=lambda: descendant_statuses(store, config.name),
                        on_config=lambda doc: replace_documents(store, doc))

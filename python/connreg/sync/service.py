@@ -55,6 +55,7 @@ class NodeConfig:
     sync_window: str | None = None
     message_ttl: str = "P2D"
     resync_requested_at: str | None = None
+    bandwidth_limit: int | None = None  # bytes/s for all sync traffic, both directions
 
     @classmethod
     def from_json(cls, doc: dict) -> "NodeConfig":
@@ -62,7 +63,8 @@ class NodeConfig:
                    repositories=list(doc.get("repositories") or []),
                    sync_schedule=doc.get("syncSchedule"), sync_window=doc.get("syncWindow"),
                    message_ttl=doc.get("messageTtl") or "P2D",
-                   resync_requested_at=doc.get("resyncRequestedAt"))
+                   resync_requested_at=doc.get("resyncRequestedAt"),
+                   bandwidth_limit=doc.get("bandwidthLimit"))
 
     @property
     def read_only(self) -> bool:
@@ -244,6 +246,8 @@ class SyncService:
         if me is None:
             return
         self.config = NodeConfig.from_json(me)
+        if self.parent.meter is not None:
+            self.parent.meter.set_rate(self.config.bandwidth_limit)
         if self.config.resync_requested_at != previous.resync_requested_at and \
                 self.config.resync_requested_at:
             self._reconcile_needed = True

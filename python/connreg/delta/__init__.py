@@ -1,0 +1,9 @@
+"""Chunk-level delta transfer between connreg nodes (spec §5 "Transfer").
+
+- `index.py`     the chunk index: every stored blob cut into content-defined chunks (FastCDC,
+                 BLAKE3 ids, in the Rust core), built at ingest and rebuildable.
+- `endpoints.py` parent side: a blob's chunk list, and batches of chunks, zstd-compressed.
+- `fetch.py`     child side: build a blob from chunks it already holds plus the ones it lacks,
+                 resumable, verified by SHA-256 before it becomes visible.
+- `bandwidth.py` a token bucket that caps sync traffic in both directions.
+"""

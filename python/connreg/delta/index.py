@@ -1,0 +1,88 @@
+"""The chunk index: which stored blob holds which content-defined chunk.
+
+Every blob a node stores is cut into chunks (FastCDC in the Rust core, BLAKE3 ids) once, in the
+background after ingest, whatever brought it (client push, sync, mount). Lists are also served
+to children (cached here after the first computation), and a child looks its wanted chunk ids
+up here to copy them from local blobs instead of fetching them. `reindex` rebuilds it all.
+"""
+
+from __future__ import annotations
+
+import logging
+
+import trio
+
+from connreg import _core
+from connreg.config import Settings
+from connreg.storage import MetadataStore
+
+log = logging.getLogger("connreg.delta")
+
+
+def params_key(p: "_core.ChunkParams") -> str:
+    return f"fastcdc-blake3:{p.min_size}:{p.avg_size}:{p.max_size}"
+
+
+class ChunkIndex:
+    def __init__(self, blobs, meta: MetadataStore, settings: Settings):
+        self.blobs = blobs
+        self.meta = meta
+        self.params = _core.ChunkParams(settings.chunk_min_size, settings.chunk_avg_size,
+                                        settings.chunk_max_size)
+        self.key = params_key(self.params)
+        self._queue_send, self._queue_recv = trio.open_memory_channel[str](10_000)
+        self._slots = trio.CapacityLimiter(1)  # one blob at a time: indexing is background work
+
+    def chunks_of(self, digest: str) -> list[tuple[int, int, str]] | None:
+        return self.meta.chunk_list(digest, self.key)
+
+    async def ensure(self, digest: str) -> list[tuple[int, int, str]]:
+        """The blob's chunk list, computed (streaming, GIL released) and stored if missing."""
+        cached = self.chunks_of(digest)
+        if cached is not None:
+            return cached
+        async with self._slots:
+            cached = self.chunks_of(digest)
+            if cached is not None:
+                return cached
+            chunks = await trio.to_thread.run_sync(self.blobs.chunks, digest, self.params)
+            await self.meta.put_chunk_list(digest, self.key, chunks)
+            return chunks
+
+    async def record(self, digest: str, chunks: list[tuple[int, int, str]]) -> None:
+        """Store a list we already know (a blob assembled from a parent's verified list)."""
+        await self.meta.put_chunk_list(digest, self.key, chunks)
+
+    def locate(self, chunk_id: str) -> tuple[str, int, int] | None:
+        """(digest, offset, length) of a local copy of the chunk, if any blob here holds it."""
+        found = self.meta.find_chunk(chunk_id, self.key)
+        if found is not None and self.blobs.exists(found[0]):
+            return found
+        return None
+
+    def schedule(self, digest: str) -> None:
+        """Queue a freshly stored blob for indexing (dropped if the queue is full: `ensure`
+        computes on demand anyway)."""
+        try:
+            self._queue_send.send_nowait(digest)
+        except trio.WouldBlock:
+            pass
+
+    async def run(self, task_status=trio.TASK_STATUS_IGNORED) -> None:
+        """Background indexer, owned by the app's nursery."""
+        task_status.started()
+        async for digest in self._queue_recv:
+            try:
+                if self.blobs.exists(digest):
+                    await self.ensure(digest)
+            except Exception:  # a blob deleted meanwhile, a read error: log and go on
+                log.exception("indexing chunks of %s failed", digest)
+
+    async def reindex(self) -> int:
+        """Recompute every blob's list (maintenance); returns how many blobs were indexed."""
+        count = 0
+        for digest in self.blobs.list_digests():
+            chunks = await trio.to_thread.run_sync(self.blobs.chunks, digest, self.params)
+            await self.meta.put_chunk_list(digest, self.key, chunks)
+            count += 1
+        return count

@@ -1,0 +1,168 @@
+"""Delta transfer between real nodes: chunks the child holds are not re-sent, corrupt chunks are
+caught, interrupted transfers resume, and a parent without delta still serves whole blobs."""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import subprocess
+import sys
+import time
+
+import httpx
+import pytest
+
+from connreg.testing.hierarchy import Hierarchy, wait_for
+from connreg.testing.oci import sha256
+from helpers import push_blob
+
+EMPTY_CONFIG = b"{}"
+ARTIFACT_TYPE = "application/vnd.example.data"
+
+
+def push_artifact(client: httpx.Client, repo: str, tag: str, data: bytes) -> str:
+    push_blob(client, repo, EMPTY_CONFIG)
+    push_blob(client, repo, data)
+    manifest = json.dumps({
+        "schemaVersion": 2, "mediaType": "application/vnd.oci.image.manifest.v1+json",
+        "artifactType": ARTIFACT_TYPE,
+        "config": {"mediaType": "application/vnd.oci.empty.v1+json", "digest": sha256(EMPTY_CONFIG),
+                   "size": len(EMPTY_CONFIG)},
+        "layers": [{"mediaType": "application/octet-stream", "digest": sha256(data),
+                    "size": len(data)}],
+    }).encode()
+    r = client.put(f"/v2/{repo}/manifests/{tag}", content=manifest,
+                   headers={"Content-Type": "application/vnd.oci.image.manifest.v1+json"})
+    assert r.status_code == 201, r.text
+    return sha256(manifest)
+
+
+def edited(data: bytes, seed: int, regions: int = 10, insert: int = 256 * 1024) -> bytes:
+    """About 1% of the bytes changed in scattered places, plus an insertion near the start."""
+    rng = random.Random(seed)
+    out = bytearray(data)
+    region = len(data) // 100 // regions
+    for _ in range(regions):
+        at = rng.randrange(0, len(out) - region)
+        out[at:at + region] = os.urandom(region)
+    return bytes(out[:4096]) + os.urandom(insert) + bytes(out[4096:])
+
+
+def child_bytes(root, name: str) -> int:
+    r = httpx.get(f"{root.url}/connreg/v1/sync/traffic", auth=root.admin, timeout=10)
+    return r.json()["bytes"].get(name, 0)
+
+
+def blob_at(node, repo: str, digest: str) -> bytes | None:
+    r = httpx.get(f"{node.url}/v2/{repo}/blobs/{digest}", auth=node.admin, timeout=60)
+    return r.content if r.status_code == 200 else None
+
+
+@pytest.fixture
+def pair(tmp_path):
+    """A root and one ReadOnly connected registry syncing `data/*` (started by the test)."""
+    h = Hierarchy(tmp_path)
+    h.start_root()
+    yield h
+    h.stop_all()
+
+
+def test_only_missing_chunks_cross_the_link(pair):
+    pair.create("edge1", "ReadOnly", ["data/*"])
+    edge = pair.start_child("edge1")
+    v1 = os.urandom(12 * 1024 * 1024)
+    with httpx.Client(base_url=pair.root.url, auth=pair.root.admin, timeout=60) as c:
+        push_artifact(c, "data/model", "v1", v1)
+    wait_for(lambda: blob_at(edge, "data/model", sha256(v1)) == v1, 30, message="v1 at edge")
+    after_v1 = child_bytes(pair.root, "edge1")
+    assert after_v1 < len(v1) * 1.05  # random data does not compress: about its size
+
+    v2 = edited(v1, seed=1)
+    with httpx.Client(base_url=pair.root.url, auth=pair.root.admin, timeout=60) as c:
+        push_artifact(c, "data/model", "v2", v2)
+    wait_for(lambda: blob_at(edge, "data/model", sha256(v2)) == v2, 30, message="v2 at edge")
+    v2_bytes = child_bytes(pair.root, "edge1") - after_v1
+    print(f"\nv2: {v2_bytes} bytes on the wire for a {len(v2)}-byte blob "
+          f"({100 * v2_bytes / len(v2):.1f}%)")
+    assert v2_bytes < 0.2 * len(v2)
+    assert "bytes from local chunks" in edge.log()
+
+
+def test_corrupt_chunk_is_detected_and_fetched_again(tmp_path):
+    h = Hierarchy(tmp_path, env={})
+    root = h.start_root()
+    try:
+        root.env["CONNREG_TEST_CORRUPT_CHUNK_BATCHES"] = "1"
+        root.restart()
+        h.create("edge2", "ReadOnly", ["data/*"])
+        edge = h.start_child("edge2")
+        data = os.urandom(3 * 1024 * 1024)
+        with httpx.Client(base_url=root.url, auth=root.admin, timeout=60) as c:
+            push_artifact(c, "data/x", "v1", data)
+        wait_for(lambda: blob_at(edge, "data/x", sha256(data)) == data, 30, message="blob at edge")
+        assert "corrupt chunk batch" in edge.log()
+    finally:
+        h.stop_all()
+
+
+def test_kill_mid_transfer_resumes_without_starting_over(pair):
+    size = 32 * 1024 * 1024
+    pair.create("edge3", "ReadOnly", ["data/*"], extra=["--bandwidth-limit", str(4_000_000)])
+    edge = pair.start_child("edge3")
+    data = os.urandom(size)
+    with httpx.Client(base_url=pair.root.url, auth=pair.root.admin, timeout=60) as c:
+        push_artifact(c, "data/big", "v1", data)
+    upload = edge.data_dir / "store" / "uploads" / ("sync-" + sha256(data).replace(":", "-"))
+    wait_for(lambda: upload.exists() and upload.stat().st_size > size // 3, 30, interval=0.05,
+             message="a third of the blob at the edge")
+    edge.kill()
+    kept = upload.stat().st_size
+    edge.start()
+    started = time.monotonic()
+    wait_for(lambda: blob_at(edge, "data/big", sha256(data)) == data, 60, message="blob at edge")
+    total = child_bytes(pair.root, "edge3")
+    print(f"\nkept {kept} bytes across the kill; {total} bytes on the wire for {size} "
+          f"({total / size:.3f}x)")
+    assert "resuming" in edge.log()
+    assert total < 1.1 * size
+    # The cap held: the rest (size - kept) took at least ~(size - kept) / 4 MB/s.
+    assert time.monotonic() - started > 0.8 * (size - kept) / 4_000_000
+
+
+def test_parent_without_delta_serves_whole_blobs(tmp_path):
+    h = Hierarchy(tmp_path, env={"CONNREG_DELTA": "false"})
+    try:
+        root = h.start_root()
+        h.create("edge4", "ReadOnly", ["data/*"])
+        edge = h.start_child("edge4")
+        data = os.urandom(2 * 1024 * 1024)
+        with httpx.Client(base_url=root.url, auth=root.admin, timeout=60) as c:
+            push_artifact(c, "data/y", "v1", data)
+        wait_for(lambda: blob_at(edge, "data/y", sha256(data)) == data, 30, message="blob at edge")
+        assert "whole-blob transfer" in edge.log()
+    finally:
+        h.stop_all()
+
+
+def test_chunk_index_for_plain_pushes_and_reindex_command(pair):
+    root = pair.root
+    data = os.urandom(2 * 1024 * 1024)
+    with httpx.Client(base_url=root.url, auth=root.admin, timeout=60) as c:
+        push_artifact(c, "data/z", "v1", data)
+        r = c.get("/connreg/v1/sync/chunks", params={"repo": "data/z", "digest": sha256(data)})
+        assert r.status_code == 200
+        chunks = r.json()["chunks"]
+        assert sum(n for _, n, _ in chunks) == len(data) and len(chunks) > 8
+        # bad requests get OCI errors and change nothing
+        r = c.post("/connreg/v1/sync/chunks", params={"repo": "data/z", "digest": sha256(data)},
+                   json={"ranges": [[len(data) - 1, 10]]})
+        assert r.status_code == 416
+        r = c.post("/connreg/v1/sync/chunks", params={"repo": "data/z", "digest": sha256(data)},
+                   content=b"nonsense")
+        assert r.status_code == 400 and r.json()["errors"][0]["code"] == "INVALID"
+    out = subprocess.run([sys.executable, "-m", "connreg", "maintenance", "reindex-chunks",
+                          "--data-dir", str(root.data_dir)], capture_output=True, text=True,
+                         timeout=120)
+    assert out.returncode == 0, out.stderr
+    assert "indexed the chunks of" in out.stdout

@@ -9,7 +9,7 @@ use std::path::Path;
 /// Longest slice of caller-supplied text echoed back in an error message.
 const MAX_ECHO: usize = 80;
 
-/// Everything that can go wrong in the digest and store layers.
+/// Everything that can go wrong in the digest, store and delta layers.
 #[derive(Debug, thiserror::Error)]
 pub enum CoreError {
     /// Content does not hash to the digest the caller expected.
@@ -35,6 +35,30 @@ pub enum CoreError {
     /// An upload id outside `[A-Za-z0-9_-]{1,128}`.
     #[error("invalid upload id {0:?}: must match [A-Za-z0-9_-]{{1,128}}")]
     InvalidUploadId(String),
+
+    /// A byte range that does not lie within a blob (`offset + length > size`).
+    #[error("range {offset}+{length} is out of bounds for {digest} ({size} bytes)")]
+    OutOfRange {
+        digest: String,
+        offset: u64,
+        length: u64,
+        size: u64,
+    },
+
+    /// A caller-supplied setting outside its allowed values (chunking parameters, a zstd
+    /// level, a chunk too large for a frame entry).
+    #[error("invalid argument: {0}")]
+    InvalidArgument(String),
+
+    /// An entry of a chunk batch frame is truncated, malformed, does not decompress, or its
+    /// bytes do not hash (BLAKE3) to its id. `entry` is its 0-based position in the frame.
+    #[error("corrupt chunk frame: entry {entry}: {reason}")]
+    CorruptChunk { entry: usize, reason: String },
+
+    /// zstd failed to compress, or the input to a plain decompression is not valid zstd or
+    /// decompresses to more than allowed.
+    #[error("zstd: {0}")]
+    Compression(String),
 
     /// An I/O failure; `context` names the operation and path, `source` is the OS error.
     #[error("{context}: {source}")]

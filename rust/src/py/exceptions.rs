@@ -36,6 +36,12 @@ pyo3::create_exception!(
     CoreError,
     "No upload with that id."
 );
+pyo3::create_exception!(
+    connreg._core,
+    CorruptChunk,
+    CoreError,
+    "A chunk batch frame is truncated or malformed, or a chunk's bytes do not match its BLAKE3 id."
+);
 
 impl From<Error> for PyErr {
     fn from(err: Error) -> PyErr {
@@ -46,7 +52,12 @@ impl From<Error> for PyErr {
             Error::UnsupportedAlgorithm(_) => UnsupportedAlgorithm::new_err(msg),
             Error::BlobNotFound(_) => BlobNotFound::new_err(msg),
             Error::UploadNotFound(_) => UploadNotFound::new_err(msg),
-            Error::InvalidUploadId(_) | Error::Io { .. } => CoreError::new_err(msg),
+            Error::CorruptChunk { .. } => CorruptChunk::new_err(msg),
+            Error::InvalidUploadId(_)
+            | Error::OutOfRange { .. }
+            | Error::InvalidArgument(_)
+            | Error::Compression(_)
+            | Error::Io { .. } => CoreError::new_err(msg),
         }
     }
 }
@@ -63,5 +74,6 @@ pub(crate) fn register(m: &Bound<'_, PyModule>) -> PyResult<()> {
     )?;
     m.add("BlobNotFound", py.get_type::<BlobNotFound>())?;
     m.add("UploadNotFound", py.get_type::<UploadNotFound>())?;
+    m.add("CorruptChunk", py.get_type::<CorruptChunk>())?;
     Ok(())
 }

@@ -1,9 +1,11 @@
-//! Thin pyo3 wrappers over the pure-Rust [`crate::digest`] and [`crate::store`] layers.
+//! Thin pyo3 wrappers over the pure-Rust [`crate::digest`], [`crate::store`] and
+//! [`crate::delta`] layers.
 //!
 //! Nothing in here holds logic worth testing on its own: each method converts arguments,
 //! calls into Rust (releasing the GIL through [`without_gil`] where there is I/O or bulk
 //! hashing) and converts the result or error back.
 
+pub(crate) mod delta;
 pub(crate) mod digest;
 pub(crate) mod exceptions;
 pub(crate) mod store;

@@ -6,13 +6,21 @@ use std::time::Duration;
 use pyo3::prelude::*;
 use pyo3::types::PyBytes;
 
+use super::delta::{chunk_tuples, params_or_default, PyChunkParams};
 use super::without_gil;
+use crate::errors::CoreError;
 use crate::store::{BlobStore, Upload};
 
 /// Content-addressed, deduplicated, crash-safe blob store.
 #[pyclass(name = "BlobStore", module = "connreg._core", frozen)]
 pub(crate) struct PyBlobStore {
     inner: BlobStore,
+}
+
+impl PyBlobStore {
+    pub(crate) fn inner(&self) -> &BlobStore {
+        &self.inner
+    }
 }
 
 #[pymethods]
@@ -22,6 +30,18 @@ impl PyBlobStore {
         Ok(PyBlobStore {
             inner: without_gil(py, || BlobStore::open(root))?,
         })
+    }
+
+    #[pyo3(signature = (digest, params = None))]
+    fn chunks(
+        &self,
+        py: Python<'_>,
+        digest: &str,
+        params: Option<PyRef<'_, PyChunkParams>>,
+    ) -> PyResult<Vec<(u64, u64, String)>> {
+        let params = params_or_default(params.as_deref());
+        let chunks = without_gil(py, || self.inner.chunks(digest, params))?;
+        Ok(chunk_tuples(chunks))
     }
 
     #[getter]
@@ -126,6 +146,17 @@ impl PyUpload {
 
     fn write(&self, py: Python<'_>, data: &[u8]) -> PyResult<u64> {
         Ok(without_gil(py, || self.inner.write(data))?)
+    }
+
+    fn copy_from(&self, py: Python<'_>, digest: &str, offset: i64, length: i64) -> PyResult<u64> {
+        // i64 so that a negative offset or length is a CoreError, not an OverflowError
+        let (Ok(off), Ok(len)) = (u64::try_from(offset), u64::try_from(length)) else {
+            return Err(CoreError::InvalidArgument(format!(
+                "copy_from: offset and length must be >= 0, got {offset}, {length}"
+            ))
+            .into());
+        };
+        Ok(without_gil(py, || self.inner.copy_from(digest, off, len))?)
     }
 
     fn commit(&self, py: Python<'_>, expected_digest: &str) -> PyResult<String> {

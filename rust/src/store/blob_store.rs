@@ -6,10 +6,11 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime};
 
-use super::fsutil::{metadata_if_exists, publish, remove_if_exists};
+use super::fsutil::{check_range, metadata_if_exists, open_blob, publish, remove_if_exists};
 use super::layout::Layout;
 use super::lock;
 use super::upload::{validate_upload_id, Registry, Upload};
+use crate::delta::{chunk_reader, Chunk, ChunkParams};
 use crate::digest::{Algorithm, Digest, Digester};
 use crate::errors::{CoreError, IoContext, Result};
 
@@ -34,6 +35,22 @@ pub struct BlobRange {
 }
 
 impl BlobRange {
+    fn new(file: File, path: PathBuf, offset: u64, len: u64) -> Result<Self> {
+        let len = usize::try_from(len).map_err(|_| {
+            CoreError::io(
+                "read",
+                &path,
+                io::Error::other("range does not fit in memory"),
+            )
+        })?;
+        Ok(BlobRange {
+            file,
+            path,
+            offset,
+            len,
+        })
+    }
+
     /// Number of bytes in the range.
     pub fn len(&self) -> usize {
         self.len
@@ -123,30 +140,21 @@ impl BlobStore {
     ///
     /// Errors with [`CoreError::BlobNotFound`] if the blob is missing.
     pub fn open_range(&self, digest: &str, offset: u64, length: Option<u64>) -> Result<BlobRange> {
-        let path = self.path_for(digest)?;
-        let file = match File::open(&path) {
-            Ok(f) => f,
-            Err(e) if e.kind() == io::ErrorKind::NotFound => {
-                return Err(CoreError::BlobNotFound(digest.to_owned()))
-            }
-            Err(e) => return Err(e).ctx("open", &path),
-        };
-        let size = file.metadata().ctx("stat", &path)?.len();
+        let (file, path, size) = open_blob(&self.layout, &Digest::parse(digest)?)?;
         let available = size.saturating_sub(offset);
         let len = length.map_or(available, |l| l.min(available));
-        let len = usize::try_from(len).map_err(|_| {
-            CoreError::io(
-                "read",
-                &path,
-                io::Error::other("range does not fit in memory"),
-            )
-        })?;
-        Ok(BlobRange {
-            file,
-            path,
-            offset: offset.min(size),
-            len,
-        })
+        BlobRange::new(file, path, offset.min(size), len)
+    }
+
+    /// Open exactly `length` bytes from `offset` of a blob, without clamping.
+    ///
+    /// Errors with [`CoreError::BlobNotFound`] if the blob is missing and
+    /// [`CoreError::OutOfRange`] if `offset + length` passes its end.
+    pub fn open_exact_range(&self, digest: &str, offset: u64, length: u64) -> Result<BlobRange> {
+        let digest = Digest::parse(digest)?;
+        let (file, path, size) = open_blob(&self.layout, &digest)?;
+        check_range(&digest, offset, length, size)?;
+        BlobRange::new(file, path, offset, length)
     }
 
     /// Read a blob, or a range of it; see [`Self::open_range`].
@@ -155,6 +163,13 @@ impl BlobStore {
         let mut buf = vec![0u8; range.len()];
         range.read_into(&mut buf)?;
         Ok(buf)
+    }
+
+    /// The content-defined chunks of a blob (see [`crate::delta::chunker`]), streaming the file
+    /// through a fixed buffer. Errors with [`CoreError::BlobNotFound`] if the blob is missing.
+    pub fn chunks(&self, digest: &str, params: ChunkParams) -> Result<Vec<Chunk>> {
+        let range = self.open_range(digest, 0, None)?;
+        chunk_reader(&range.file, params).ctx("read", &range.path)
     }
 
     /// Remove a blob. Returns whether it existed.

@@ -3,11 +3,11 @@
 use std::fs::{self, File};
 use std::io;
 use std::os::unix::fs::FileExt;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 use super::layout::Layout;
 use crate::digest::{Algorithm, Digest, Digester};
-use crate::errors::{IoContext, Result};
+use crate::errors::{CoreError, IoContext, Result};
 
 /// Chunk size for re-reading files to hash them.
 const HASH_CHUNK: usize = 1 << 20;
@@ -61,6 +61,35 @@ pub(crate) fn publish(layout: &Layout, src: &Path, digest: &Digest) -> Result<()
     }
     fs::rename(src, &dst).ctx("rename into", &dst)?;
     fsync_dir(dir)
+}
+
+/// Open the committed blob `digest`: its file, path and size.
+/// [`CoreError::BlobNotFound`] if it is not in the store.
+pub(crate) fn open_blob(layout: &Layout, digest: &Digest) -> Result<(File, PathBuf, u64)> {
+    let path = layout.blob_path(digest);
+    let file = match File::open(&path) {
+        Ok(f) => f,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => {
+            return Err(CoreError::BlobNotFound(digest.to_string()))
+        }
+        Err(e) => return Err(e).ctx("open", &path),
+    };
+    let size = file.metadata().ctx("stat", &path)?.len();
+    Ok((file, path, size))
+}
+
+/// [`CoreError::OutOfRange`] unless `offset + length <= size`.
+pub(crate) fn check_range(digest: &Digest, offset: u64, length: u64, size: u64) -> Result<()> {
+    if offset.checked_add(length).is_some_and(|end| end <= size) {
+        Ok(())
+    } else {
+        Err(CoreError::OutOfRange {
+            digest: digest.to_string(),
+            offset,
+            length,
+            size,
+        })
+    }
 }
 
 /// `fs::remove_file`, treating "already gone" as success. Returns whether it removed anything.

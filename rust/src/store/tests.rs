@@ -494,3 +494,119 @@ fn concurrent_writers_to_one_upload_serialize() {
     let on_disk = fs::read(dir.path().join("uploads/shared")).unwrap();
     assert_eq!(up.commit(&sha256(&on_disk)).unwrap(), sha256(&on_disk));
 }
+
+// --- chunks and copy_from (delta transfer) ---------------------------------------------------
+
+use crate::delta::{chunk_bytes, ChunkParams};
+
+fn commit_bytes(store: &BlobStore, bytes: &[u8]) -> String {
+    store.put_bytes(bytes, None).unwrap()
+}
+
+#[test]
+fn chunks_of_a_stored_blob_match_in_memory_chunking() {
+    let (_dir, store) = store();
+    // larger than the 1 MiB read buffer, so cuts straddle reads
+    let content = data(3 << 20);
+    let digest = commit_bytes(&store, &content);
+    for params in [
+        ChunkParams::default(),
+        ChunkParams::new(512, 2048, 8192).unwrap(),
+    ] {
+        assert_eq!(
+            store.chunks(&digest, params).unwrap(),
+            chunk_bytes(&content, params)
+        );
+    }
+    let empty = commit_bytes(&store, b"");
+    assert!(store
+        .chunks(&empty, ChunkParams::default())
+        .unwrap()
+        .is_empty());
+    let missing = sha256(b"nope");
+    assert!(matches!(
+        store.chunks(&missing, ChunkParams::default()),
+        Err(CoreError::BlobNotFound(_))
+    ));
+}
+
+#[test]
+fn copy_from_write_commit_gives_the_right_digest() {
+    let (_dir, store) = store();
+    let a = data(700_000);
+    let b: Vec<u8> = data(900_000).into_iter().rev().collect();
+    let da = commit_bytes(&store, &a);
+    let db = commit_bytes(&store, &b);
+
+    // assemble: a[100..200_100] + "new" + b[..] (large, pipelined) + a[..0] (empty) + a tail
+    let mut expected = a[100..200_100].to_vec();
+    expected.extend_from_slice(b"new bytes");
+    expected.extend_from_slice(&b);
+    expected.extend_from_slice(&a[699_990..]);
+
+    let up = store.upload("assemble").unwrap();
+    assert_eq!(up.copy_from(&da, 100, 200_000).unwrap(), 200_000);
+    up.write(b"new bytes").unwrap();
+    up.copy_from(&db, 0, b.len() as u64).unwrap();
+    up.copy_from(&da, 0, 0).unwrap();
+    assert_eq!(
+        up.copy_from(&da, 699_990, 10).unwrap(),
+        expected.len() as u64
+    );
+    assert_eq!(up.size(), expected.len() as u64);
+    let digest = sha256(&expected);
+    assert_eq!(up.commit(&digest).unwrap(), digest);
+    assert_eq!(store.read(&digest, 0, None).unwrap(), expected);
+}
+
+#[test]
+fn copy_from_survives_reopen_and_sha512_commit() {
+    let (dir, store) = store();
+    let a = data(300_000);
+    let da = commit_bytes(&store, &a);
+    store
+        .upload("u")
+        .unwrap()
+        .copy_from(&da, 0, 150_000)
+        .unwrap();
+    // a fresh store instance rebuilds the hash from disk and keeps appending
+    let again = BlobStore::open(dir.path()).unwrap();
+    let up = again.upload("u").unwrap();
+    assert_eq!(up.size(), 150_000);
+    up.copy_from(&da, 150_000, 150_000).unwrap();
+    assert_eq!(up.commit(&sha512(&a)).unwrap(), sha512(&a));
+}
+
+#[test]
+fn copy_from_errors_leave_the_upload_unchanged() {
+    let (_dir, store) = store();
+    let a = data(1000);
+    let da = commit_bytes(&store, &a);
+    let up = store.upload("u").unwrap();
+    up.write(b"head").unwrap();
+    for (offset, length) in [(0, 1001), (1000, 1), (1001, 0), (999, 2), (u64::MAX, 2)] {
+        assert!(
+            matches!(
+                up.copy_from(&da, offset, length),
+                Err(CoreError::OutOfRange { size: 1000, .. })
+            ),
+            "{offset}+{length}"
+        );
+    }
+    assert_eq!(up.copy_from(&da, 1000, 0).unwrap(), 4);
+    assert!(matches!(
+        up.copy_from(&sha256(b"missing"), 0, 1),
+        Err(CoreError::BlobNotFound(_))
+    ));
+    assert!(matches!(
+        up.copy_from("sha256:zz", 0, 1),
+        Err(CoreError::InvalidDigest { .. })
+    ));
+    assert_eq!(up.size(), 4);
+    assert_eq!(up.commit(&sha256(b"head")).unwrap(), sha256(b"head"));
+    // and on a closed upload
+    assert!(matches!(
+        up.copy_from(&da, 0, 1),
+        Err(CoreError::UploadNotFound(_))
+    ));
+}

@@ -1,12 +1,14 @@
 use std::collections::HashMap;
 use std::fs::{File, OpenOptions};
 use std::io::Write;
-use std::os::unix::fs::MetadataExt;
+use std::os::unix::fs::{FileExt, MetadataExt};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, Weak};
 
-use super::fsutil::{hash_file, metadata_if_exists, publish, remove_if_exists};
+use super::fsutil::{
+    check_range, hash_file, metadata_if_exists, open_blob, publish, remove_if_exists,
+};
 use super::layout::Layout;
 use super::lock;
 use crate::digest::{Algorithm, Digest, Digester};
@@ -17,6 +19,9 @@ pub(crate) type Registry = Mutex<HashMap<String, Upload>>;
 
 /// Writes at least this large hash on a second thread, in parallel with the write itself.
 const PARALLEL_HASH_MIN: usize = 256 * 1024;
+
+/// Piece size of [`Upload::copy_from`].
+const COPY_PIECE: usize = 1 << 20;
 
 /// Longest accepted upload id.
 const MAX_ID_LEN: usize = 128;
@@ -137,6 +142,43 @@ impl Upload {
         Ok(size)
     }
 
+    /// Append `length` bytes of the committed blob `digest` from `offset` (a chunk this node
+    /// already holds) and return the new size. The running sha256 covers them like written
+    /// bytes, so [`Self::commit`] verifies the assembled content as usual.
+    ///
+    /// All or nothing: if the copy fails part-way the upload is truncated back to its previous
+    /// size and hash state. Errors: [`CoreError::BlobNotFound`] if the source is missing,
+    /// [`CoreError::OutOfRange`] if `offset + length` passes its end.
+    pub fn copy_from(&self, digest: &str, offset: u64, length: u64) -> Result<u64> {
+        let source = Digest::parse(digest)?;
+        let (src, src_path, src_size) = open_blob(&self.shared.layout, &source)?;
+        check_range(&source, offset, length, src_size)?;
+        let mut st = self.lock();
+        self.resync(&mut st)?;
+        let before = self.size();
+        let State { file: slot, sha256 } = &mut *st;
+        let file = slot.as_mut().expect("resync leaves a file open");
+        let saved = sha256.clone();
+        let copied = copy_range(
+            (&src, &src_path),
+            offset,
+            length,
+            (file, &self.shared.path),
+            sha256,
+        );
+        if let Err(e) = copied {
+            *sha256 = saved;
+            if file.set_len(before).is_err() {
+                // unknown content: the next call reopens and rehashes from disk
+                *slot = None;
+            }
+            return Err(e);
+        }
+        let size = before + length;
+        self.shared.size.store(size, Ordering::Release);
+        Ok(size)
+    }
+
     /// Verify the content against `expected`, then make it the blob at that digest.
     ///
     /// sha256 uses the running hash; sha512 re-reads the file. On mismatch returns
@@ -235,6 +277,55 @@ impl Upload {
             }
         }
     }
+}
+
+/// Copy `length` bytes of `src` from `offset` to the end of `dst`, hashing them into `sha256`.
+///
+/// Pipelined through two buffers: while one piece is hashed on a second thread, it is also
+/// written and the next piece is read.
+fn copy_range(
+    (src, src_path): (&File, &Path),
+    offset: u64,
+    length: u64,
+    (dst, dst_path): (&mut File, &Path),
+    sha256: &mut Digester,
+) -> Result<()> {
+    let piece = |pos: u64| (offset + length - pos).min(COPY_PIECE as u64) as usize;
+    let first = piece(offset);
+    if first < PARALLEL_HASH_MIN {
+        // one small piece (the common case: a single chunk): no thread, one buffer
+        let mut buf = vec![0u8; first];
+        src.read_exact_at(&mut buf, offset).ctx("read", src_path)?;
+        sha256.update(&buf);
+        return dst.write_all(&buf).ctx("write", dst_path);
+    }
+    let mut cur = vec![0u8; COPY_PIECE];
+    let mut next = vec![0u8; COPY_PIECE];
+    src.read_exact_at(&mut cur[..first], offset)
+        .ctx("read", src_path)?;
+    let mut pos = offset + first as u64;
+    let mut cur_len = first;
+    while cur_len > 0 {
+        let next_len = piece(pos);
+        let data = &cur[..cur_len];
+        let next_buf = &mut next[..next_len];
+        let (written, read) = std::thread::scope(|s| {
+            let hasher = s.spawn(|| sha256.update(data));
+            let written = dst.write_all(data);
+            let read = match written {
+                Ok(()) => src.read_exact_at(next_buf, pos),
+                Err(_) => Ok(()),
+            };
+            hasher.join().expect("hashing does not panic");
+            (written, read)
+        });
+        written.ctx("write", dst_path)?;
+        read.ctx("read", src_path)?;
+        std::mem::swap(&mut cur, &mut next);
+        pos += next_len as u64;
+        cur_len = next_len;
+    }
+    Ok(())
 }
 
 /// Open `path` for append (creating it) and hash its current content with sha256.

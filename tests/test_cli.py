@@ -103,7 +103,10 @@ def _commands(parser: argparse.ArgumentParser, prefix: list[str]):
         yield from _commands(child, [*prefix, name])
 
 
-COMMANDS = [(c, leaf) for c, leaf in _commands(build_parser(), []) if c and c[0] != "serve"]
+# `serve` and `maintenance` work on a local node, not on a registry's management API.
+LOCAL_COMMANDS = ("serve", "maintenance")
+COMMANDS = [(c, leaf) for c, leaf in _commands(build_parser(), [])
+            if c and c[0] not in LOCAL_COMMANDS]
 MANAGEMENT = [c for c, _ in COMMANDS]
 
 

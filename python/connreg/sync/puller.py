@@ -45,13 +45,18 @@ class Puller:
     async def ensure_blob(self, repo: str, digest: str, size: int = 0) -> None:
         if self.reg.meta.linked_blob_size(repo, digest) is not None and self.reg.blobs.exists(digest):
             return
+        # One fetch per digest at a time (they would share the upload `sync-<digest>`); the
+        # lock is dropped once nobody holds or awaits it.
         lock = self._blob_locks.setdefault(digest, trio.Lock())
-        async with lock, self._blob_slots:
-            if not self.reg.blobs.exists(digest):
-                await self._fetch(repo, digest, size)
-                self.reg.chunk_index.schedule(digest)
-            await self.reg.meta.link_blob(repo, digest, self.reg.blobs.size(digest))
-        self._blob_locks.pop(digest, None)
+        try:
+            async with lock, self._blob_slots:
+                if not self.reg.blobs.exists(digest):
+                    await self._fetch(repo, digest, size)
+                    self.reg.chunk_index.schedule(digest)
+                await self.reg.meta.link_blob(repo, digest, self.reg.blobs.size(digest))
+        finally:
+            if not lock.locked() and lock.statistics().tasks_waiting == 0:
+                self._blob_locks.pop(digest, None)
 
     async def _fetch(self, repo: str, digest: str, size: int) -> None:
         """Large blobs by chunks (only what this node lacks), small ones whole; a parent that

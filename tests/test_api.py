@@ -340,3 +340,12 @@ def test_connection_survives_an_early_error_response(node):
         assert b" 416" in status
         status = exchange(sock, b"GET /v2/ HTTP/1.1\r\nHost: x\r\n\r\n")
         assert b" 200" in status
+
+
+@pytest.mark.parametrize("method,path,status", [
+    ("GET", "/nope", 404), ("POST", "/v2/", 405), ("DELETE", "/healthz", 405),
+])
+def test_framework_errors_use_the_oci_error_body(client, method, path, status):
+    r = client.request(method, path)
+    assert r.status_code == status
+    assert r.json()["errors"][0]["code"] in ("NOT_FOUND", "UNSUPPORTED")

@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 
 from quart import Response, request
+from werkzeug.exceptions import HTTPException
 from connreg.streaming import StreamingQuart
 
 from connreg import errors
@@ -89,6 +90,15 @@ def create_app(settings: Settings) -> StreamingQuart:
     @app.errorhandler(RegistryError)
     async def registry_error(exc: RegistryError) -> Response:
         return _error_response(exc)
+
+    @app.errorhandler(HTTPException)
+    async def framework_error(exc: HTTPException) -> Response:
+        # Routing failures outside /v2/ (unknown path, wrong method) in the same error shape.
+        code = {404: errors.NOT_FOUND, 405: errors.METHOD_NOT_ALLOWED}.get(exc.code)
+        if code is None:
+            code = errors.ErrorCode("UNSUPPORTED" if exc.code < 500 else "UNKNOWN", exc.code,
+                                    exc.name.lower())
+        return _error_response(RegistryError(code, detail={"path": request.path[:300]}))
 
     @app.errorhandler(Exception)
     async def unexpected(exc: Exception) -> Response:

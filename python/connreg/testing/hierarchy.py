@@ -14,7 +14,7 @@ from typing import Callable
 
 import httpx
 
-from connreg.testing.node import Node, free_port, start_node
+from connreg.testing.node import Node, start_node
 
 ADMIN_PASSWORD = "hierarchy-admin-password-0123456789"
 

@@ -197,6 +197,8 @@ class SyncService:
                 for change in feed["changes"]:
                     if self.config.wants(change["repo"]) or not self.config.repositories:
                         await self.puller.apply(change)
+                    # Per change, so a window closing mid-batch resumes right after it.
+                    await self.state.set(DOWN_CURSOR, str(change["seq"]))
                 self.state.connection_state = "Online"
             if feed["cursor"] != cursor:
                 await self.state.set(DOWN_CURSOR, str(feed["cursor"]))

@@ -278,3 +278,18 @@ def test_disabled_sync_token_stops_the_registry_with_a_clear_status(tree):
         repo = client.get("/v2/_catalog").json()["repositories"][0]
         tag = client.get(f"/v2/{repo}/tags/list").json()["tags"][0]
         assert client.get(f"/v2/{repo}/manifests/{tag}").status_code == 200
+
+
+def test_no_secret_reaches_any_log_or_database(tree):
+    secrets = [tree.writer[1], tree.reader[1], tree.h.root.admin_password]
+    for name, node in tree.h.nodes.items():
+        conn = node.env.get("CONNREG_CONNECTION_STRING", "")
+        secrets += [part.split("=", 1)[1] for part in conn.split(";")
+                    if part.startswith("SyncTokenPassword=")]
+    assert len(secrets) >= 6
+    for node in tree.h.nodes.values():
+        files = [node.log_path, *node.data_dir.glob("*.sqlite*")]
+        for path in files:
+            blob = path.read_bytes()
+            for secret in secrets:
+                assert secret.encode() not in blob, f"a secret leaked into {path.name}"

@@ -22,11 +22,14 @@ import trio
 from connreg.registry import Registry
 from connreg.storage import Change
 from connreg.sync.puller import PARENT, Puller
-from connreg.sync.remote import ParentClient
+from connreg.sync.remote import ParentClient, ParentUnavailable
 from connreg.sync.state import UP_CURSOR, SyncState, last_known_key
 
 log = logging.getLogger("connreg.sync")
 READ_CHUNK = 1 << 20
+# Blobs from this size up are pushed as a resumable chunked upload, PUSH_CHUNK per request.
+RESUMABLE_FROM = 4 << 20
+PUSH_CHUNK = 4 << 20
 
 
 class Pusher:
@@ -99,9 +102,34 @@ class Pusher:
             if await self.parent.has_blob(repo, digest) or await self.parent.mount_blob(repo, digest):
                 return
             size = self.reg.blobs.size(digest)
-            await self.parent.push_blob(repo, digest, size, self._read_blob(digest, size))
+            if size < RESUMABLE_FROM:
+                await self.parent.push_blob(repo, digest, size, self._read_blob(digest, size))
+            else:
+                await self._push_resumable(repo, digest, size)
             self.state.progress_blob()
             self.state.progress_bytes(size)
+
+    async def _push_resumable(self, repo: str, digest: str, size: int) -> None:
+        """A chunked upload whose session is remembered (durably), so a cut link or a restart
+        of either node continues where the parent's copy ends instead of starting over."""
+        key = f"push|{repo}|{digest}"
+        location = self.state.get(key)
+        offset = await self.parent.upload_offset(location) if location else None
+        if offset is None:
+            location, offset = await self.parent.start_upload(repo), 0
+            await self.state.set(key, location)
+        elif offset:
+            log.info("resuming upload of %s at byte %d of %d", digest[:19], offset, size)
+        while offset < size:
+            data = await trio.to_thread.run_sync(self.reg.blobs.read, digest, offset, PUSH_CHUNK)
+            next_location = await self.parent.upload_chunk(location, data, offset)
+            if next_location is None:  # the parent's session ends elsewhere: start it afresh
+                await self.state.delete(key)
+                raise ParentUnavailable(f"upload of {digest} out of step with the parent")
+            location = next_location
+            offset += len(data)
+        await self.parent.finish_upload(location, digest)
+        await self.state.delete(key)
 
     async def _read_blob(self, digest: str, size: int):
         offset = 0

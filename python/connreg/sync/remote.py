@@ -196,6 +196,35 @@ class ParentClient:
             await self._request("DELETE", location, ok=(204, 404))
         return False
 
+    async def start_upload(self, repo: str) -> str:
+        resp = await self._request("POST", f"/v2/{repo}/blobs/uploads/", ok=(202,))
+        return resp.headers["Location"]
+
+    async def upload_offset(self, location: str) -> int | None:
+        """Bytes the parent holds of an upload session, None if the session is gone."""
+        resp = await self._request("GET", location, ok=(204, 404))
+        if resp.status_code == 404:
+            return None
+        end = resp.headers.get("Range", "0-0").rpartition("-")[2]
+        # "0-0" means 0 or 1 bytes; restart that tiny case rather than guess.
+        return int(end) + 1 if end and int(end) > 0 else 0
+
+    async def upload_chunk(self, location: str, data: bytes, offset: int) -> str | None:
+        """PATCH one chunk at `offset`; the next location, or None if the parent is elsewhere
+        (416: the session does not end where we thought)."""
+        if self.meter:
+            await self.meter.account(len(data))
+        resp = await self._request(
+            "PATCH", location, ok=(202, 416), content=data,
+            headers={"Content-Type": "application/octet-stream",
+                     "Content-Range": f"{offset}-{offset + len(data) - 1}",
+                     "Content-Length": str(len(data))})
+        return resp.headers.get("Location", location) if resp.status_code == 202 else None
+
+    async def finish_upload(self, location: str, digest: str) -> None:
+        await self._request("PUT", location, ok=(201,), params={"digest": digest},
+                            headers={"Content-Length": "0"})
+
     async def push_blob(self, repo: str, digest: str, size: int, chunks) -> None:
         """Upload a blob in one streamed POST+PUT; `chunks` is an async iterator of bytes."""
         resp = await self._request("POST", f"/v2/{repo}/blobs/uploads/", ok=(202,))

@@ -87,12 +87,15 @@ async def _try_mount(reg: Registry, name: str, digest: str, source: str | None) 
 
 
 async def start_upload(reg: Registry, name: str) -> Response:
-    mount = request.args.get("mount")
+    mount, source = request.args.get("mount"), request.args.get("from")
     if mount is not None:
         check_digest(mount)
-        mounted = await _try_mount(reg, name, mount, request.args.get("from"))
-        if mounted is not None:
-            return mounted
+        # The auth layer says whether this caller may mount from `source` (None: open registry).
+        may_mount = getattr(request, "may_mount", None)
+        if may_mount is None or may_mount(source):
+            mounted = await _try_mount(reg, name, mount, source)
+            if mounted is not None:
+                return mounted
     digest = request.args.get("digest")
     if digest is not None:
         check_digest(digest)

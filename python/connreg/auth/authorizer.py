@@ -12,7 +12,6 @@ from __future__ import annotations
 import logging
 
 from quart import Response, request
-from werkzeug.datastructures import ImmutableMultiDict
 
 from connreg import errors
 from connreg.api.http import json_response, paginate
@@ -110,25 +109,21 @@ class Authorizer:
         if route != "catalog" and self.read_only_name and REQUIRED[route][method] != "pull":
             raise RegistryError(errors.DENIED, message=f"connected registry "
                                 f"{self.read_only_name} is ReadOnly: writes are not accepted")
-        if route == "upload-start" and "mount" in request.args:
-            self._restrict_mount(principal)
+        if route == "upload-start":
+            # The upload handler asks before mounting (api/uploads.py `may_mount`).
+            request.may_mount = lambda source: self.may_mount(principal, source)
         return principal
 
-    def _restrict_mount(self, principal: Principal) -> None:
+    @staticmethod
+    def may_mount(principal: Principal, source: str | None) -> bool:
         """Mount only from a repository the caller may pull; otherwise a normal upload.
 
         An automatic mount (no `from`) is kept only for callers who may read everything, since
         it would otherwise reveal blobs of repositories the caller cannot see.
         """
-        source = request.args.get("from")
-        if source is not None and principal.can(source, "pull"):
-            return
-        if source is None and principal.perms.everything:
-            return
-        args = request.args.to_dict(flat=False)
-        args.pop("mount", None)
-        args.pop("from", None)
-        request.args = ImmutableMultiDict([(k, v) for k, vs in args.items() for v in vs])
+        if source is not None:
+            return principal.can(source, "pull")
+        return principal.perms.everything
 
     def sees_everything(self, principal: Principal) -> bool:
         return principal.perms.everything or principal.perms.read_everything

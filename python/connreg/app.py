@@ -136,8 +136,6 @@ def create_app(settings: Settings) -> StreamingQuart:
         if request.sync_child:
             sync_endpoints.TRAFFIC[request.sync_child] += 1
             sync_endpoints.TRAFFIC_BYTES[request.sync_child] += request.content_length or 0
-        if route.name == "catalog" and not authz.sees_everything(principal):
-            return await authz.catalog(registry, principal)
         return await handler(registry, **params)
 
     return app

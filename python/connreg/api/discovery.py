@@ -23,7 +23,23 @@ async def list_tags(reg: Registry, name: str) -> Response:
 
 
 async def catalog(reg: Registry) -> Response:
-    repos, headers = paginate(reg.meta.list_repositories, "/v2/_catalog")
+    # The auth layer narrows the catalog to what the caller may pull (None: everything).
+    allowed = getattr(request, "catalog_filter", None)
+
+    def fetch(limit: int, last: str | None) -> list[str]:
+        if allowed is None:
+            return reg.meta.list_repositories(limit, last)
+        out: list[str] = []
+        cursor = last
+        while len(out) < limit:
+            batch = reg.meta.list_repositories(1000, cursor)
+            if not batch:
+                break
+            out.extend(r for r in batch if allowed(r))
+            cursor = batch[-1]
+        return out[:limit]
+
+    repos, headers = paginate(fetch, "/v2/_catalog")
     return json_response({"repositories": repos}, headers=headers)
 
 

@@ -11,15 +11,13 @@ from __future__ import annotations
 
 import logging
 
-from quart import Response, request
+from quart import request
 
 from connreg import errors
-from connreg.api.http import json_response, paginate
 from connreg.auth.actions import Permissions
 from connreg.auth.identity import Authenticator, Principal
 from connreg.config import Settings
 from connreg.errors import RegistryError
-from connreg.registry import Registry
 
 log = logging.getLogger("connreg.auth")
 
@@ -89,6 +87,7 @@ class Authorizer:
             principal = await self.caller("registry:catalog:*") or self.authn.anonymous()
             if principal is None:
                 raise self.unauthorized("registry:catalog:*")
+            request.catalog_filter = self.visible_repositories(principal)
             return principal
         else:
             repo, action = params["name"], REQUIRED[route][method]
@@ -125,28 +124,11 @@ class Authorizer:
             return principal.can(source, "pull")
         return principal.perms.everything
 
-    def sees_everything(self, principal: Principal) -> bool:
-        return principal.perms.everything or principal.perms.read_everything
-
-    async def catalog(self, reg: Registry, principal: Principal) -> Response:
-        """The catalog restricted to repositories `principal` may pull, paginated as usual."""
-
+    @staticmethod
+    def visible_repositories(principal: Principal):
+        """For the catalog: None when the caller sees every repository, else a predicate."""
+        if principal.perms.everything or principal.perms.read_everything:
+            return None
         if principal.via == "bearer" and not principal.catalog_granted:
-            def allowed(repo: str) -> bool:  # a token without the catalog scope: its repositories
-                return principal.can(repo, "pull")
-        else:
-            allowed = principal.perms.can_pull
-
-        def fetch(limit: int, last: str | None) -> list[str]:
-            out: list[str] = []
-            cursor = last
-            while len(out) < limit:
-                batch = reg.meta.list_repositories(1000, cursor)
-                if not batch:
-                    break
-                out.extend(r for r in batch if allowed(r))
-                cursor = batch[-1]
-            return out[:limit]
-
-        repos, headers = paginate(fetch, "/v2/_catalog")
-        return json_response({"repositories": repos}, headers=headers)
+            return lambda repo: principal.can(repo, "pull")  # a token without the catalog scope
+        return principal.perms.can_pull

@@ -50,6 +50,10 @@ def load_or_create_key(auth_dir: Path) -> Ed25519PrivateKey:
     return key
 
 
+# Verified access tokens remembered at once (cleared when full).
+VERIFIED_CACHE_SIZE = 10_000
+
+
 @dataclass(frozen=True)
 class TokenClaims:
     subject: str
@@ -63,6 +67,7 @@ class TokenService:
     def __init__(self, auth_dir: Path, service: str, ttl: int, refresh_ttl: int):
         self._key = load_or_create_key(auth_dir)
         self._public = self._key.public_key()
+        self._verified: dict[str, TokenClaims] = {}
         raw = self._public.public_bytes(serialization.Encoding.Raw, serialization.PublicFormat.Raw)
         self.key_id = hashlib.sha256(raw).hexdigest()[:16]
         self.service = service
@@ -99,6 +104,22 @@ class TokenService:
         return claims if claims.get("typ") == typ else None
 
     def verify_access(self, token: str) -> TokenClaims | None:
+        # A verified token's claims are remembered until it expires: the signature check is
+        # the costly part of a request, and a signed token cannot change. (The subject's
+        # current permissions are still checked on every request by the caller.)
+        cached = self._verified.get(token)
+        if cached is not None:
+            if cached.expires_at > time.time():
+                return cached
+            del self._verified[token]
+        result = self._verify_access(token)
+        if result is not None:
+            if len(self._verified) >= VERIFIED_CACHE_SIZE:
+                self._verified.clear()
+            self._verified[token] = result
+        return result
+
+    def _verify_access(self, token: str) -> TokenClaims | None:
         claims = self._decode(token, "access")
         if claims is None:
             return None

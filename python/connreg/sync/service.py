@@ -76,7 +76,7 @@ class NodeConfig:
 
 class SyncService:
     def __init__(self, reg: Registry, parent: ParentClient, config: NodeConfig, clock: Clock,
-                 descendants=None, on_config=None, min_window_seconds: float = 3600.0):
+                 descendants=None, on_config=None):
         self.reg = reg
         self.parent = parent
         self.config = config
@@ -88,16 +88,10 @@ class SyncService:
         # and what to do with the configuration document the parent sends down.
         self.descendants = descendants or (lambda: [])
         self.on_config = on_config
-        self.min_window = min_window_seconds
-        self._resync = trio.Event()
         self._reconcile_needed = self.state.cursor(DOWN_CURSOR) is None
         self._config_version: str | None = None  # as last applied; the feed says when it moves
 
     # --- public ------------------------------------------------------------------------------
-    def request_resync(self) -> None:
-        self._reconcile_needed = True
-        self._resync.set()
-
     def schedule(self) -> Schedule:
         window = None
         if self.config.sync_window:
@@ -119,9 +113,7 @@ class SyncService:
                 self.state.connection_state = "Offline"
                 wait = max(schedule.seconds_until_next(), 0.1)
                 log.info("outside the sync window; next window in %.0f s", wait)
-                with trio.move_on_after(wait):
-                    await self._resync.wait()
-                self._resync = trio.Event()
+                await trio.sleep(wait)
                 continue  # look at the schedule again: the window may be open now
             end = window.end
             deadline = trio.current_time() + (end - self.clock.now()) if end != math.inf else math.inf
@@ -204,10 +196,8 @@ class SyncService:
                 await self.state.set(DOWN_CURSOR, str(feed["cursor"]))
             self._synced()
             if not feed["changes"] and not wait:
-                # Windowed mode without long-poll: poll again shortly, or on resync.
-                with trio.move_on_after(5.0):
-                    await self._resync.wait()
-                self._resync = trio.Event()
+                # Windowed mode without long-poll: poll again shortly.
+                await trio.sleep(5.0)
 
     async def _up_loop(self) -> None:
         while True:

@@ -293,3 +293,26 @@ def test_no_secret_reaches_any_log_or_database(tree):
             blob = path.read_bytes()
             for secret in secrets:
                 assert secret.encode() not in blob, f"a secret leaked into {path.name}"
+
+
+def test_log_level_set_at_the_root_applies_at_the_node(tree):
+    b = tree.node("shopB")
+    cli(tree.h.root, "connected-registry", "update", "--name", "shopB", "--log-level", "Warning")
+    wait_for(lambda: cli(tree.h.root, "connected-registry", "show", "--name", "shopB")
+             ["logLevel"] == "Warning", 10)
+    time.sleep(3)  # the feed tells B its configuration changed; B applies it
+    quiet = make_image([2000])
+    mark = len(b.log())
+    with tree.client("root") as c:
+        push_image(c, "shop/app", quiet, "quiet")
+    tree.wait_digest("shopB", "shop/app", "quiet", quiet.digest)
+    assert "synced shop/app" not in b.log()[mark:]
+    cli(tree.h.root, "connected-registry", "update", "--name", "shopB", "--log-level",
+        "Information")
+    time.sleep(3)
+    loud = make_image([2000])
+    mark = len(b.log())
+    with tree.client("root") as c:
+        push_image(c, "shop/app", loud, "loud")
+    tree.wait_digest("shopB", "shop/app", "loud", loud.digest)
+    wait_for(lambda: "synced shop/app" in b.log()[mark:], 10, message="INFO logs back at B")

@@ -19,7 +19,7 @@ from connreg.registry import Registry
 from connreg.sync.control_sync import descendant_statuses, replace_documents
 from connreg.sync.remote import ParentClient
 from connreg.sync.schedule import Clock, parse_duration
-from connreg.sync.service import NodeConfig, SyncService
+from connreg.sync.service import NodeConfig, SyncService, apply_log_level
 
 log = logging.getLogger("connreg.sync")
 DEFAULT_TTL = "P2D"
@@ -48,6 +48,7 @@ def build_sync_service(settings: Settings, reg: Registry, store: ControlStore, s
                        clock: Clock) -> SyncService:
     conn = connection(settings)
     config = NodeConfig.from_json(state)
+    apply_log_level(config.log_level)
     meter = BandwidthMeter(config.bandwidth_limit)
     parent = ParentClient(conn.base_url, (conn.token, conn.password), meter=meter)
     return SyncService(reg, parent, config, clock,

@@ -35,6 +35,17 @@ MAX_BACKOFF = 30.0
 MAX_REFUSED_BACKOFF = 10.0
 
 
+# The resource's log levels (§2) as Python logging levels; "None" silences the node's own logs.
+LOG_LEVELS = {"Debug": logging.DEBUG, "Information": logging.INFO, "Warning": logging.WARNING,
+              "Error": logging.ERROR, "None": logging.CRITICAL + 1}
+
+
+def apply_log_level(level: str | None) -> None:
+    """Set the connreg loggers to the level the parent configured for this registry."""
+    if level in LOG_LEVELS:
+        logging.getLogger("connreg").setLevel(LOG_LEVELS[level])
+
+
 def _leaves(exc: BaseException):
     """The individual exceptions inside (nested) exception groups."""
     if isinstance(exc, BaseExceptionGroup):
@@ -56,6 +67,7 @@ class NodeConfig:
     message_ttl: str = "P2D"
     resync_requested_at: str | None = None
     bandwidth_limit: int | None = None  # bytes/s for all sync traffic, both directions
+    log_level: str | None = None  # Debug, Information, Warning, Error, None (§2)
 
     @classmethod
     def from_json(cls, doc: dict) -> "NodeConfig":
@@ -64,7 +76,8 @@ class NodeConfig:
                    sync_schedule=doc.get("syncSchedule"), sync_window=doc.get("syncWindow"),
                    message_ttl=doc.get("messageTtl") or "P2D",
                    resync_requested_at=doc.get("resyncRequestedAt"),
-                   bandwidth_limit=doc.get("bandwidthLimit"))
+                   bandwidth_limit=doc.get("bandwidthLimit"),
+                   log_level=doc.get("logLevel"))
 
     @property
     def read_only(self) -> bool:
@@ -240,6 +253,8 @@ class SyncService:
         self.config = NodeConfig.from_json(me)
         if self.parent.meter is not None:
             self.parent.meter.set_rate(self.config.bandwidth_limit)
+        if self.config.log_level != previous.log_level:
+            apply_log_level(self.config.log_level)
         if self.config.resync_requested_at != previous.resync_requested_at and \
                 self.config.resync_requested_at:
             self._reconcile_needed = True

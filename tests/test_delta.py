@@ -89,21 +89,28 @@ def test_only_missing_chunks_cross_the_link(pair):
     assert "bytes from local chunks" in edge.log()
 
 
-def test_corrupt_chunk_is_detected_and_fetched_again(tmp_path):
-    h = Hierarchy(tmp_path, env={})
-    root = h.start_root()
+def sync_one_artifact(tmp_path, root_env: dict[str, str], size: int) -> str:
+    """A root started with `root_env` and one ReadOnly child; return the child's log once an
+    artifact of `size` random bytes pushed at the root is at the child, byte for byte."""
+    h = Hierarchy(tmp_path)
     try:
-        root.env["CONNREG_TEST_CORRUPT_CHUNK_BATCHES"] = "1"
+        root = h.start_root()
+        root.env.update(root_env)
         root.restart()
         h.create("edge2", "ReadOnly", ["data/*"])
         edge = h.start_child("edge2")
-        data = os.urandom(3 * 1024 * 1024)
+        data = os.urandom(size)
         with httpx.Client(base_url=root.url, auth=root.admin, timeout=60) as c:
             push_artifact(c, "data/x", "v1", data)
         wait_for(lambda: blob_at(edge, "data/x", sha256(data)) == data, 30, message="blob at edge")
-        assert "corrupt chunk batch" in edge.log()
+        return edge.log()
     finally:
         h.stop_all()
+
+
+def test_corrupt_chunk_is_detected_and_fetched_again(tmp_path):
+    log = sync_one_artifact(tmp_path, {"CONNREG_TEST_CORRUPT_CHUNK_BATCHES": "1"}, 3 * 1024 * 1024)
+    assert "corrupt chunk batch" in log
 
 
 def test_kill_mid_transfer_resumes_without_starting_over(pair):
@@ -131,18 +138,8 @@ def test_kill_mid_transfer_resumes_without_starting_over(pair):
 
 
 def test_parent_without_delta_serves_whole_blobs(tmp_path):
-    h = Hierarchy(tmp_path, env={"CONNREG_DELTA": "false"})
-    try:
-        root = h.start_root()
-        h.create("edge4", "ReadOnly", ["data/*"])
-        edge = h.start_child("edge4")
-        data = os.urandom(2 * 1024 * 1024)
-        with httpx.Client(base_url=root.url, auth=root.admin, timeout=60) as c:
-            push_artifact(c, "data/y", "v1", data)
-        wait_for(lambda: blob_at(edge, "data/y", sha256(data)) == data, 30, message="blob at edge")
-        assert "whole-blob transfer" in edge.log()
-    finally:
-        h.stop_all()
+    log = sync_one_artifact(tmp_path, {"CONNREG_DELTA": "false"}, 2 * 1024 * 1024)
+    assert "whole-blob transfer" in log
 
 
 def test_chunk_index_for_plain_pushes_and_reindex_command(pair):

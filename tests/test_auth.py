@@ -342,3 +342,14 @@ def test_no_secret_in_logs(root, admin):
     for secret in SEEN_SECRETS:
         assert secret.encode() not in raw
     assert b"scrypt$" in raw
+
+
+def test_generated_passwords_are_safe_to_pass_as_arguments():
+    # CI once generated a token password starting with '-', which `connreg login -p <pw>`
+    # (like any argparse CLI) reads as an option. Generated passwords use letters and digits.
+    from connreg.auth.passwords import generate_password, hash_password, verify_password
+    passwords = [generate_password() for _ in range(2000)]
+    assert len(set(passwords)) == len(passwords)
+    for password in passwords:
+        assert len(password) == 43 and password.isascii() and password.isalnum()
+    assert verify_password(passwords[0], hash_password(passwords[0]))

@@ -10,6 +10,7 @@ import base64
 import hashlib
 import hmac
 import secrets
+import string
 
 SCHEME = "scrypt"
 # 16 MiB of memory and ~50 ms per hash on a current core: slow for guessing, fine for logins
@@ -27,9 +28,18 @@ def _unb64(text: str) -> bytes:
     return base64.urlsafe_b64decode(text + "=" * (-len(text) % 4))
 
 
+_PASSWORD_ALPHABET = string.ascii_letters + string.digits
+_PASSWORD_LENGTH = 43  # 43 base-62 characters carry just over 256 bits
+
+
 def generate_password() -> str:
-    """A fresh random password (256 bits, URL-safe characters)."""
-    return secrets.token_urlsafe(32)
+    """A fresh random password of 256 bits in letters and digits only.
+
+    No '-' or '_': a password starting with '-' would be read as an option by
+    `connreg login -p …` (and by most other CLIs), and neither character needs
+    quoting in a shell, a URL or the connection string.
+    """
+    return "".join(secrets.choice(_PASSWORD_ALPHABET) for _ in range(_PASSWORD_LENGTH))
 
 
 def hash_password(password: str) -> str:

@@ -145,6 +145,59 @@ def test_manifest_put_get_head_by_tag_and_digest(client):
         assert h.status_code == 200 and h.headers["Content-Length"] == str(len(image.manifest))
 
 
+def test_conditional_tag_updates_and_not_modified(client):
+    """If-Match / If-None-Match on manifests: compare-and-swap of a tag (what the sync pusher
+    uses so it never overwrites a tag its parent moved), and 304 for a current cached copy."""
+    v1, v2, v3 = (make_image([1000 + i]) for i in range(3))
+    for image in (v1, v2, v3):
+        for blob in image.blobs():
+            push_blob(client, "cas/app", blob)
+
+    def put(image, ref="latest", **headers):
+        return client.put(f"/v2/cas/app/manifests/{ref}", content=image.manifest,
+                          headers={"Content-Type": OCI_MANIFEST, **headers})
+
+    def tag():
+        return client.head("/v2/cas/app/manifests/latest").headers.get("Docker-Content-Digest")
+
+    # create only if absent
+    assert put(v1, **{"If-None-Match": "*"}).status_code == 201
+    r = put(v2, **{"If-None-Match": "*"})
+    assert r.status_code == 412 and error_codes(r) == ["PRECONDITION_FAILED"]
+    assert r.json()["errors"][0]["detail"] == {"reference": "latest", "current": v1.digest}
+    assert tag() == v1.digest
+    # move only from where we saw it
+    r = put(v3, **{"If-Match": f'"{v2.digest}"'})
+    assert r.status_code == 412 and tag() == v1.digest
+    assert client.get(f"/v2/cas/app/manifests/{v3.digest}").status_code == 404  # nothing stored
+    assert put(v2, **{"If-Match": f'"{v3.digest}", "{v1.digest}"'}).status_code == 201
+    assert tag() == v2.digest
+    assert put(v2, **{"If-Match": f'W/"{v2.digest}"'}).status_code == 412  # weak never matches
+    assert put(v3, **{"If-Match": "*"}).status_code == 201 and tag() == v3.digest
+    assert put(v1, "absent", **{"If-Match": "*"}).status_code == 412
+    assert client.get("/v2/cas/app/manifests/absent").status_code == 404
+
+    # conditional deletes of a tag
+    r = client.delete("/v2/cas/app/manifests/latest", headers={"If-Match": f'"{v1.digest}"'})
+    assert r.status_code == 412 and tag() == v3.digest
+    r = client.delete("/v2/cas/app/manifests/latest", headers={"If-Match": f'"{v3.digest}"'})
+    assert r.status_code == 202 and tag() is None
+    assert client.get(f"/v2/cas/app/manifests/{v3.digest}").status_code == 200  # only the tag
+
+    # GET/HEAD: 304 when the cached copy is current, 200 otherwise
+    etag = client.get(f"/v2/cas/app/manifests/{v2.digest}").headers["ETag"]
+    assert etag == f'"{v2.digest}"'
+    for method in ("GET", "HEAD"):
+        r = client.request(method, f"/v2/cas/app/manifests/{v2.digest}",
+                           headers={"If-None-Match": etag})
+        assert r.status_code == 304 and r.content == b""
+        assert r.headers["Docker-Content-Digest"] == v2.digest
+    r = client.get(f"/v2/cas/app/manifests/{v2.digest}", headers={"If-None-Match": '"other"'})
+    assert r.status_code == 200 and r.content == v2.manifest
+    r = client.get(f"/v2/cas/app/manifests/{v2.digest}", headers={"If-Match": '"other"'})
+    assert r.status_code == 412
+
+
 def test_docker_schema2_manifest_and_list(client):
     image = make_image([1000])
     for blob in image.blobs():

@@ -16,7 +16,7 @@ from connreg import _core, errors
 from connreg.errors import RegistryError
 from connreg.references import check_digest, check_tag, is_digest
 from connreg.registry import Registry
-from connreg.storage import ManifestRecord
+from connreg.storage import ManifestRecord, TagPrecondition, TagPreconditionFailed
 
 OCI_MANIFEST = "application/vnd.oci.image.manifest.v1+json"
 OCI_INDEX = "application/vnd.oci.image.index.v1+json"
@@ -113,8 +113,12 @@ def parse_manifest(body: bytes, content_type: str | None) -> tuple[dict, str, li
 
 
 async def store_manifest(reg: Registry, name: str, reference: str, body: bytes,
-                         content_type: str | None, origin: str = "local") -> tuple[str, str | None]:
-    """Validate and store a manifest under a tag or digest reference; return (digest, subject)."""
+                         content_type: str | None, origin: str = "local",
+                         precondition: TagPrecondition | None = None) -> tuple[str, str | None]:
+    """Validate and store a manifest under a tag or digest reference; return (digest, subject).
+
+    `precondition` makes the update conditional on where the reference points now
+    (RegistryError PRECONDITION_FAILED otherwise, nothing written)."""
     tag = None
     if is_digest(reference):
         check_digest(reference)
@@ -140,19 +144,44 @@ async def store_manifest(reg: Registry, name: str, reference: str, body: bytes,
     if artifact_type is None and media_type in IMAGE_TYPES:
         artifact_type = doc["config"]["mediaType"]
     annotations = doc.get("annotations")
+    if tag is None and precondition is not None:
+        # a digest names immutable content: only its existence can differ
+        _check_precondition(precondition, reference,
+                            digest if reg.meta.get_manifest(name, digest) else None)
     await trio.to_thread.run_sync(reg.blobs.put_bytes, body, digest)
     record = ManifestRecord(name, digest, media_type, len(body), subject, artifact_type,
                             json.dumps(annotations) if annotations else None)
     references = [d["digest"] for d in blobs] + [d["digest"] for d in children]
-    await reg.meta.put_manifest(record, references, tag, origin)
+    try:
+        await reg.meta.put_manifest(record, references, tag, origin,
+                                    precondition if tag is not None else None)
+    except TagPreconditionFailed as exc:
+        raise _precondition_failed(reference, exc.current) from exc
     reg.manifest_cache.put(digest, body)
     return digest, subject
 
 
-async def delete_reference(reg: Registry, name: str, reference: str,
-                           origin: str = "local") -> bool:
-    """Delete a manifest (by digest, with its tags) or just a tag."""
+async def delete_reference(reg: Registry, name: str, reference: str, origin: str = "local",
+                           precondition: TagPrecondition | None = None) -> bool:
+    """Delete a manifest (by digest, with its tags) or just a tag (conditionally, if asked)."""
     if is_digest(reference):
         check_digest(reference)
+        if precondition is not None:
+            _check_precondition(precondition, reference,
+                                reference if reg.meta.get_manifest(name, reference) else None)
         return await reg.meta.delete_manifest(name, reference, origin)
-    return await reg.meta.delete_tag(name, reference, origin)
+    try:
+        return await reg.meta.delete_tag(name, reference, origin, precondition)
+    except TagPreconditionFailed as exc:
+        raise _precondition_failed(reference, exc.current) from exc
+        raise
+
+
+def _check_precondition(precondition: TagPrecondition, reference: str, current: str | None) -> None:
+    if not precondition.holds(current):
+        raise _precondition_failed(reference, current)
+
+
+def _precondition_failed(reference: str, current: str | None) -> RegistryError:
+    return RegistryError(errors.PRECONDITION_FAILED,
+                         detail={"reference": reference, "current": current})

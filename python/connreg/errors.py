@@ -41,6 +41,7 @@ RANGE_INVALID = _register("BLOB_UPLOAD_INVALID", 416, "requested range not satis
 PAGINATION_NUMBER_INVALID = _register("PAGINATION_NUMBER_INVALID", 400, "invalid number of results requested")
 TAG_INVALID = _register("TAG_INVALID", 400, "manifest tag did not match URI")
 MANIFEST_TOO_LARGE = _register("SIZE_INVALID", 413, "manifest exceeds the size limit")
+PRECONDITION_FAILED = _register("PRECONDITION_FAILED", 412, "the reference does not match the request's If-Match/If-None-Match")
 NOT_FOUND = _register("NOT_FOUND", 404, "no such endpoint")
 METHOD_NOT_ALLOWED = _register("UNSUPPORTED", 405, "method not allowed on this endpoint")
 STORAGE_FULL = _register("DENIED", 507, "registry storage budget exhausted")

@@ -10,6 +10,9 @@ from connreg.storage.interfaces import (
     ManifestRecord,
     MetadataStore,
     Referrer,
+    TagPrecondition,
+    TagPreconditionFailed,
 )
 
-__all__ = ["BlobStore", "Change", "ManifestRecord", "MetadataStore", "Referrer"]
+__all__ = ["BlobStore", "Change", "ManifestRecord", "MetadataStore", "Referrer",
+           "TagPrecondition", "TagPreconditionFailed"]

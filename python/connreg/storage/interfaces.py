@@ -44,6 +44,39 @@ class Change:
                 "digest": self.digest, "tag": self.tag, "prev": self.prev, "origin": self.origin}
 
 
+@dataclass(frozen=True)
+class TagPrecondition:
+    """What a tag must point at for a conditional update (HTTP `If-Match`/`If-None-Match`).
+
+    Checked by the metadata store in the same transaction as the update, so two writers racing
+    for one tag cannot both succeed: the sync pusher relies on this to never overwrite a tag the
+    parent moved after it looked.
+    `if_match`: the tag must exist and point at one of these digests ("*": at anything).
+    `if_none_match`: the tag must not point at any of these ("*": must not exist).
+    """
+
+    if_match: frozenset[str] | None = None
+    if_none_match: frozenset[str] | None = None
+
+    def holds(self, current: str | None) -> bool:
+        if self.if_match is not None:
+            if current is None or ("*" not in self.if_match and current not in self.if_match):
+                return False
+        if self.if_none_match is not None and current is not None:
+            if "*" in self.if_none_match or current in self.if_none_match:
+                return False
+        return True
+
+
+class TagPreconditionFailed(Exception):
+    """A conditional tag update found the tag somewhere else; nothing was written."""
+
+    def __init__(self, tag: str, current: str | None):
+        super().__init__(f"tag {tag} points at {current or 'nothing'}")
+        self.tag = tag
+        self.current = current
+
+
 class BlobStore(Protocol):
     """Content-addressed bytes. Implemented natively by `connreg._core.BlobStore`."""
 
@@ -82,10 +115,13 @@ class MetadataStore(Protocol):
     def get_manifest(self, repo: str, digest: str) -> ManifestRecord | None: ...
     def resolve_tag(self, repo: str, tag: str) -> str | None: ...
     def list_tags(self, repo: str, n: int | None, last: str | None) -> list[str]: ...
+    # `precondition` (tags only) raises TagPreconditionFailed when it does not hold
     async def put_manifest(self, record: ManifestRecord, references: list[str],
-                           tag: str | None, origin: str = "local") -> None: ...
+                           tag: str | None, origin: str = "local",
+                           precondition: TagPrecondition | None = None) -> None: ...
     async def delete_manifest(self, repo: str, digest: str, origin: str = "local") -> bool: ...
-    async def delete_tag(self, repo: str, tag: str, origin: str = "local") -> bool: ...
+    async def delete_tag(self, repo: str, tag: str, origin: str = "local",
+                         precondition: TagPrecondition | None = None) -> bool: ...
     def referrers(self, repo: str, subject: str, artifact_type: str | None) -> list[Referrer]: ...
     def manifest_digests(self, repo: str) -> list[str]: ...
     async def unlink_all_blobs(self, repo: str) -> int: ...

@@ -15,7 +15,8 @@ from typing import Callable, TypeVar
 
 import trio
 
-from connreg.storage.interfaces import Change, ManifestRecord, Referrer
+from connreg.storage.interfaces import (Change, ManifestRecord, Referrer, TagPrecondition,
+                                         TagPreconditionFailed)
 
 T = TypeVar("T")
 
@@ -200,7 +201,8 @@ class SqliteMetadataStore:
         return [r[0] for r in self._reader.execute(sql, args)]
 
     async def put_manifest(self, record: ManifestRecord, references: list[str],
-                           tag: str | None, origin: str = "local") -> None:
+                           tag: str | None, origin: str = "local",
+                           precondition: TagPrecondition | None = None) -> None:
         now = time.time()
 
         def fn(conn):
@@ -211,6 +213,8 @@ class SqliteMetadataStore:
                 row = conn.execute("SELECT digest FROM tags WHERE repo = ? AND tag = ?",
                                    (record.repo, tag)).fetchone()
                 prev = row[0] if row else None
+                if precondition is not None and not precondition.holds(prev):
+                    raise TagPreconditionFailed(tag, prev)
             if known and (tag is None or prev == record.digest):
                 return  # nothing changed: no log entry, so re-pushes do not echo around
 
@@ -242,10 +246,13 @@ class SqliteMetadataStore:
             return deleted
         return await self._write(fn)
 
-    async def delete_tag(self, repo: str, tag: str, origin: str = "local") -> bool:
+    async def delete_tag(self, repo: str, tag: str, origin: str = "local",
+                         precondition: TagPrecondition | None = None) -> bool:
         def fn(conn):
             row = conn.execute("SELECT digest FROM tags WHERE repo = ? AND tag = ?",
                                (repo, tag)).fetchone()
+            if precondition is not None and not precondition.holds(row[0] if row else None):
+                raise TagPreconditionFailed(tag, row[0] if row else None)
             if row is None:
                 return False
             conn.execute("DELETE FROM tags WHERE repo = ? AND tag = ?", (repo, tag))

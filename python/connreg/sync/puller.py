@@ -131,15 +131,15 @@ class Puller:
                     pass
         return await self.reg.read_manifest(digest)
 
-    async def set_tag(self, repo: str, tag: str, digest: str) -> None:
+    async def set_tag(self, repo: str, tag: str, digest: str, report_conflict: bool = True) -> None:
         """Point `tag` where the parent has it. If we moved it too since we last agreed, that is
         a conflict: the parent's tag wins; ours stays reachable by digest (and is still pushed
-        up by digest from the outbox)."""
+        up by digest from the outbox). `report_conflict=False`: the caller reported it."""
         body = await self.ensure_manifest(repo, digest)
         record = self.reg.meta.get_manifest(repo, digest)
         local = self.reg.meta.resolve_tag(repo, tag)
         agreed = self.state.get(last_known_key(repo, tag))
-        if local is not None and local not in (digest, agreed):
+        if report_conflict and local is not None and local not in (digest, agreed):
             detail = self.state.conflict(repo, tag, local, digest)
             log.warning("%s [%s]", detail.description, detail.correlation_id)
         if local != digest:

@@ -8,8 +8,9 @@ change in flight, and re-sending is harmless (content addressed, tag set idempot
 Conflicts (§5): before moving or deleting a tag at the parent we compare the parent's current
 digest with the one we last agreed on. If the parent moved it too, the parent wins: our manifest
 is still pushed by digest (nothing is lost), our tag follows the parent's, and SYNC_CONFLICT is
-reported. The check and the write are two requests; a move at the parent between them is not
-detected (documented in docs/sync.md).
+reported. The write is conditional (If-Match on the digest we saw, If-None-Match: * for "no
+tag"), so a move at the parent between our look and our write makes the parent answer 412 and
+we look again instead of overwriting it.
 """
 
 from __future__ import annotations
@@ -22,7 +23,7 @@ import trio
 from connreg.registry import Registry
 from connreg.storage import Change
 from connreg.sync.puller import PARENT, Puller
-from connreg.sync.remote import ParentClient, ParentUnavailable
+from connreg.sync.remote import ParentClient, ParentUnavailable, TagMoved
 from connreg.sync.state import UP_CURSOR, SyncState, last_known_key
 
 log = logging.getLogger("connreg.sync")
@@ -30,6 +31,8 @@ READ_CHUNK = 1 << 20
 # Blobs from this size up are pushed as a resumable chunked upload, PUSH_CHUNK per request.
 RESUMABLE_FROM = 4 << 20
 PUSH_CHUNK = 4 << 20
+# Conditional tag updates that lose a race are retried this often before backing off.
+TAG_UPDATE_ATTEMPTS = 3
 
 
 class Pusher:
@@ -140,33 +143,40 @@ class Pusher:
             offset += len(chunk)
             yield chunk
 
-    async def _parent_moved(self, repo: str, tag: str, ours: str | None) -> str | None:
-        """The parent's digest for `tag` if it moved since we last agreed (a conflict)."""
-        at_parent = await self.parent.head_manifest(repo, tag)
-        agreed = self.state.get(last_known_key(repo, tag))
-        if at_parent is None or at_parent == agreed or at_parent == ours:
-            return None
-        return at_parent
-
     async def _move_tag(self, repo: str, tag: str, digest: str) -> None:
-        theirs = await self._parent_moved(repo, tag, digest)
-        if theirs is not None:
-            await self._yield_to_parent(repo, tag, digest, theirs)
-            return
         body = await self.reg.read_manifest(digest)
         record = self.reg.meta.get_manifest(repo, digest)
-        await self.parent.put_manifest(repo, tag, body, record.media_type)
-        await self.state.set(last_known_key(repo, tag), digest)
+
+        async def put(at_parent: str | None) -> None:
+            await self.parent.put_manifest(repo, tag, body, record.media_type,
+                                           if_tag_is=at_parent)
+        if await self._update_parent_tag(repo, tag, digest, put):
+            await self.state.set(last_known_key(repo, tag), digest)
 
     async def _delete_tag(self, repo: str, tag: str) -> None:
-        theirs = await self._parent_moved(repo, tag, None)
-        if theirs is not None:
-            await self._yield_to_parent(repo, tag, None, theirs)
-            return
-        await self.parent.delete(repo, tag)
-        await self.state.delete(last_known_key(repo, tag))
+        async def delete(at_parent: str | None) -> None:
+            await self.parent.delete(repo, tag, if_tag_is=at_parent)
+        if await self._update_parent_tag(repo, tag, None, delete):
+            await self.state.delete(last_known_key(repo, tag))
+
+    async def _update_parent_tag(self, repo: str, tag: str, ours: str | None, update) -> bool:
+        """Apply our move of `tag` at the parent unless the parent moved it too (a conflict,
+        settled in the parent's favour). The update is conditional on the tag being where we
+        saw it, so a move at the parent between our look and our write is caught as well."""
+        agreed = self.state.get(last_known_key(repo, tag))
+        for _ in range(TAG_UPDATE_ATTEMPTS):
+            at_parent = await self.parent.head_manifest(repo, tag)
+            if at_parent is not None and at_parent not in (agreed, ours):
+                await self._yield_to_parent(repo, tag, ours, at_parent)
+                return False
+            try:
+                await update(at_parent)
+                return True
+            except TagMoved:
+                log.info("%s:%s moved at the parent while we updated it; looking again", repo, tag)
+        raise ParentUnavailable(f"{repo}:{tag} keeps moving at the parent; retrying later")
 
     async def _yield_to_parent(self, repo: str, tag: str, ours: str | None, theirs: str) -> None:
         detail = self.state.conflict(repo, tag, ours, theirs)
         log.warning("%s [%s]", detail.description, detail.correlation_id)
-        await self.puller.set_tag(repo, tag, theirs)
+        await self.puller.set_tag(repo, tag, theirs, report_conflict=False)

@@ -23,6 +23,14 @@ class ParentUnavailable(Exception):
     """The parent cannot be reached right now (network, 5xx, 429)."""
 
 
+class TagMoved(Exception):
+    """A conditional tag update at the parent found the tag elsewhere (HTTP 412)."""
+
+
+# `if_tag_is` value for an unconditional tag update
+ANY = object()
+
+
 class ParentRefused(Exception):
     """The parent answered with a definitive error (4xx other than 404/429)."""
 
@@ -242,13 +250,29 @@ class ParentClient:
                                      "Content-Length": str(size)})
 
     async def put_manifest(self, repo: str, reference: str, body: bytes,
-                           media_type: str) -> None:
+                           media_type: str, if_tag_is: str | None | object = ANY) -> None:
+        """PUT a manifest; with `if_tag_is` (a digest, or None for "no such tag") the parent
+        applies it only if `reference` still points there, else TagMoved."""
         if self.meter:
             await self.meter.account(len(body))
-        await self._request("PUT", f"/v2/{repo}/manifests/{reference}", ok=(201,),
-                            content=body, headers={"Content-Type": media_type})
+        headers = {"Content-Type": media_type, **_precondition_headers(if_tag_is)}
+        resp = await self._request("PUT", f"/v2/{repo}/manifests/{reference}", ok=(201, 412),
+                                   content=body, headers=headers)
+        if resp.status_code == 412:
+            raise TagMoved(f"{repo}:{reference}: {_message(resp)}")
 
-    async def delete(self, repo: str, reference: str) -> bool:
+    async def delete(self, repo: str, reference: str,
+                     if_tag_is: str | None | object = ANY) -> bool:
         resp = await self._request("DELETE", f"/v2/{repo}/manifests/{reference}",
-                                   ok=(202, 404))
+                                   ok=(202, 404, 412), headers=_precondition_headers(if_tag_is))
+        if resp.status_code == 412:
+            raise TagMoved(f"{repo}:{reference}: {_message(resp)}")
         return resp.status_code == 202
+
+
+def _precondition_headers(if_tag_is: str | None | object) -> dict[str, str]:
+    if if_tag_is is ANY:
+        return {}
+    if if_tag_is is None:
+        return {"If-None-Match": "*"}
+    return {"If-Match": f'"{if_tag_is}"'}

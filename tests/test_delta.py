@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import os
 import random
+import re
 import subprocess
 import sys
 import time
@@ -13,6 +14,7 @@ import time
 import httpx
 import pytest
 
+from connreg import _core
 from connreg.testing.hierarchy import Hierarchy, wait_for
 from connreg.testing.oci import sha256
 from helpers import push_blob
@@ -89,6 +91,38 @@ def test_only_missing_chunks_cross_the_link(pair):
     assert "bytes from local chunks" in edge.log()
 
 
+def test_small_edits_cost_about_their_size(pair):
+    """Runs of missing chunks are refined into ~4 KiB sub-chunks against the old version, so
+    60 scattered 2 KiB edits move about 60 x (2 KiB + a sub-chunk or two), not 60 x 64 KiB+."""
+    pair.create("edge5", "ReadOnly", ["data/*"])
+    edge = pair.start_child("edge5")
+    v1 = os.urandom(12 * 1024 * 1024)
+    with httpx.Client(base_url=pair.root.url, auth=pair.root.admin, timeout=60) as c:
+        push_artifact(c, "data/fw", "v1", v1)
+    wait_for(lambda: blob_at(edge, "data/fw", sha256(v1)) == v1, 30, message="v1 at edge")
+    after_v1 = child_bytes(pair.root, "edge5")
+
+    rng = random.Random(5)
+    v2 = bytearray(v1)
+    edits, edit = 60, 2048
+    for k in range(edits):  # one edit in each of 60 equal strata: scattered, never overlapping
+        stratum = len(v1) // edits
+        at = k * stratum + rng.randrange(0, stratum - edit)
+        v2[at:at + edit] = os.urandom(edit)
+    v2 = bytes(v2)
+    with httpx.Client(base_url=pair.root.url, auth=pair.root.admin, timeout=60) as c:
+        push_artifact(c, "data/fw", "v2", v2)
+    wait_for(lambda: blob_at(edge, "data/fw", sha256(v2)) == v2, 30, message="v2 at edge")
+    v2_bytes = child_bytes(pair.root, "edge5") - after_v1
+    changed = edits * edit
+    print(f"\nv2: {v2_bytes} bytes on the wire for {changed} bytes changed "
+          f"({v2_bytes / changed:.2f}x; {100 * v2_bytes / len(v2):.2f}% of the blob)")
+    # 64 KiB chunks alone would move >= 60 x 64 KiB = 3.75 MiB (31% of the blob)
+    assert v2_bytes < 8 * changed
+    refined = [int(n) for n in re.findall(r"\((\d+) runs refined\)", edge.log())]
+    assert refined and refined[-1] > 0, refined
+
+
 def sync_one_artifact(tmp_path, root_env: dict[str, str], size: int) -> str:
     """A root started with `root_env` and one ReadOnly child; return the child's log once an
     artifact of `size` random bytes pushed at the root is at the child, byte for byte."""
@@ -124,14 +158,20 @@ def test_kill_mid_transfer_resumes_without_starting_over(pair):
     wait_for(lambda: upload.exists() and upload.stat().st_size > size // 3, 30, interval=0.05,
              message="a third of the blob at the edge")
     edge.kill()
-    kept = upload.stat().st_size
+    # A kill can stop a write in the middle of a chunk: cut what was kept to a point inside
+    # one, so the next attempt must continue from a byte, not a chunk boundary.
+    ends = {o + n for o, n, _ in _core.chunk_bytes(data)}
+    kept = upload.stat().st_size - 1000
+    while kept in ends:
+        kept -= 1
+    os.truncate(upload, kept)
     edge.start()
     started = time.monotonic()
     wait_for(lambda: blob_at(edge, "data/big", sha256(data)) == data, 60, message="blob at edge")
     total = child_bytes(pair.root, "edge3")
     print(f"\nkept {kept} bytes across the kill; {total} bytes on the wire for {size} "
           f"({total / size:.3f}x)")
-    assert "resuming" in edge.log()
+    assert f"({kept} bytes kept)" in edge.log()
     assert total < 1.1 * size
     # The cap held: the rest (size - kept) took at least ~(size - kept) / 4 MB/s.
     assert time.monotonic() - started > 0.8 * (size - kept) / 4_000_000
@@ -158,6 +198,29 @@ def test_chunk_index_for_plain_pushes_and_reindex_command(pair):
         r = c.post("/connreg/v1/sync/chunks", params={"repo": "data/z", "digest": sha256(data)},
                    content=b"nonsense")
         assert r.status_code == 400 and r.json()["errors"][0]["code"] == "INVALID"
+
+        # finer chunks of one range (what a child refines a missing run with)
+        where = {"repo": "data/z", "digest": sha256(data)}
+        fine = {"min": 1024, "avg": 4096, "max": 16384}
+        r = c.get("/connreg/v1/sync/chunks",
+                  params={**where, "offset": 100_000, "length": 300_000, **fine})
+        assert r.status_code == 200, r.text
+        doc = r.json()
+        assert doc["params"] == "fastcdc-blake3:1024:4096:16384"
+        subs = doc["chunks"]
+        assert subs[0][0] == 100_000 and sum(n for _, n, _ in subs) == 300_000
+        assert subs == [[100_000 + o, n, cid] for o, n, cid in
+                        _core.chunk_bytes(data[100_000:400_000], _core.ChunkParams(1024, 4096, 16384))]
+        for bad, status in [({"offset": len(data) - 10, "length": 11, **fine}, 416),
+                            ({"offset": 0, "length": 0, **fine}, 416),
+                            ({"offset": 0, "length": 9 * 1024 * 1024, **fine}, 416),
+                            ({"offset": -1, "length": 10, **fine}, 400),
+                            ({"offset": 0, "length": 10, "min": 1024, "avg": 3000, "max": 9000}, 400),
+                            ({"offset": 0, "length": 10, "min": 64, "avg": 256, "max": 1024}, 400),
+                            ({"offset": 0, "length": 10, "avg": 4096}, 400)]:
+            r = c.get("/connreg/v1/sync/chunks", params={**where, **bad})
+            assert r.status_code == status, (bad, r.text)
+            assert r.json()["errors"][0]["code"] in ("INVALID", "BLOB_UPLOAD_INVALID"), r.text
     out = subprocess.run([sys.executable, "-m", "connreg", "maintenance", "reindex-chunks",
                           "--data-dir", str(root.data_dir)], capture_output=True, text=True,
                          timeout=120)

@@ -2,6 +2,9 @@
 
 - `GET  ?repo=R&digest=D` → the blob's chunk list `{"digest","size","params","chunks":[[offset,
   length, blake3], …]}` (computed once, then served from the chunk index).
+- `GET  ?repo=R&digest=D&offset=O&length=N&min=…&avg=…&max=…` → the list of finer chunks of
+  that byte range (at most 8 MiB), cut with those parameters and not cached: a child refines a
+  run of chunks it lacks into sub-chunks, most of which it holds in the old version.
 - `POST ?repo=R&digest=D` with `{"ranges": [[offset, length], …]}` → those chunks as one frame
   (Rust `encode_chunks`: id, codec, length, payload per chunk; zstd where it shrinks the data).
 The caller must be allowed to pull R, and D must be a blob of R: the same rule as a blob GET.
@@ -14,6 +17,7 @@ from quart import Blueprint, Response, current_app, request
 
 from connreg import _core, errors
 from connreg.api.http import json_response
+from connreg.delta.index import params_key
 from connreg.errors import RegistryError
 from connreg.references import check_digest, check_name
 from connreg.sync.endpoints import TRAFFIC_BYTES, sync_caller
@@ -21,6 +25,8 @@ from connreg.sync.endpoints import TRAFFIC_BYTES, sync_caller
 bp = Blueprint("delta", __name__)
 MAX_BATCH_CHUNKS = 256
 MAX_BATCH_BYTES = 32 * 1024 * 1024
+MAX_REFINE_BYTES = 8 * 1024 * 1024
+MIN_REFINE_AVG = 1024
 FRAME_TYPE = "application/vnd.connreg.chunks.v1"
 
 
@@ -42,9 +48,44 @@ async def _blob_for_caller() -> tuple[str, str, int]:
 @bp.route("/connreg/v1/sync/chunks", methods=["GET"])
 async def chunk_list() -> Response:
     child, digest, size = await _blob_for_caller()
+    if "offset" in request.args:
+        return await _range_chunk_list(digest, size)
     index = current_app.extensions["registry"].chunk_index
     chunks = await index.ensure(digest)
     return json_response({"digest": digest, "size": size, "params": index.key,
+                          "chunks": [list(c) for c in chunks]})
+
+
+def _int_arg(name: str) -> int:
+    value = request.args.get(name, "")
+    if not value.isdigit():
+        raise RegistryError(errors.INVALID_BODY, message=f"query parameter {name} must be a "
+                                                         "non-negative integer")
+    return int(value)
+
+
+async def _range_chunk_list(digest: str, size: int) -> Response:
+    offset, length = _int_arg("offset"), _int_arg("length")
+    if length == 0 or offset + length > size or length > MAX_REFINE_BYTES:
+        raise RegistryError(errors.RANGE_INVALID, detail={"offset": offset, "length": length,
+                                                          "size": size,
+                                                          "maxLength": MAX_REFINE_BYTES})
+    try:
+        params = _core.ChunkParams(_int_arg("min"), _int_arg("avg"), _int_arg("max"))
+    except _core.CoreError as exc:
+        raise RegistryError(errors.INVALID_BODY, message=f"chunk parameters: {exc}") from None
+    if params.avg_size < MIN_REFINE_AVG:
+        raise RegistryError(errors.INVALID_BODY,
+                            message=f"avg must be at least {MIN_REFINE_AVG} bytes")
+    blobs = current_app.extensions["registry"].blobs
+
+    def cut() -> list[tuple[int, int, str]]:
+        data = blobs.read(digest, offset, length)
+        return [(offset + o, n, cid) for o, n, cid in _core.chunk_bytes(data, params)]
+
+    chunks = await trio.to_thread.run_sync(cut)
+    return json_response({"digest": digest, "size": size, "params": params_key(params),
+                          "offset": offset, "length": length,
                           "chunks": [list(c) for c in chunks]})
 
 

@@ -2,15 +2,24 @@
 
 The blob is built in the resumable upload `sync-<digest>`, strictly in order: a chunk this node
 already holds in any blob is copied locally (`Upload.copy_from`); runs of missing chunks are
-fetched in batches, each chunk verified against its BLAKE3 id before it is written. An
-interrupted fetch leaves a prefix of whole, verified chunks; the next attempt continues after
-it. The commit verifies the SHA-256 of the whole before the blob becomes visible, and the chunk
-list is then recorded in the local index, so the next version finds these chunks here.
+fetched in batches, each chunk verified against its BLAKE3 id before it is written.
+
+A run of missing chunks is usually an edited stretch of an older version this node holds: the
+bytes between the local chunks on either side of the run. When such an old stretch exists, the
+run is refined: the parent cuts just that range into ~4 KiB sub-chunks, the child cuts its old
+stretch the same way, and only the sub-chunks it lacks cross the link (a 26 KiB edit then costs
+about 26 KiB plus two sub-chunks, not the two or three 64 KiB chunks around it).
+
+An interrupted fetch leaves a verified prefix in the upload (whole chunks, or part of one); the
+next attempt continues exactly where it ends. The commit verifies the SHA-256 of the whole
+before the blob becomes visible, and the chunk list is then recorded in the local index, so the
+next version finds these chunks here.
 """
 
 from __future__ import annotations
 
 import logging
+from dataclasses import dataclass
 
 import trio
 
@@ -21,21 +30,50 @@ from connreg.sync.remote import ParentClient, ParentUnavailable
 log = logging.getLogger("connreg.delta")
 BATCH_BYTES = 2 * 1024 * 1024
 BATCH_CHUNKS = 128
+# Sub-chunks for refining a missing run (cut identically by parent and child).
+REFINE_PARAMS = _core.ChunkParams(1024, 4096, 16384)
+REFINE_MAX_RUN = 8 * 1024 * 1024  # the parent's limit for one range list
+# An "old version" much larger than the run is probably not one; reading it would cost more
+# than refining saves.
+REFINE_MAX_OLD = 16 * 1024 * 1024
+
+Chunk = tuple[int, int, str]  # (offset, length, blake3)
+Location = tuple[str, int, int]  # (digest, offset, length) of a local copy
 
 
 class DeltaUnavailable(Exception):
     """The parent cannot serve this blob by chunks (old parent, delta off, other parameters)."""
 
 
-def _resume_point(chunks: list[list], upload_size: int) -> int | None:
-    """Index of the first chunk not yet in the upload, or None if the upload does not end on a
-    chunk boundary (then it cannot be continued chunk-wise)."""
+def resume_point(chunks: list, upload_size: int) -> tuple[int, int] | None:
+    """(index of the chunk the upload ends in, bytes of that chunk already there); the index
+    is len(chunks) when everything is there, None if the upload is longer than the blob."""
     position = 0
-    for i, (offset, length, _) in enumerate(chunks):
-        if position == upload_size:
-            return i
+    for i, (_, length, _) in enumerate(chunks):
+        if upload_size < position + length:
+            return i, upload_size - position
         position += length
-    return len(chunks) if position == upload_size else None
+    return (len(chunks), 0) if upload_size == position else None
+
+
+def covers(chunks: list, offset: int, length: int) -> bool:
+    """Whether `chunks` tile [offset, offset + length) exactly, in order."""
+    position = offset
+    for o, n, _ in chunks:
+        if o != position or n <= 0:
+            return False
+        position += n
+    return position == offset + length
+
+
+@dataclass
+class _Assembly:
+    repo: str
+    digest: str
+    upload: object  # _core.Upload
+    copied: int = 0
+    fetched: int = 0
+    refined_runs: int = 0
 
 
 class DeltaFetcher:
@@ -52,37 +90,47 @@ class DeltaFetcher:
         chunks = listing["chunks"]
         upload_id = "sync-" + digest.replace(":", "-")
         upload = self.blobs.upload(upload_id)
-        start = _resume_point(chunks, upload.size)
-        if start is None:
-            # A byte prefix that ends inside a chunk (a whole-blob attempt, or a kill in the
-            # middle of a write). Every byte of it is right, so keep it: the whole-blob path
-            # continues after it with a Range request instead of sending it again.
-            raise DeltaUnavailable(f"{upload.size} bytes kept mid-chunk; continuing whole")
-        if start:
-            log.info("resuming %s at chunk %d of %d (%d bytes kept)", digest[:19], start,
+        point = resume_point(chunks, upload.size)
+        if point is None:  # cannot be a prefix of this blob: start over
+            log.warning("discarding %d bytes kept for %s: longer than the blob", upload.size,
+                        digest[:19])
+            upload.abort()
+            upload = self.blobs.upload(upload_id)
+            point = (0, 0)
+        i, partial = point
+        if upload.size:
+            log.info("resuming %s at chunk %d of %d (%d bytes kept)", digest[:19], i,
                      len(chunks), upload.size)
-        copied = fetched = 0
-        i = start
-        while i < len(chunks):
+        job = _Assembly(repo, digest, upload)
+        if partial:  # the rest of the chunk a previous attempt stopped inside
             offset, length, chunk_id = chunks[i]
             local = self.index.locate(chunk_id)
             if local is not None:
-                await trio.to_thread.run_sync(upload.copy_from, local[0], local[1], length)
-                copied += length
+                await self._copy(job, (local[0], local[1] + partial, length - partial))
+            else:
+                await self._fetch_missing(job, [(offset + partial, length - partial, None)])
+            i += 1
+        previous = self.index.locate(chunks[i - 1][2]) if i > 0 else None
+        while i < len(chunks):
+            local = self.index.locate(chunks[i][2])
+            if local is not None:
+                await self._copy(job, local)
+                previous = local
                 i += 1
                 continue
-            batch = []
-            size = 0
-            while (i < len(chunks) and len(batch) < BATCH_CHUNKS and size < BATCH_BYTES
-                   and (not batch or self.index.locate(chunks[i][2]) is None)):
-                batch.append(chunks[i])
-                size += chunks[i][1]
-                i += 1
-            for data in await self._fetch_batch(repo, digest, batch):
-                await trio.to_thread.run_sync(upload.write, data)
-            fetched += size
-            if self.stats:
-                self.stats.progress_bytes(size)
+            j, run_bytes = i, 0
+            while (j < len(chunks) and run_bytes + chunks[j][1] <= REFINE_MAX_RUN
+                   and (j == i or self.index.locate(chunks[j][2]) is None)):
+                run_bytes += chunks[j][1]
+                j += 1
+            following = self.index.locate(chunks[j][2]) if j < len(chunks) else None
+            old = self._old_version(previous, following, i == 0, j == len(chunks), run_bytes)
+            if old is not None:
+                await self._fetch_refined(job, chunks[i:j], old)
+            else:
+                await self._fetch_missing(job, chunks[i:j])
+            previous = None
+            i = j
         try:
             await trio.to_thread.run_sync(upload.commit, digest)
         except _core.DigestMismatch:
@@ -91,11 +139,79 @@ class DeltaFetcher:
         await self.index.record(digest, [tuple(c) for c in chunks])
         if self.stats:
             self.stats.progress_blob()
-        log.info("assembled %s: %d bytes from local chunks, %d fetched", digest[:19], copied,
-                 fetched)
+        log.info("assembled %s: %d bytes from local chunks, %d fetched (%d runs refined)",
+                 digest[:19], job.copied, job.fetched, job.refined_runs)
 
-    async def _fetch_batch(self, repo: str, digest: str, batch: list[list]) -> list[bytes]:
-        """The batch's chunk bytes in order, each verified by BLAKE3; refetched once if corrupt."""
+    def _old_version(self, previous: Location | None, following: Location | None,
+                     at_start: bool, at_end: bool, run_bytes: int) -> Location | None:
+        """The local stretch that a run of missing chunks most likely replaced: between the
+        local copies of its neighbours when both sit in one blob (or from a blob's start or to
+        its end, for a run at the start or end); None when there is no such stretch."""
+        if previous is not None and following is not None and previous[0] == following[0]:
+            blob, start, end = previous[0], previous[1] + previous[2], following[1]
+        elif previous is None and following is not None and at_start:
+            blob, start, end = following[0], 0, following[1]
+        elif previous is not None and following is None and at_end:
+            blob, start = previous[0], previous[1] + previous[2]
+            end = self.blobs.size(blob) or 0
+        else:
+            return None
+        length = end - start
+        if length < REFINE_PARAMS.avg_size or length > min(REFINE_MAX_OLD, 4 * run_bytes + (1 << 20)):
+            return None
+        return blob, start, length
+
+    async def _fetch_refined(self, job: _Assembly, run: list, old: Location) -> None:
+        """Fetch a run of missing chunks as the sub-chunks that are not in `old`."""
+        start = run[0][0]
+        length = sum(c[1] for c in run)
+        listing = await self.parent.range_chunk_list(job.repo, job.digest, start, length,
+                                                     REFINE_PARAMS)
+        subs = listing.get("chunks")
+        if not isinstance(subs, list) or not covers(subs, start, length):
+            raise ParentUnavailable(f"sub-chunk list for {job.digest} does not cover the range")
+
+        def cut_old() -> dict[str, Location]:
+            data = self.blobs.read(old[0], old[1], old[2])
+            return {cid: (old[0], old[1] + o, n)
+                    for o, n, cid in _core.chunk_bytes(data, REFINE_PARAMS)}
+
+        have = await trio.to_thread.run_sync(cut_old)
+        job.refined_runs += 1
+        missing: list = []
+        for offset, n, cid in subs:
+            local = have.get(cid)
+            if local is None or local[2] != n:
+                missing.append((offset, n, cid))
+                continue
+            await self._fetch_missing(job, missing)
+            missing = []
+            await self._copy(job, local)
+        await self._fetch_missing(job, missing)
+
+    async def _copy(self, job: _Assembly, local: Location) -> None:
+        await trio.to_thread.run_sync(job.upload.copy_from, local[0], local[1], local[2])
+        job.copied += local[2]
+
+    async def _fetch_missing(self, job: _Assembly, items: list) -> None:
+        """Fetch and append `items` ((offset, length, id or None) of the parent's blob) in
+        batches; an id is checked against what arrives, None takes the parent's word for it
+        (the commit's SHA-256 check still covers those bytes)."""
+        i = 0
+        while i < len(items):
+            batch, size = [], 0
+            while i < len(items) and len(batch) < BATCH_CHUNKS and (not batch or size < BATCH_BYTES):
+                batch.append(items[i])
+                size += items[i][1]
+                i += 1
+            for data in await self._fetch_batch(job.repo, job.digest, batch):
+                await trio.to_thread.run_sync(job.upload.write, data)
+            job.fetched += size
+            if self.stats:
+                self.stats.progress_bytes(size)
+
+    async def _fetch_batch(self, repo: str, digest: str, batch: list) -> list[bytes]:
+        """The batch's bytes in order, each verified by BLAKE3; refetched once if corrupt."""
         for attempt in (1, 2):
             frame = await self.parent.fetch_chunks(repo, digest, [[o, n] for o, n, _ in batch])
             try:
@@ -104,7 +220,9 @@ class DeltaFetcher:
                 log.warning("corrupt chunk batch for %s from parent (%s); fetching again",
                             digest[:19], exc)
                 continue
-            if [cid for cid, _ in decoded] != [cid for _, _, cid in batch]:
+            if len(decoded) != len(batch) or any(
+                    want is not None and got != want
+                    for (got, _), (_, _, want) in zip(decoded, batch)):
                 log.warning("chunk batch for %s does not match the list; fetching again",
                             digest[:19])
                 continue

@@ -180,6 +180,16 @@ class ParentClient:
             await self.meter.account(len(resp.content))
         return resp.json()
 
+    async def range_chunk_list(self, repo: str, digest: str, offset: int, length: int,
+                               params) -> dict:
+        """Finer chunks of one byte range of the blob (`params`: a `_core.ChunkParams`)."""
+        resp = await self._request("GET", "/connreg/v1/sync/chunks", params={
+            "repo": repo, "digest": digest, "offset": offset, "length": length,
+            "min": params.min_size, "avg": params.avg_size, "max": params.max_size})
+        if self.meter:
+            await self.meter.account(len(resp.content))
+        return resp.json()
+
     async def fetch_chunks(self, repo: str, digest: str, ranges: list[list[int]]) -> bytes:
         resp = await self._request("POST", "/connreg/v1/sync/chunks",
                                    params={"repo": repo, "digest": digest},

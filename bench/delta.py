@@ -352,35 +352,12 @@ def scenario_a(b: Bench, args, rows: list[Row], notes: list[str]) -> None:
     whole = b.child(b.off, "wholeA1", ["bench/*"])
     v1 = prng(f"{args.seed}/A/v1", size)
     v2, changed = edited(v1, seed=f"{args.seed}/A/v2", regions=100, fraction=0.01, insert=MiB, insert_at=4096)
-    # The floor for any transfer by these chunks: v2's chunks that v1 does not have.
+    # What 64 KiB chunks alone (no refinement into sub-chunks) would have to move: v2's chunks
+    # that v1 does not have.
     v1_ids = {c for _, _, c in _core.chunk_bytes(v1)}
     v2_chunks = _core.chunk_bytes(v2)
     floor = sum(n for _, n, c in v2_chunks if c not in v1_ids)
     floor_n = sum(1 for _, _, c in v2_chunks if c not in v1_ids)
-    # Same floor, computed in-process only (not synced), for smaller chunks and for the same 1%
-    # in 10 larger regions: what the 5% target depends on.
-    floors = []
-    for label, params, regions in (("avg 32 KiB chunks (8/32/128 KiB)",
-                                    _core.ChunkParams(8192, 32768, 131072), 100),
-                                   ("avg 16 KiB chunks (4/16/64 KiB)",
-                                    _core.ChunkParams(4096, 16384, 65536), 100),
-                                   ("default chunks, the 1% in 10 regions instead of 100",
-                                    None, 10)):
-        w2 = v2 if regions == 100 else edited(v1, f"{args.seed}/A/v2", regions, 0.01, MiB,
-                                              4096)[0]
-        ids = ({c for _, _, c in _core.chunk_bytes(v1, params)} if params else v1_ids)
-        missing = sum(n for _, n, c in _core.chunk_bytes(w2, params) if c not in ids)
-        floors.append(f"{label}: {100 * missing / len(w2):.2f}%")
-        del w2
-    # How much the default-chunk floor depends on the data: the same edit on other seeds.
-    spread = []
-    for k in range(1, 6):
-        u1 = prng(f"{args.seed}/A/v1/alt{k}", size)
-        u2 = edited(u1, f"{args.seed}/A/v2/alt{k}", 100, 0.01, MiB, 4096)[0]
-        ids = {c for _, _, c in _core.chunk_bytes(u1)}
-        spread.append(100 * sum(n for _, n, c in _core.chunk_bytes(u2) if c not in ids) / len(u2))
-        del u1, u2
-    spread.sort()
     # A second edit pattern, synced for real: the same 1% in 10 regions (+ 1 MiB inserted),
     # made from v1 with its own seed, pushed after v2 to the delta child only.
     v3, changed3 = edited(v1, seed=f"{args.seed}/A/v3", regions=10, fraction=0.01, insert=MiB,
@@ -437,15 +414,12 @@ def scenario_a(b: Bench, args, rows: list[Row], notes: list[str]) -> None:
                  f"down {wv2.down:,}, parent's counter {wv2.parent_counter:,} B. "
                  f"Least possible for v2 ≈ changed + inserted bytes = "
                  f"{(changed + MiB) / MB:.2f} MB ({100 * (changed + MiB) / v2_size:.2f}%).")
-    notes.append(f"A: chunk-granularity floor: {floor_n} of v2's {len(v2_chunks):,} chunks "
-                 f"(default FastCDC params, mean {v2_size / len(v2_chunks) / 1024:.0f} KiB) are "
-                 f"not in v1: {floor / MB:.2f} MB = {100 * floor / v2_size:.2f}% of v2, so "
-                 f"~{floor / 100 / 1024:.0f} KiB per changed region. The wire carried "
-                 f"{dv2.wire / floor:.3f}× that floor (chunk list, batch framing, HTTP, sync "
-                 f"chatter). Floor for other settings (computed in-process, not synced): "
-                 + "; ".join(floors) + ". Default-chunk floor for the same edit on 5 other "
-                 f"seeds: {', '.join(f'{x:.2f}%' for x in spread)} (median "
-                 f"{statistics.median(spread):.2f}%).")
+    notes.append(f"A: without refinement, whole 64 KiB chunks alone would move {floor_n} of "
+                 f"v2's {len(v2_chunks):,} chunks (default FastCDC params, mean "
+                 f"{v2_size / len(v2_chunks) / 1024:.0f} KiB) = {floor / MB:.2f} MB = "
+                 f"{100 * floor / v2_size:.2f}% of v2; refining runs of missing chunks into "
+                 f"~4 KiB sub-chunks against the old version moved {dv2.wire / floor:.3f}× that "
+                 f"(incl. chunk lists, sub-chunk lists, batch framing, HTTP and sync chatter).")
     delta_log = [l for l in log_lines(delta.node) if "assembled" in l]
     if delta_log:
         notes.append("A: " + delta.name + " log: `" + delta_log[-1].split(" connreg.delta: ")[-1]

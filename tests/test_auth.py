@@ -353,3 +353,40 @@ def test_generated_passwords_are_safe_to_pass_as_arguments():
     for password in passwords:
         assert len(password) == 43 and password.isascii() and password.isalnum()
     assert verify_password(passwords[0], hash_password(passwords[0]))
+
+
+def test_manifest_reads_agree_on_both_paths(root, admin):
+    """Plain manifest reads with a Bearer token are answered before Quart (api/fast_reads.py);
+    Basic, missing or insufficient credentials go through the app. Same answers either way."""
+    image = make_image([321])
+    with httpx.Client(base_url=root.url, auth=root.admin, timeout=30) as c:
+        push_image(c, "fast/app", image, "v1")
+        push_image(c, "fast/other", make_image([322]), "v1")
+    [pw, _] = make_token(admin, "fast-reader", ro("fast/app"))
+    token = bearer(root, ("fast-reader", pw), "repository:fast/app:pull",
+                   "repository:fast/other:pull")["token"]
+    by_bearer = {"Authorization": f"Bearer {token}"}
+
+    def answer(r: httpx.Response):
+        headers = {k: v for k, v in r.headers.items() if k != "date"}
+        return r.status_code, headers, r.content
+
+    for method in ("GET", "HEAD"):
+        for ref in ("v1", image.digest):
+            url = f"{root.url}/v2/fast/app/manifests/{ref}"
+            fast = httpx.request(method, url, headers=by_bearer)
+            via_app = httpx.request(method, url, auth=("fast-reader", pw))
+            assert fast.status_code == 200 and answer(fast) == answer(via_app)
+            assert fast.headers["Docker-Content-Digest"] == image.digest
+            assert fast.content == (image.manifest if method == "GET" else b"")
+    # what the fast layer declines, the app answers as before
+    r = httpx.get(f"{root.url}/v2/fast/other/manifests/v1", headers=by_bearer)
+    assert r.status_code == 403 and error_codes(r) == ["DENIED"]  # token narrowed by the map
+    r = httpx.get(f"{root.url}/v2/fast/app/manifests/v1")
+    assert r.status_code == 401 and "WWW-Authenticate" in r.headers
+    r = httpx.get(f"{root.url}/v2/fast/app/manifests/v1", headers={"Authorization": "Bearer x.y.z"})
+    assert r.status_code == 401 and error_codes(r) == ["UNAUTHORIZED"]
+    r = httpx.get(f"{root.url}/v2/fast/app/manifests/v9", headers=by_bearer)
+    assert r.status_code == 404 and error_codes(r) == ["MANIFEST_UNKNOWN"]
+    r = httpx.get(f"{root.url}/v2/fast/app/manifests/sha256:abc", headers=by_bearer)
+    assert r.status_code == 400 and error_codes(r) == ["DIGEST_INVALID"]

@@ -10,6 +10,7 @@ from connreg.streaming import StreamingQuart
 
 from connreg import errors
 from connreg.api import routes
+from connreg.api.fast_reads import FastManifestReads
 from connreg.auth import endpoints as auth_endpoints
 from connreg.auth.authorizer import Authorizer
 from connreg.auth.identity import Authenticator
@@ -60,6 +61,8 @@ def create_app(settings: Settings) -> StreamingQuart:
     read_only = state["name"] if state and state.get("mode") == "ReadOnly" else None
     authz = Authorizer(settings, authn, read_only)
     app.extensions["authorizer"] = authz
+    # Plain successful manifest reads skip Quart's per-request machinery (api/fast_reads.py).
+    app.asgi_app = FastManifestReads(app.asgi_app, registry, authz)
     app.register_blueprint(auth_endpoints.bp)
     app.register_blueprint(control_api.bp)
     app.register_blueprint(sync_endpoints.bp)

@@ -24,7 +24,8 @@ BATCH_CHUNKS = 128
 
 
 class DeltaUnavailable(Exception):
-    """The parent cannot serve this blob by chunks (old parent, delta off, other parameters)."""
+    """The parent cannot move this blob by chunks, in either direction (old parent, delta
+    off, other chunking parameters): the caller transfers it whole."""
 
 
 def _resume_point(chunks: list[list], upload_size: int) -> int | None:

@@ -1,5 +1,6 @@
 """Upward sync of a large blob survives the parent crashing mid-upload: the connected registry
-continues the parent's upload session where the parent's copy ends."""
+continues the parent's upload session where the parent's copy ends. The parent runs without
+delta here, so this is the whole-blob push; the push by chunks is in test_delta_upward.py."""
 
 from __future__ import annotations
 
@@ -17,6 +18,8 @@ def test_parent_crash_mid_push_resumes_the_upload(tmp_path):
     h = Hierarchy(tmp_path)
     try:
         root = h.start_root()
+        root.env["CONNREG_DELTA"] = "false"
+        root.restart()
         h.create("store7", "ReadWrite", ["up/*"], extra=["--bandwidth-limit", "4000000"])
         edge = h.start_child("store7")
         data = os.urandom(24 * 1024 * 1024)

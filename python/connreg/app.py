@@ -25,6 +25,7 @@ from connreg.errors import RegistryError
 from connreg.references import check_name
 from connreg.registry import Registry
 from connreg.delta import endpoints as delta_endpoints
+from connreg.delta import receive as delta_receive
 from connreg.sync import endpoints as sync_endpoints
 from connreg.sync.endpoints import sync_child
 from connreg.sync.runner import run_node_tasks
@@ -67,6 +68,7 @@ def create_app(settings: Settings) -> StreamingQuart:
     app.register_blueprint(control_api.bp)
     app.register_blueprint(sync_endpoints.bp)
     app.register_blueprint(delta_endpoints.bp)
+    app.register_blueprint(delta_receive.bp)
     if settings.test_min_sync_window_seconds:
         control_validation.MIN_SYNC_WINDOW_SECONDS = settings.test_min_sync_window_seconds
 

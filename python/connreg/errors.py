@@ -46,6 +46,11 @@ NOT_FOUND = _register("NOT_FOUND", 404, "no such endpoint")
 METHOD_NOT_ALLOWED = _register("UNSUPPORTED", 405, "method not allowed on this endpoint")
 STORAGE_FULL = _register("DENIED", 507, "registry storage budget exhausted")
 INVALID_BODY = _register("INVALID", 400, "request body invalid")
+BODY_TOO_LARGE = _register("SIZE_INVALID", 413, "request body exceeds the size limit")
+# Delta transfer between nodes (docs/delta.md): the two sides cut chunks differently, or a plan
+# names a chunk this node cannot copy (like MANIFEST_BLOB_UNKNOWN for a manifest's blobs).
+CHUNK_PARAMS_MISMATCH = _register("CHUNK_PARAMS_MISMATCH", 400, "chunking parameters differ from this node's")
+CHUNK_UNKNOWN = _register("CHUNK_UNKNOWN", 400, "chunk unknown to registry")
 INTERNAL = _register("UNKNOWN", 500, "internal server error")
 
 

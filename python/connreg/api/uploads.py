@@ -20,7 +20,7 @@ from connreg.registry import Registry
 _CONTENT_RANGE_RE = re.compile(r"(?:bytes[ =])?(\d+)-(\d+)(?:/\d+|/\*)?")
 
 
-def _session_headers(name: str, upload_id: str, size: int) -> dict[str, str]:
+def session_headers(name: str, upload_id: str, size: int) -> dict[str, str]:
     return {
         "Location": f"/v2/{name}/blobs/uploads/{upload_id}",
         "Range": f"0-{max(size - 1, 0)}",
@@ -46,7 +46,7 @@ def _check_content_range(upload: _core.Upload, name: str, upload_id: str) -> Non
     m = _CONTENT_RANGE_RE.fullmatch(header.strip())
     if not m:
         raise RegistryError(errors.RANGE_INVALID, detail={"contentRange": header[:100]},
-                            headers=_session_headers(name, upload_id, upload.size))
+                            headers=session_headers(name, upload_id, upload.size))
     start, end = int(m.group(1)), int(m.group(2))
     length = request.content_length
     if start != upload.size or end < start or (length is not None and length != end - start + 1):
@@ -54,7 +54,7 @@ def _check_content_range(upload: _core.Upload, name: str, upload_id: str) -> Non
             errors.RANGE_INVALID,
             detail={"contentRange": header[:100], "uploadSize": upload.size},
             message=f"chunk must start at offset {upload.size}",
-            headers=_session_headers(name, upload_id, upload.size))
+            headers=session_headers(name, upload_id, upload.size))
 
 
 async def _commit(reg: Registry, name: str, upload_id: str, upload: _core.Upload,
@@ -111,10 +111,10 @@ async def start_upload(reg: Registry, name: str) -> Response:
             raise
     if request.content_length:
         await _append_body(upload)
-    return empty(202, _session_headers(name, upload_id, upload.size))
+    return empty(202, session_headers(name, upload_id, upload.size))
 
 
-def _require_upload(reg: Registry, name: str, upload_id: str) -> _core.Upload:
+def require_upload(reg: Registry, name: str, upload_id: str) -> _core.Upload:
     if reg.meta.upload_repo(upload_id) != name or not reg.blobs.upload_exists(upload_id):
         raise RegistryError(errors.BLOB_UPLOAD_UNKNOWN, detail={"uuid": upload_id[:200]})
     return reg.upload_handle(upload_id)
@@ -122,16 +122,16 @@ def _require_upload(reg: Registry, name: str, upload_id: str) -> _core.Upload:
 
 async def patch_upload(reg: Registry, name: str, upload_id: str) -> Response:
     async with reg.upload_lock(upload_id):
-        upload = _require_upload(reg, name, upload_id)
+        upload = require_upload(reg, name, upload_id)
         _check_content_range(upload, name, upload_id)
         size = await _append_body(upload)
-    return empty(202, _session_headers(name, upload_id, size))
+    return empty(202, session_headers(name, upload_id, size))
 
 
 async def finish_upload(reg: Registry, name: str, upload_id: str) -> Response:
     digest = request.args.get("digest")
     async with reg.upload_lock(upload_id):
-        upload = _require_upload(reg, name, upload_id)
+        upload = require_upload(reg, name, upload_id)
         if digest is None:
             raise RegistryError(errors.DIGEST_INVALID, message="digest query parameter required")
         check_digest(digest)
@@ -141,8 +141,8 @@ async def finish_upload(reg: Registry, name: str, upload_id: str) -> Response:
 
 
 async def upload_status(reg: Registry, name: str, upload_id: str) -> Response:
-    upload = _require_upload(reg, name, upload_id)
-    return empty(204, _session_headers(name, upload_id, upload.size))
+    upload = require_upload(reg, name, upload_id)
+    return empty(204, session_headers(name, upload_id, upload.size))
 
 
 async def _discard(reg: Registry, upload_id: str) -> None:
@@ -153,6 +153,6 @@ async def _discard(reg: Registry, upload_id: str) -> None:
 
 async def cancel_upload(reg: Registry, name: str, upload_id: str) -> Response:
     async with reg.upload_lock(upload_id):
-        _require_upload(reg, name, upload_id)
+        require_upload(reg, name, upload_id)
         await _discard(reg, upload_id)
     return empty(204)

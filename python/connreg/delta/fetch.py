@@ -42,7 +42,8 @@ Location = tuple[str, int, int]  # (digest, offset, length) of a local copy
 
 
 class DeltaUnavailable(Exception):
-    """The parent cannot serve this blob by chunks (old parent, delta off, other parameters)."""
+    """The parent cannot move this blob by chunks, in either direction (old parent, delta
+    off, other chunking parameters): the caller transfers it whole."""
 
 
 def resume_point(chunks: list, upload_size: int) -> tuple[int, int] | None:

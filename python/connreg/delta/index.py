@@ -9,6 +9,7 @@ up here to copy them from local blobs instead of fetching them. `reindex` rebuil
 from __future__ import annotations
 
 import logging
+from typing import Callable
 
 import trio
 
@@ -17,6 +18,8 @@ from connreg.config import Settings
 from connreg.storage import MetadataStore
 
 log = logging.getLogger("connreg.delta")
+# Chunk ids per metadata query (SQLite bounds the number of bound parameters).
+HOLDERS_PER_QUERY = 500
 
 
 def params_key(p: "_core.ChunkParams") -> str:
@@ -59,6 +62,32 @@ class ChunkIndex:
         if found is not None and self.blobs.exists(found[0]):
             return found
         return None
+
+    async def locate_readable(self, chunk_ids: list[str], may_read: Callable[[str], bool] | None
+                              ) -> dict[str, tuple[str, int, int]]:
+        """`locate` for many chunks on behalf of a child, using only blobs linked into a
+        repository `may_read` accepts (None: any), so an answer never reveals content the
+        child could not pull. Chunks not found are absent from the result."""
+        found: dict[str, tuple[str, int, int]] = {}
+        readable: dict[str, bool] = {}
+        present: dict[str, bool] = {}
+        ids = list(dict.fromkeys(chunk_ids))
+        for start in range(0, len(ids), HOLDERS_PER_QUERY):
+            for chunk_id, repo, digest, offset, length in self.meta.chunk_holders(
+                    ids[start:start + HOLDERS_PER_QUERY], self.key):
+                if chunk_id in found:
+                    continue
+                if may_read is not None:
+                    if repo not in readable:
+                        readable[repo] = may_read(repo)
+                    if not readable[repo]:
+                        continue
+                if digest not in present:
+                    present[digest] = self.blobs.exists(digest)
+                if present[digest]:
+                    found[chunk_id] = (digest, offset, length)
+            await trio.sleep(0)  # thousands of ids: let other requests in between queries
+        return found
 
     def schedule(self, digest: str) -> None:
         """Queue a freshly stored blob for indexing (dropped if the queue is full: `ensure`

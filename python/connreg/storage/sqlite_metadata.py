@@ -327,6 +327,18 @@ class SqliteMetadataStore:
             " WHERE c.chunk_id = ? AND k.params = ? LIMIT 1", (chunk_id, params))
         return tuple(row) if row else None
 
+    def chunk_holders(self, chunk_ids: list[str], params: str
+                      ) -> list[tuple[str, str, str, int, int]]:
+        """(chunk_id, repo, digest, offset, length): for each of `chunk_ids` (at most 500) and
+        each repository linking a blob that holds it, one such blob. Callers filter by
+        repository so they never use a chunk from content the requester may not read."""
+        marks = ",".join("?" * len(chunk_ids))
+        return [tuple(r) for r in self._reader.execute(
+            "SELECT c.chunk_id, r.repo, c.digest, MIN(c.offset), c.length FROM chunks c"
+            " JOIN chunked k ON k.digest = c.digest JOIN repo_blobs r ON r.digest = c.digest"
+            f" WHERE k.params = ? AND c.chunk_id IN ({marks}) GROUP BY c.chunk_id, r.repo",
+            (params, *chunk_ids))]
+
     async def put_chunk_list(self, digest: str, params: str,
                              chunks: list[tuple[int, int, str]]) -> None:
         def fn(conn):

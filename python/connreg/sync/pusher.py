@@ -20,11 +20,13 @@ import logging
 
 import trio
 
+from connreg.delta.fetch import DeltaUnavailable
+from connreg.delta.push import DeltaPusher
 from connreg.registry import Registry
 from connreg.storage import Change
 from connreg.sync.puller import PARENT, Puller
 from connreg.sync.remote import ParentClient, ParentUnavailable, TagMoved
-from connreg.sync.state import UP_CURSOR, SyncState, last_known_key
+from connreg.sync.state import UP_CURSOR, SyncState, last_known_key, push_session_key
 
 log = logging.getLogger("connreg.sync")
 READ_CHUNK = 1 << 20
@@ -42,6 +44,8 @@ class Pusher:
         self.parent = parent
         self.state = state
         self.puller = puller  # fetches the parent's side of a conflict
+        # Large blobs go by chunks the parent lacks, when delta transfer is on here.
+        self.delta = DeltaPusher(reg, parent, state) if reg.settings.delta else None
         self._blob_slots = trio.CapacityLimiter(parallel_blobs)
 
     def pending(self, limit: int = 500) -> list[Change]:
@@ -102,20 +106,36 @@ class Pusher:
 
     async def _push_blob(self, repo: str, digest: str) -> None:
         async with self._blob_slots:
+            key = push_session_key(repo, digest)
             if await self.parent.has_blob(repo, digest) or await self.parent.mount_blob(repo, digest):
+                await self.state.delete(key)  # finished, but its answer was lost
                 return
             size = self.reg.blobs.size(digest)
-            if size < RESUMABLE_FROM:
+            if await self._push_by_chunks(repo, digest, size):
+                pass
+            elif size < RESUMABLE_FROM and self.state.get(key) is None:
                 await self.parent.push_blob(repo, digest, size, self._read_blob(digest, size))
-            else:
+            else:  # also continues a session a push by chunks began
                 await self._push_resumable(repo, digest, size)
             self.state.progress_blob()
             self.state.progress_bytes(size)
 
+    async def _push_by_chunks(self, repo: str, digest: str, size: int) -> bool:
+        """Send only the chunks the parent lacks (docs/delta.md); False when the blob must go
+        whole (small, delta off here, or a parent that cannot take chunks)."""
+        if self.delta is None or size < self.reg.settings.delta_threshold_bytes:
+            return False
+        try:
+            await self.delta.push(repo, digest, size)
+            return True
+        except DeltaUnavailable as exc:
+            log.info("whole-blob push of %s: %s", digest[:19], exc)
+            return False
+
     async def _push_resumable(self, repo: str, digest: str, size: int) -> None:
         """A chunked upload whose session is remembered (durably), so a cut link or a restart
         of either node continues where the parent's copy ends instead of starting over."""
-        key = f"push|{repo}|{digest}"
+        key = push_session_key(repo, digest)
         location = self.state.get(key)
         offset = await self.parent.upload_offset(location) if location else None
         if offset is None:

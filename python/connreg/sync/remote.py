@@ -6,10 +6,13 @@ off and retries later) and `ParentRefused` for answers that retrying will not ch
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass
 from typing import AsyncIterator
 
 import httpx
+
+from connreg.delta.plan import CONTENT_TYPE as PLAN_CONTENT_TYPE
 
 MANIFEST_ACCEPT = ", ".join([
     "application/vnd.oci.image.manifest.v1+json",
@@ -34,9 +37,21 @@ ANY = object()
 class ParentRefused(Exception):
     """The parent answered with a definitive error (4xx other than 404/429)."""
 
-    def __init__(self, status: int, message: str):
+    def __init__(self, status: int, message: str, code: str | None = None,
+                 detail: object = None):
         super().__init__(f"HTTP {status}: {message}")
         self.status = status
+        self.code = code  # the OCI error code, when the body had one
+        self.detail = detail
+
+
+class UploadOutOfStep(Exception):
+    """An append to an upload session did not start where the parent's copy ends (HTTP 416);
+    `size` is the parent's size when it said so."""
+
+    def __init__(self, size: int | None):
+        super().__init__(f"the parent's upload session holds {size} bytes")
+        self.size = size
 
 
 @dataclass
@@ -46,11 +61,22 @@ class Manifest:
     digest: str
 
 
-def _message(resp: httpx.Response) -> str:
+def _error(resp: httpx.Response) -> dict:
     try:
-        return resp.json()["errors"][0]["message"]
+        entry = resp.json()["errors"][0]
+        return entry if isinstance(entry, dict) else {}
     except (ValueError, KeyError, IndexError, TypeError):
-        return resp.reason_phrase
+        return {}
+
+
+def _message(resp: httpx.Response) -> str:
+    return _error(resp).get("message") or resp.reason_phrase
+
+
+def _refused(resp: httpx.Response) -> ParentRefused:
+    entry = _error(resp)
+    return ParentRefused(resp.status_code, entry.get("message") or resp.reason_phrase,
+                         entry.get("code"), entry.get("detail"))
 
 
 class ParentClient:
@@ -75,7 +101,7 @@ class ParentClient:
             return resp
         if resp.status_code >= 500 or resp.status_code == 429:
             raise ParentUnavailable(f"{method} {url}: HTTP {resp.status_code}")
-        raise ParentRefused(resp.status_code, _message(resp))
+        raise _refused(resp)
 
     # --- sync endpoints ---------------------------------------------------------------------
     async def changes(self, cursor: int, wait: float, config: str | None = None,
@@ -198,6 +224,46 @@ class ParentClient:
             await self.meter.account(len(resp.content))
         return resp.content
 
+    async def known_chunks(self, repo: str, params: str, ids: list[str]) -> list[bool] | None:
+        """Which chunks the parent can copy itself for a push to `repo`; None when it cannot
+        take chunks at all (no such endpoint, delta off, other chunking parameters)."""
+        body = json.dumps({"params": params, "ids": ids}).encode()
+        if self.meter:
+            await self.meter.account(len(body))
+        try:
+            resp = await self._request("POST", "/connreg/v1/sync/chunks/known",
+                                       params={"repo": repo}, content=body,
+                                       headers={"Content-Type": "application/json"})
+        except ParentRefused as exc:
+            if exc.status == 404 and exc.code == "NOT_FOUND" or \
+                    exc.code == "CHUNK_PARAMS_MISMATCH":
+                return None
+            raise
+        if self.meter:
+            await self.meter.account(len(resp.content))
+        known = resp.json().get("known")
+        if not isinstance(known, list) or len(known) != len(ids):
+            raise ParentRefused(resp.status_code, "malformed answer to chunks/known")
+        return known
+
+    async def append_chunks(self, repo: str, location: str, offset: int, body: bytes) -> int:
+        """Append a chunk plan (`delta/plan.py`) to an upload session that holds `offset`
+        bytes; the session's new size. UploadOutOfStep when the parent holds another size."""
+        upload_id = location.split("?", 1)[0].rstrip("/").rpartition("/")[2]
+        if self.meter:
+            await self.meter.account(len(body))
+        try:
+            resp = await self._request("POST", f"/connreg/v1/sync/uploads/{upload_id}",
+                                       ok=(202,), params={"repo": repo, "offset": offset},
+                                       content=body,
+                                       headers={"Content-Type": PLAN_CONTENT_TYPE})
+        except ParentRefused as exc:
+            if exc.status == 416:
+                size = exc.detail.get("uploadSize") if isinstance(exc.detail, dict) else None
+                raise UploadOutOfStep(size if isinstance(size, int) else None) from None
+            raise
+        return int(resp.json()["size"])
+
     # --- OCI writes (upward sync) ------------------------------------------------------------
     async def has_blob(self, repo: str, digest: str) -> bool:
         resp = await self._request("HEAD", f"/v2/{repo}/blobs/{digest}", ok=(200, 404))
@@ -238,6 +304,9 @@ class ParentClient:
                      "Content-Range": f"{offset}-{offset + len(data) - 1}",
                      "Content-Length": str(len(data))})
         return resp.headers.get("Location", location) if resp.status_code == 202 else None
+
+    async def cancel_upload(self, location: str) -> None:
+        await self._request("DELETE", location, ok=(204, 404))
 
     async def finish_upload(self, location: str, digest: str) -> None:
         await self._request("PUT", location, ok=(201,), params={"digest": digest},

@@ -2,7 +2,8 @@
 
 Durable keys: `down_cursor` (last parent change applied), `up_cursor` (last own change the
 parent acknowledged), `tag|<repo>|<tag>` (the digest the parent's tag had when we last agreed:
-a tag moved at the parent since then means a conflict if we moved it too).
+a tag moved at the parent since then means a conflict if we moved it too), `push|<repo>|<digest>`
+(the parent's upload session of a large blob being pushed, whole or by chunks).
 """
 
 from __future__ import annotations
@@ -20,6 +21,11 @@ MAX_DETAILS = 20
 
 def last_known_key(repo: str, tag: str) -> str:
     return f"tag|{repo}|{tag}"
+
+
+def push_session_key(repo: str, digest: str) -> str:
+    """Where the URL of the parent's upload session for pushing `digest` to `repo` is kept."""
+    return f"push|{repo}|{digest}"
 
 
 @dataclass

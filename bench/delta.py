@@ -48,7 +48,7 @@ MANIFEST_ACCEPT = ", ".join([
     "application/vnd.docker.distribution.manifest.list.v2+json"])
 CAP = 5_000_000  # bytes/s for scenario D
 LOG_PATTERN = re.compile(r"resum|whole-blob|assembled|unreachable|reachable again|"
-                         r"failed verification|corrupt|kept", re.I)
+                         r"failed verification|corrupt|kept|by chunks", re.I)
 
 
 def log(msg: str) -> None:
@@ -196,8 +196,9 @@ class Bench:
     off: Hierarchy = None   # root with CONNREG_DELTA=false
     links: list[Link] = field(default_factory=list)
 
-    def child(self, h: Hierarchy, name: str, repos: list[str], extra: list[str] = ()) -> Link:
-        h.create(name, "ReadOnly", repos, extra=list(extra))
+    def child(self, h: Hierarchy, name: str, repos: list[str], extra: list[str] = (),
+              mode: str = "ReadOnly") -> Link:
+        h.create(name, mode, repos, extra=list(extra))
         proxy = CountingProxy(h.root.port, name)
         link = Link(name, h, proxy)
         self.links.append(link)
@@ -296,6 +297,22 @@ def measure_sync(link: Link, repo: str, tag: str, push, timeout: float) -> tuple
     up, down = p.up - up0, p.down - down0
     return Transfer(up + down, up, down, parent_counter(link.root, link.name) - c0,
                     seconds), digest
+
+
+def measure_push_up(link: Link, repo: str, tag: str, push, timeout: float) -> Transfer:
+    """Run `push()` (at the child; returns the manifest digest there) and wait until the root
+    serves `repo:tag` at that digest; return what crossed the proxy meanwhile."""
+    p = link.proxy
+    up0, down0 = p.up, p.down
+    c0 = parent_counter(link.root, link.name)
+    digest = push()
+    t_pushed = time.monotonic()
+    wait_for(lambda: manifest_digest(link.root, repo, tag) == digest, timeout, interval=0.1,
+             message=f"{repo}:{tag} at the root")
+    seconds = time.monotonic() - t_pushed
+    time.sleep(0.5)
+    up, down = p.up - up0, p.down - down0
+    return Transfer(up + down, up, down, parent_counter(link.root, link.name) - c0, seconds)
 
 
 def blob_ok(node, repo: str, digest: str, size: int) -> bool:
@@ -574,6 +591,51 @@ def scenario_d(b: Bench, args, rows: list[Row], notes: list[str]) -> None:
     b.stop_child(link)
 
 
+def scenario_e(b: Bench, args, rows: list[Row], notes: list[str]) -> None:
+    """Upward: a ReadWrite edge pushes v2 of an artifact whose v1 the parent has."""
+    size = args.size_mib * MiB
+    repo = "bench/edge-artifact"
+    delta = b.child(b.on, "deltaE1", ["bench/*"], mode="ReadWrite")
+    whole = b.child(b.off, "wholeE1", ["bench/*"], mode="ReadWrite")
+    v1 = prng(f"{args.seed}/E/v1", size)
+    v2, changed = edited(v1, seed=f"{args.seed}/E/v2", regions=10, fraction=0.01, insert=MiB,
+                         insert_at=4096)
+    p1, p2 = b.base / "e-v1" / "artifact.bin", b.base / "e-v2" / "artifact.bin"
+    for p, data in ((p1, v1), (p2, v2)):
+        p.parent.mkdir()
+        p.write_bytes(data)
+    del v1, v2
+    res = {}
+    for link in (delta, whole):
+        log(f"E: v1 at the root, synced down to {link.name}")
+        measure_sync(link, repo, "v1", lambda: oras_push(link.root, repo, "v1", p1), args.timeout)
+        log(f"E: v2 pushed at {link.name}, up to its root")
+        t = measure_push_up(link, repo, "v2", lambda: oras_push(link.node, repo, "v2", p2),
+                            args.timeout)
+        res[link.name] = t
+        log(f"E: v2 up from {link.name}: {t.wire:,} bytes on the wire in {t.seconds:.1f} s")
+    v2_size = p2.stat().st_size
+    shutil.rmtree(p1.parent)
+    shutil.rmtree(p2.parent)
+    d, w = res[delta.name], res[whole.name]
+    rows += [
+        Row("E", f"**v2 ({v2_size / MiB:.0f} MiB: {changed / MiB:.2f} MiB changed in 10 places "
+                 f"+ 1 MiB inserted) pushed at a ReadWrite edge, v1 at its parent: up by "
+                 f"chunks**",
+            f"**{d.wire / MB:,.2f} MB = {100 * d.wire / v2_size:.2f}% of v2** "
+            f"({d.seconds:.1f} s)"),
+        Row("E", "same push, parent with delta off (whole-blob resumable push)",
+            f"{w.wire / MB:,.1f} MB = {100 * w.wire / v2_size:.1f}% of v2 ({w.seconds:.1f} s); "
+            f"by chunks moves {w.wire / max(d.wire, 1):.0f}× less"),
+    ]
+    pushed = [l for l in log_lines(delta.node) if "pushed" in l and "by chunks" in l]
+    if pushed:
+        notes.append("E: " + delta.name + " log: `" + pushed[-1].split(" connreg.delta: ")[-1]
+                     + "`")
+    b.stop_child(delta)
+    b.stop_child(whole)
+
+
 def core_throughput(b: Bench, args, rows: list[Row], notes: list[str]) -> None:
     size = args.size_mib * MiB
     runs = max(3, args.runs)
@@ -661,7 +723,7 @@ def _row_rate(rows: list[Row], what: str, size: int, times: list[float], extra: 
 
 
 SCENARIOS = {"core": core_throughput, "A": scenario_a, "B": scenario_b, "C": scenario_c,
-             "D": scenario_d}
+             "D": scenario_d, "E": scenario_e}
 
 
 # --- report -------------------------------------------------------------------------------------
@@ -763,6 +825,13 @@ def render(rows: list[Row], notes: list[str], failures: list[str], args, elapsed
         "figure; the rate after the first second and the highest 10-s window (the spec "
         "averages over 10 s) are shown too.")
     out.append(
+        f"- **E** (upward): a ReadWrite child of each root; v1 ({args.size_mib} MiB of that "
+        "data) pushed at the root with oras-py and synced down, then v2 (1% changed in 10 "
+        "regions + 1 MiB inserted at 4 KiB) pushed at the child with oras-py; the figure is "
+        "the proxy's count from that push until the root serves v2's tag. Under the delta "
+        "root the child's pusher sends only the chunks the root lacks (`delta/push.py`); under "
+        "the whole-blob root it falls back to the resumable whole-blob push.")
+    out.append(
         f"- **core**: in the benchmark process, the calling thread pinned to one CPU "
         f"(`os.sched_setaffinity`); the Rust calls release the GIL but run on that thread. "
         f"Input: {args.size_mib} MiB of that data; default `ChunkParams()`; median of "
@@ -791,8 +860,8 @@ def write_results(path: Path, section: str) -> None:
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__,
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--scenarios", default="core,A,B,C,D",
-                    help="comma-separated subset of core,A,B,C,D (default: all)")
+    ap.add_argument("--scenarios", default="core,A,B,C,D,E",
+                    help="comma-separated subset of core,A,B,C,D,E (default: all)")
     ap.add_argument("--size-mib", type=int, default=256, help="artifact / blob size for A, C, "
                                                                "core (default 256)")
     ap.add_argument("--cap-mib", type=int, default=100, help="blob size for D (default 100)")

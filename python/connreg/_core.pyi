@@ -261,6 +261,22 @@ class Upload:
             UploadNotFound: the upload was committed, aborted or purged.
         """
 
+    def copy_many(self, ranges: list[tuple[str, int, int]]) -> int:
+        """Append each ``(digest, offset, length)`` range of committed blobs, in order, and
+        return the new size: :meth:`copy_from` for many ranges in one call.
+
+        The ranges are gathered into 256 KiB pieces, each written and then hashed on a second
+        thread while the next is read and written (about SHA-256 speed instead of read + hash
+        + write in series). Every source is opened and every range checked before anything is
+        appended; all or nothing, like :meth:`copy_from`. Releases the GIL.
+
+        Raises:
+            BlobNotFound: a source blob is not in the store.
+            CoreError: a range passes the end of its blob, or a value is negative.
+            InvalidDigest, UnsupportedAlgorithm: a digest is not valid.
+            UploadNotFound: the upload was committed, aborted or removed.
+        """
+
     def commit(self, expected_digest: str) -> str:
         """Verify the content against ``expected_digest`` (sha256 or sha512), fsync it,
         atomically rename it to its blob path, fsync the directory and return the digest.

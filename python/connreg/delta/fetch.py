@@ -36,6 +36,9 @@ REFINE_MAX_RUN = 8 * 1024 * 1024  # the parent's limit for one range list
 # An "old version" much larger than the run is probably not one; reading it would cost more
 # than refining saves.
 REFINE_MAX_OLD = 16 * 1024 * 1024
+# Local chunks copied per call: big enough to keep the copy pipelined, small enough that a
+# window's end (which waits for a running thread call) is not held up.
+COPY_GROUP_BYTES = 16 * 1024 * 1024
 
 Chunk = tuple[int, int, str]  # (offset, length, blake3)
 Location = tuple[str, int, int]  # (digest, offset, length) of a local copy
@@ -107,17 +110,25 @@ class DeltaFetcher:
             offset, length, chunk_id = chunks[i]
             local = self.index.locate(chunk_id)
             if local is not None:
-                await self._copy(job, (local[0], local[1] + partial, length - partial))
+                await self._copy(job, [(local[0], local[1] + partial, length - partial)])
             else:
                 await self._fetch_missing(job, [(offset + partial, length - partial, None)])
             i += 1
         previous = self.index.locate(chunks[i - 1][2]) if i > 0 else None
         while i < len(chunks):
             local = self.index.locate(chunks[i][2])
-            if local is not None:
-                await self._copy(job, local)
-                previous = local
+            if local is not None:  # a run of chunks held here: one copy call
+                held, size = [local], local[2]
                 i += 1
+                while i < len(chunks) and size < COPY_GROUP_BYTES:
+                    local = self.index.locate(chunks[i][2])
+                    if local is None:
+                        break
+                    held.append(local)
+                    size += local[2]
+                    i += 1
+                await self._copy(job, held)
+                previous = held[-1]
                 continue
             j, run_bytes = i, 0
             while (j < len(chunks) and run_bytes + chunks[j][1] <= REFINE_MAX_RUN
@@ -180,19 +191,25 @@ class DeltaFetcher:
         have = await trio.to_thread.run_sync(cut_old)
         job.refined_runs += 1
         missing: list = []
-        for offset, n, cid in subs:
+        held: list[Location] = []
+        for offset, n, cid in subs:  # appended in order: flush one list before the other grows
             local = have.get(cid)
             if local is None or local[2] != n:
+                await self._copy(job, held)
+                held = []
                 missing.append((offset, n, cid))
-                continue
-            await self._fetch_missing(job, missing)
-            missing = []
-            await self._copy(job, local)
+            else:
+                await self._fetch_missing(job, missing)
+                missing = []
+                held.append(local)
+        await self._copy(job, held)
         await self._fetch_missing(job, missing)
 
-    async def _copy(self, job: _Assembly, local: Location) -> None:
-        await trio.to_thread.run_sync(job.upload.copy_from, local[0], local[1], local[2])
-        job.copied += local[2]
+    async def _copy(self, job: _Assembly, held: list[Location]) -> None:
+        """Append local ranges in one call (the Rust side hashes on a second thread)."""
+        if held:
+            await trio.to_thread.run_sync(job.upload.copy_many, held)
+            job.copied += sum(n for _, _, n in held)
 
     async def _fetch_missing(self, job: _Assembly, items: list) -> None:
         """Fetch and append `items` ((offset, length, id or None) of the parent's blob) in

@@ -102,12 +102,19 @@ def _decode(entries: list[plan.Data]) -> list[bytes]:
 
 
 def _apply(upload: _core.Upload, ops: list[tuple]) -> int:
-    """Append every op in one worker-thread call: a cancelled request cannot stop it halfway."""
+    """Append every op in one worker-thread call: a cancelled request cannot stop it halfway.
+    Consecutive copies go in one `copy_many` (pipelined hashing)."""
+    copies: list[tuple[str, int, int]] = []
     for op in ops:
         if op[0] == "copy":
-            upload.copy_from(op[1], op[2], op[3])
-        else:
-            upload.write(op[1])
+            copies.append(op[1:])
+            continue
+        if copies:
+            upload.copy_many(copies)
+            copies = []
+        upload.write(op[1])
+    if copies:
+        upload.copy_many(copies)
     return upload.size
 
 

@@ -159,6 +159,20 @@ impl PyUpload {
         Ok(without_gil(py, || self.inner.copy_from(digest, off, len))?)
     }
 
+    fn copy_many(&self, py: Python<'_>, ranges: Vec<(String, i64, i64)>) -> PyResult<u64> {
+        let mut checked = Vec::with_capacity(ranges.len());
+        for (digest, offset, length) in &ranges {
+            let (Ok(off), Ok(len)) = (u64::try_from(*offset), u64::try_from(*length)) else {
+                return Err(CoreError::InvalidArgument(format!(
+                    "copy_many: offsets and lengths must be >= 0, got {offset}, {length}"
+                ))
+                .into());
+            };
+            checked.push((digest.as_str(), off, len));
+        }
+        Ok(without_gil(py, || self.inner.copy_many(&checked))?)
+    }
+
     fn commit(&self, py: Python<'_>, expected_digest: &str) -> PyResult<String> {
         Ok(without_gil(py, || self.inner.commit(expected_digest))?)
     }

@@ -610,3 +610,55 @@ fn copy_from_errors_leave_the_upload_unchanged() {
         Err(CoreError::UploadNotFound(_))
     ));
 }
+
+#[test]
+fn copy_many_equals_copy_from_in_order() {
+    let (_dir, store) = store();
+    let a = data(900_000);
+    let b: Vec<u8> = data(700_000).into_iter().rev().collect();
+    let (da, db) = (commit_bytes(&store, &a), commit_bytes(&store, &b));
+    // many small ranges (crossing the 256 KiB gather pieces), empty ones, a large one, and
+    // alternating sources
+    let mut ranges: Vec<(&str, u64, u64)> = Vec::new();
+    let mut expected = b"head".to_vec();
+    for i in 0..40u64 {
+        let (d, src) = if i % 3 == 0 { (&db, &b) } else { (&da, &a) };
+        let (off, len) = ((i * 17_011) % 600_000, 1_000 + (i * 7_919) % 60_000);
+        ranges.push((d.as_str(), off, len));
+        expected.extend_from_slice(&src[off as usize..(off + len) as usize]);
+    }
+    ranges.push((da.as_str(), 5, 0));
+    ranges.push((db.as_str(), 0, b.len() as u64));
+    expected.extend_from_slice(&b);
+    let up = store.upload("many").unwrap();
+    up.write(b"head").unwrap();
+    assert_eq!(up.copy_many(&ranges).unwrap(), expected.len() as u64);
+    assert_eq!(up.copy_many(&[]).unwrap(), expected.len() as u64);
+    let digest = sha256(&expected);
+    assert_eq!(up.commit(&digest).unwrap(), digest);
+    assert_eq!(store.read(&digest, 0, None).unwrap(), expected);
+}
+
+#[test]
+fn copy_many_is_all_or_nothing() {
+    let (_dir, store) = store();
+    let a = data(300_000);
+    let da = commit_bytes(&store, &a);
+    let up = store.upload("u").unwrap();
+    up.write(b"head").unwrap();
+    let missing = sha256(b"missing");
+    let bad: [&[(&str, u64, u64)]; 3] = [
+        &[(da.as_str(), 0, 100_000), (da.as_str(), 299_999, 2)],
+        &[(da.as_str(), 0, 100_000), (missing.as_str(), 0, 1)],
+        &[(da.as_str(), 0, 100_000), ("sha256:zz", 0, 1)],
+    ];
+    for ranges in bad {
+        assert!(up.copy_many(ranges).is_err());
+        assert_eq!(up.size(), 4);
+    }
+    // still usable, and the hash state was not disturbed
+    up.copy_many(&[(da.as_str(), 10, 20)]).unwrap();
+    let mut expected = b"head".to_vec();
+    expected.extend_from_slice(&a[10..30]);
+    assert_eq!(up.commit(&sha256(&expected)).unwrap(), sha256(&expected));
+}

@@ -282,16 +282,18 @@ class Transfer:
     seconds: float  # from the push at the root having finished to the tag visible at the child
 
 
-def measure_sync(link: Link, repo: str, tag: str, push, timeout: float) -> tuple[Transfer, str]:
-    """Run `push()` (returns the manifest digest at the root) and wait until the child serves
-    `repo:tag` at that digest; return what crossed the proxy meanwhile."""
+def measure_sync(link: Link, repo: str, tag: str, push, timeout: float,
+                 at=None) -> tuple[Transfer, str]:
+    """Run `push()` (returns the manifest digest at the root) and wait until the child (or
+    the node `at`) serves `repo:tag` at that digest; return what crossed the proxy meanwhile."""
     p = link.proxy
     up0, down0 = p.up, p.down
     c0 = parent_counter(link.root, link.name)
     digest = push()
     t_pushed = time.monotonic()
-    wait_for(lambda: manifest_digest(link.node, repo, tag) == digest, timeout, interval=0.1,
-             message=f"{repo}:{tag} at {link.name}")
+    target = at or link.node
+    wait_for(lambda: manifest_digest(target, repo, tag) == digest, timeout, interval=0.1,
+             message=f"{repo}:{tag} at {link.name if at is None else 'the root'}")
     seconds = time.monotonic() - t_pushed
     time.sleep(0.5)  # let the sync step's last request/answer finish
     up, down = p.up - up0, p.down - down0
@@ -302,17 +304,7 @@ def measure_sync(link: Link, repo: str, tag: str, push, timeout: float) -> tuple
 def measure_push_up(link: Link, repo: str, tag: str, push, timeout: float) -> Transfer:
     """Run `push()` (at the child; returns the manifest digest there) and wait until the root
     serves `repo:tag` at that digest; return what crossed the proxy meanwhile."""
-    p = link.proxy
-    up0, down0 = p.up, p.down
-    c0 = parent_counter(link.root, link.name)
-    digest = push()
-    t_pushed = time.monotonic()
-    wait_for(lambda: manifest_digest(link.root, repo, tag) == digest, timeout, interval=0.1,
-             message=f"{repo}:{tag} at the root")
-    seconds = time.monotonic() - t_pushed
-    time.sleep(0.5)
-    up, down = p.up - up0, p.down - down0
-    return Transfer(up + down, up, down, parent_counter(link.root, link.name) - c0, seconds)
+    return measure_sync(link, repo, tag, push, timeout, at=link.root)[0]
 
 
 def blob_ok(node, repo: str, digest: str, size: int) -> bool:
@@ -712,29 +704,28 @@ def core_throughput(b: Bench, args, rows: list[Row], notes: list[str]) -> None:
                   f"MB/s, commit {statistics.median(commits):.2f} s (fsync of {mib} MiB to "
                   f"the VM's disk)")
         os.sched_setaffinity(0, {cpus[-1]})
-        times = []
-        for i in range(runs):
-            t = time.perf_counter()
+
+        def info_row(label: str, run) -> None:
+            times = []
+            for i in range(runs):
+                t = time.perf_counter()
+                run(i)
+                times.append(time.perf_counter() - t)
+            rates = sorted(size / t / MB for t in times)
+            rows.append(Row("core", label, f"{statistics.median(rates):,.0f} MB/s (median of "
+                                           f"{runs}, {rates[0]:,.0f}–{rates[-1]:,.0f})"))
+
+        def one_call_per_chunk(i: int) -> None:
             up = store.upload(f"asm-one-{i}")
             for off, length, _ in chunks:
                 up.copy_from(digest, off, length)
             up.commit(digest)
-            times.append(time.perf_counter() - t)
-        rates = sorted(size / t / MB for t in times)
-        rows.append(Row("core", "(comparison) the same assembly on one core, one copy_from call "
-                                "per chunk (read, hash, write in series)",
-                        f"{statistics.median(rates):,.0f} MB/s (median of {runs}, "
-                        f"{rates[0]:,.0f}–{rates[-1]:,.0f})"))
-        times = []
-        for _ in range(runs):
-            t = time.perf_counter()
-            _core.digest_bytes(data)
-            times.append(time.perf_counter() - t)
-        rates = sorted(size / t / MB for t in times)
-        rows.append(Row("core", "SHA-256 alone on this CPU (`_core.digest_bytes`, 256 MiB in "
-                                "memory, one pass): roughly the ceiling for assembly + verify",
-                        f"{statistics.median(rates):,.0f} MB/s (median of {runs}, "
-                        f"{rates[0]:,.0f}–{rates[-1]:,.0f})"))
+
+        info_row("(comparison) the same assembly on one core, one copy_from call per chunk "
+                 "(read, hash, write in series)", one_call_per_chunk)
+        info_row("SHA-256 alone on this CPU (`_core.digest_bytes`, 256 MiB in memory, one "
+                 "pass): roughly the ceiling for assembly + verify",
+                 lambda i, d=data: _core.digest_bytes(d))
         del data
     finally:
         os.sched_setaffinity(0, set(cpus))

@@ -7,6 +7,7 @@ import shutil
 import pytest
 
 from connreg.testing import Node, start_node
+from connreg.testing.hierarchy import Hierarchy
 
 # The foundation tests (OCI API, skopeo, durability, conformance) run against an open registry;
 # the auth and control-plane tests start nodes with auth on (the default).
@@ -27,6 +28,15 @@ def shared_node(tmp_path_factory) -> Node:
     n = start_node(tmp_path_factory.mktemp("shared") / "node", args=OPEN)
     yield n
     n.stop()
+
+
+@pytest.fixture
+def hierarchy(tmp_path) -> Hierarchy:
+    """A root (auth on) for connected registries a test creates and starts; all stopped after."""
+    h = Hierarchy(tmp_path)
+    h.start_root()
+    yield h
+    h.stop_all()
 
 
 def pytest_report_header(config):

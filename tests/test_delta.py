@@ -12,7 +12,6 @@ import sys
 import time
 
 import httpx
-import pytest
 
 from connreg import _core
 from connreg.testing.hierarchy import Hierarchy, wait_for
@@ -61,46 +60,38 @@ def blob_at(node, repo: str, digest: str) -> bytes | None:
     return r.content if r.status_code == 200 else None
 
 
-@pytest.fixture
-def pair(tmp_path):
-    """A root and one ReadOnly connected registry syncing `data/*` (started by the test)."""
-    h = Hierarchy(tmp_path)
-    h.start_root()
-    yield h
-    h.stop_all()
+def child_with_v1(h: Hierarchy, name: str, repo: str, v1: bytes, mode: str = "ReadOnly"):
+    """A connected registry of `h`'s root syncing `repo`'s namespace, started, that has v1 of
+    an artifact pushed at the root; returns it and the bytes it has moved so far."""
+    h.create(name, mode, [repo.split("/")[0] + "/*"])
+    edge = h.start_child(name)
+    with httpx.Client(base_url=h.root.url, auth=h.root.admin, timeout=60) as c:
+        push_artifact(c, repo, "v1", v1)
+    wait_for(lambda: blob_at(edge, repo, sha256(v1)) == v1, 60, message="v1 at the child")
+    return edge, child_bytes(h.root, name)
 
 
-def test_only_missing_chunks_cross_the_link(pair):
-    pair.create("edge1", "ReadOnly", ["data/*"])
-    edge = pair.start_child("edge1")
+def test_only_missing_chunks_cross_the_link(hierarchy):
     v1 = os.urandom(12 * 1024 * 1024)
-    with httpx.Client(base_url=pair.root.url, auth=pair.root.admin, timeout=60) as c:
-        push_artifact(c, "data/model", "v1", v1)
-    wait_for(lambda: blob_at(edge, "data/model", sha256(v1)) == v1, 30, message="v1 at edge")
-    after_v1 = child_bytes(pair.root, "edge1")
+    edge, after_v1 = child_with_v1(hierarchy, "edge1", "data/model", v1)
     assert after_v1 < len(v1) * 1.05  # random data does not compress: about its size
 
     v2 = edited(v1, seed=1)
-    with httpx.Client(base_url=pair.root.url, auth=pair.root.admin, timeout=60) as c:
+    with httpx.Client(base_url=hierarchy.root.url, auth=hierarchy.root.admin, timeout=60) as c:
         push_artifact(c, "data/model", "v2", v2)
     wait_for(lambda: blob_at(edge, "data/model", sha256(v2)) == v2, 30, message="v2 at edge")
-    v2_bytes = child_bytes(pair.root, "edge1") - after_v1
+    v2_bytes = child_bytes(hierarchy.root, "edge1") - after_v1
     print(f"\nv2: {v2_bytes} bytes on the wire for a {len(v2)}-byte blob "
           f"({100 * v2_bytes / len(v2):.1f}%)")
     assert v2_bytes < 0.2 * len(v2)
     assert "bytes from local chunks" in edge.log()
 
 
-def test_small_edits_cost_about_their_size(pair):
+def test_small_edits_cost_about_their_size(hierarchy):
     """Runs of missing chunks are refined into ~4 KiB sub-chunks against the old version, so
     60 scattered 2 KiB edits move about 60 x (2 KiB + a sub-chunk or two), not 60 x 64 KiB+."""
-    pair.create("edge5", "ReadOnly", ["data/*"])
-    edge = pair.start_child("edge5")
     v1 = os.urandom(12 * 1024 * 1024)
-    with httpx.Client(base_url=pair.root.url, auth=pair.root.admin, timeout=60) as c:
-        push_artifact(c, "data/fw", "v1", v1)
-    wait_for(lambda: blob_at(edge, "data/fw", sha256(v1)) == v1, 30, message="v1 at edge")
-    after_v1 = child_bytes(pair.root, "edge5")
+    edge, after_v1 = child_with_v1(hierarchy, "edge5", "data/fw", v1)
 
     rng = random.Random(5)
     v2 = bytearray(v1)
@@ -110,10 +101,10 @@ def test_small_edits_cost_about_their_size(pair):
         at = k * stratum + rng.randrange(0, stratum - edit)
         v2[at:at + edit] = os.urandom(edit)
     v2 = bytes(v2)
-    with httpx.Client(base_url=pair.root.url, auth=pair.root.admin, timeout=60) as c:
+    with httpx.Client(base_url=hierarchy.root.url, auth=hierarchy.root.admin, timeout=60) as c:
         push_artifact(c, "data/fw", "v2", v2)
     wait_for(lambda: blob_at(edge, "data/fw", sha256(v2)) == v2, 30, message="v2 at edge")
-    v2_bytes = child_bytes(pair.root, "edge5") - after_v1
+    v2_bytes = child_bytes(hierarchy.root, "edge5") - after_v1
     changed = edits * edit
     print(f"\nv2: {v2_bytes} bytes on the wire for {changed} bytes changed "
           f"({v2_bytes / changed:.2f}x; {100 * v2_bytes / len(v2):.2f}% of the blob)")
@@ -147,12 +138,12 @@ def test_corrupt_chunk_is_detected_and_fetched_again(tmp_path):
     assert "corrupt chunk batch" in log
 
 
-def test_kill_mid_transfer_resumes_without_starting_over(pair):
+def test_kill_mid_transfer_resumes_without_starting_over(hierarchy):
     size = 32 * 1024 * 1024
-    pair.create("edge3", "ReadOnly", ["data/*"], extra=["--bandwidth-limit", str(4_000_000)])
-    edge = pair.start_child("edge3")
+    hierarchy.create("edge3", "ReadOnly", ["data/*"], extra=["--bandwidth-limit", str(4_000_000)])
+    edge = hierarchy.start_child("edge3")
     data = os.urandom(size)
-    with httpx.Client(base_url=pair.root.url, auth=pair.root.admin, timeout=60) as c:
+    with httpx.Client(base_url=hierarchy.root.url, auth=hierarchy.root.admin, timeout=60) as c:
         push_artifact(c, "data/big", "v1", data)
     upload = edge.data_dir / "store" / "uploads" / ("sync-" + sha256(data).replace(":", "-"))
     wait_for(lambda: upload.exists() and upload.stat().st_size > size // 3, 30, interval=0.05,
@@ -168,7 +159,7 @@ def test_kill_mid_transfer_resumes_without_starting_over(pair):
     edge.start()
     started = time.monotonic()
     wait_for(lambda: blob_at(edge, "data/big", sha256(data)) == data, 60, message="blob at edge")
-    total = child_bytes(pair.root, "edge3")
+    total = child_bytes(hierarchy.root, "edge3")
     print(f"\nkept {kept} bytes across the kill; {total} bytes on the wire for {size} "
           f"({total / size:.3f}x)")
     assert f"({kept} bytes kept)" in edge.log()
@@ -182,8 +173,8 @@ def test_parent_without_delta_serves_whole_blobs(tmp_path):
     assert "whole-blob transfer" in log
 
 
-def test_chunk_index_for_plain_pushes_and_reindex_command(pair):
-    root = pair.root
+def test_chunk_index_for_plain_pushes_and_reindex_command(hierarchy):
+    root = hierarchy.root
     data = os.urandom(2 * 1024 * 1024)
     with httpx.Client(base_url=root.url, auth=root.admin, timeout=60) as c:
         push_artifact(c, "data/z", "v1", data)

@@ -11,35 +11,21 @@ import struct
 import time
 
 import httpx
-import pytest
 
 from connreg import _core
 from connreg.delta import plan
 from connreg.testing.hierarchy import Hierarchy, cli, wait_for
 from connreg.testing.oci import sha256
 from helpers import push_blob
-from test_delta import blob_at, child_bytes, edited, push_artifact
+from test_delta import blob_at, child_bytes, child_with_v1, edited, push_artifact
 
 MiB = 1024 * 1024
 
 
-@pytest.fixture
-def hierarchy(tmp_path):
-    h = Hierarchy(tmp_path)
-    h.start_root()
-    yield h
-    h.stop_all()
-
-
 def test_edge_push_sends_only_changed_chunks(hierarchy):
     root = hierarchy.root
-    hierarchy.create("store1", "ReadWrite", ["up/*"])
-    edge = hierarchy.start_child("store1")
     v1 = os.urandom(24 * MiB)
-    with httpx.Client(base_url=root.url, auth=root.admin, timeout=60) as c:
-        push_artifact(c, "up/model", "v1", v1)
-    wait_for(lambda: blob_at(edge, "up/model", sha256(v1)) == v1, 60, message="v1 at the edge")
-    before = child_bytes(root, "store1")
+    edge, before = child_with_v1(hierarchy, "store1", "up/model", v1, mode="ReadWrite")
 
     v2 = edited(v1, seed=2)
     with httpx.Client(base_url=edge.url, auth=edge.admin, timeout=60) as c:

@@ -158,30 +158,9 @@ impl Upload {
         let source = Digest::parse(digest)?;
         let (src, src_path, src_size) = open_blob(&self.shared.layout, &source)?;
         check_range(&source, offset, length, src_size)?;
-        let mut st = self.lock();
-        self.resync(&mut st)?;
-        let before = self.size();
-        let State { file: slot, sha256 } = &mut *st;
-        let file = slot.as_mut().expect("resync leaves a file open");
-        let saved = sha256.clone();
-        let copied = copy_range(
-            (&src, &src_path),
-            offset,
-            length,
-            (file, &self.shared.path),
-            sha256,
-        );
-        if let Err(e) = copied {
-            *sha256 = saved;
-            if file.set_len(before).is_err() {
-                // unknown content: the next call reopens and rehashes from disk
-                *slot = None;
-            }
-            return Err(e);
-        }
-        let size = before + length;
-        self.shared.size.store(size, Ordering::Release);
-        Ok(size)
+        self.append_all_or_nothing(length, |file, path, sha256| {
+            copy_range((&src, &src_path), offset, length, (file, path), sha256)
+        })
     }
 
     /// Append several `(digest, offset, length)` ranges of committed blobs, in order, and
@@ -214,20 +193,32 @@ impl Upload {
                 total += length;
             }
         }
+        self.append_all_or_nothing(total, |file, path, sha256| {
+            gather_copy(&sources, &plan, (file, path), sha256)
+        })
+    }
+
+    /// Run `append` (which writes `length` bytes to the file and hashes them) under the lock;
+    /// if it fails, truncate the file and restore the hash state, so the upload is as before.
+    fn append_all_or_nothing(
+        &self,
+        length: u64,
+        append: impl FnOnce(&mut File, &Path, &mut Digester) -> Result<()>,
+    ) -> Result<u64> {
         let mut st = self.lock();
         self.resync(&mut st)?;
         let before = self.size();
         let State { file: slot, sha256 } = &mut *st;
         let file = slot.as_mut().expect("resync leaves a file open");
         let saved = sha256.clone();
-        if let Err(e) = gather_copy(&sources, &plan, (file, &self.shared.path), sha256) {
+        if let Err(e) = append(file, &self.shared.path, sha256) {
             *sha256 = saved;
             if file.set_len(before).is_err() {
                 *slot = None; // unknown content: the next call reopens and rehashes from disk
             }
             return Err(e);
         }
-        let size = before + total;
+        let size = before + length;
         self.shared.size.store(size, Ordering::Release);
         Ok(size)
     }

@@ -6,6 +6,7 @@ without delta still receives the blob whole."""
 from __future__ import annotations
 
 import os
+import random
 import re
 import struct
 import time
@@ -248,3 +249,164 @@ def test_parent_without_delta_receives_whole_blobs(tmp_path):
         assert r.status_code == 404 and r.json()["errors"][0]["code"] == "NOT_FOUND"
     finally:
         h.stop_all()
+
+
+def scattered_edits(v1: bytes, seed: int, edits: int = 60, edit: int = 2048) -> bytes:
+    """One `edit`-byte random edit in each of `edits` equal strata: scattered, never
+    overlapping."""
+    rng = random.Random(seed)
+    v2 = bytearray(v1)
+    stratum = len(v1) // edits
+    for k in range(edits):
+        at = k * stratum + rng.randrange(0, stratum - edit)
+        v2[at:at + edit] = os.urandom(edit)
+    return bytes(v2)
+
+
+def test_small_edits_go_up_at_about_their_size(hierarchy):
+    """The upward twin of test_delta.test_small_edits_cost_about_their_size: a run of chunks
+    the parent lacks is refined into ~4 KiB sub-chunks found in the parent's old version."""
+    root = hierarchy.root
+    v1 = os.urandom(12 * MiB)
+    edge, before = child_with_v1(hierarchy, "store6", "up/fw", v1, mode="ReadWrite")
+    edits, edit = 60, 2048
+    v2 = scattered_edits(v1, seed=6, edits=edits, edit=edit)
+    with httpx.Client(base_url=edge.url, auth=edge.admin, timeout=60) as c:
+        push_artifact(c, "up/fw", "v2", v2)
+    wait_for(lambda: httpx.get(f"{root.url}/v2/up/fw/manifests/v2", auth=root.admin,
+                               timeout=10).status_code == 200, 60, message="v2 at the root")
+    assert blob_at(root, "up/fw", sha256(v2)) == v2
+    sent = child_bytes(root, "store6") - before
+    changed = edits * edit
+    print(f"\nv2 up: {sent} bytes on the wire for {changed} bytes changed "
+          f"({sent / changed:.2f}x; {100 * sent / len(v2):.2f}% of the blob)")
+    # 64 KiB chunks alone would send >= 60 x 64 KiB = 3.75 MiB (31% of the blob)
+    assert sent < 8 * changed
+    refined = re.search(rf"pushed {sha256(v2)[:19]} by chunks: .*\((\d+) runs refined\)",
+                        edge.log())
+    assert refined and int(refined.group(1)) > 0, edge.log()[-3000:]
+
+
+def _blake3(data: bytes) -> str:
+    return _core.digest_bytes(data, "blake3").split(":")[1]
+
+
+def test_refinement_requests_are_checked_and_change_nothing(hierarchy):
+    """`chunks/near` answers where the parent's old stretch holds sub-chunks; `ref` plan
+    entries are resolved, range-checked and BLAKE3-verified before anything is appended."""
+    root = hierarchy.root
+    data = os.urandom(2 * MiB)
+    c = httpx.Client(base_url=root.url, auth=root.admin, timeout=60)
+    push_blob(c, "data/a", data)
+    listing = c.get("/connreg/v1/sync/chunks",
+                    params={"repo": "data/a", "digest": sha256(data)}).json()
+    chunks = listing["chunks"]
+    sub_key = "fastcdc-blake3:1024:4096:16384"
+    sub = _core.ChunkParams(1024, 4096, 16384)
+    stranger = "cd" * 32
+
+    def near(doc: dict) -> httpx.Response:
+        return c.post("/connreg/v1/sync/chunks/near", params={"repo": "data/b"}, json=doc)
+
+    # Between two chunks: the old stretch is the chunk in between; deltas from `before`.
+    (b_off, b_len, b_id), (s, n, _), (a_off, _, a_id) = chunks[3:6]
+    old = _core.chunk_bytes(data[s:s + n], sub)
+    ids = [cid for _, _, cid in old] + [stranger]
+    r = near({"params": sub_key, "before": b_id, "after": a_id, "length": n, "ids": ids})
+    assert r.status_code == 200, r.text
+    assert r.json() == {"anchor": b_id, "at": [s + o - b_off for o, _, _ in old] + [None]}
+    # A run at the start (no `before`): from the blob's start to `after`, deltas negative.
+    first = _core.chunk_bytes(data[:chunks[1][0]], sub)
+    r = near({"params": sub_key, "before": None, "after": chunks[1][2], "length": 100_000,
+              "ids": [first[-1][2]]})
+    assert r.json() == {"anchor": chunks[1][2], "at": [first[-1][0] - chunks[1][0]]}
+    # A run at the end (no `after`): from `before` to the blob's end.
+    last = _core.chunk_bytes(data[chunks[-1][0]:], sub)
+    r = near({"params": sub_key, "before": chunks[-2][2], "after": None, "length": 100_000,
+              "ids": [last[0][2]]})
+    assert r.json() == {"anchor": chunks[-2][2], "at": [chunks[-1][0] - chunks[-2][0]]}
+    # No old stretch: an unknown neighbour, or one much longer than the run.
+    r = near({"params": sub_key, "before": stranger, "after": None, "length": n, "ids": ids})
+    assert r.json() == {"anchor": None, "at": [None] * len(ids)}
+    r = near({"params": sub_key, "before": chunks[0][2], "after": None, "length": 1000,
+              "ids": ids})
+    assert r.json() == {"anchor": None, "at": [None] * len(ids)}
+    # Bad parameters and bodies: OCI errors.
+    good = {"params": sub_key, "before": b_id, "after": a_id, "length": n, "ids": ids}
+    for params in ["fastcdc-blake3:1024:3000:9000", "fastcdc-blake3:64:256:1024", "nonsense",
+                   None]:
+        r = near({**good, "params": params})
+        assert r.status_code == 400 and r.json()["errors"][0]["code"] == "CHUNK_PARAMS_MISMATCH"
+    for bad in [{"before": None, "after": None}, {"ids": ["not hex"]}, {"length": 0},
+                {"length": "1"}, {"before": "ab"}, {"ids": None}]:
+        r = near({**good, **bad})
+        assert r.status_code == 400 and r.json()["errors"][0]["code"] == "INVALID", bad
+    r = c.post("/connreg/v1/sync/chunks/near", params={"repo": "data/b"}, content=b"{")
+    assert r.status_code == 400 and r.json()["errors"][0]["code"] == "INVALID"
+
+    # Ref entries in a plan.
+    r = c.post("/v2/data/b/blobs/uploads/")
+    upload_id = r.headers["Location"].rsplit("/", 1)[1]
+    url = f"/connreg/v1/sync/uploads/{upload_id}"
+
+    def size() -> int:
+        r = c.get(f"/v2/data/b/blobs/uploads/{upload_id}")
+        return int(r.headers["Range"].split("-")[1]) + 1
+
+    def send(entries: list, offset: int) -> httpx.Response:
+        return c.post(url, params={"repo": "data/b", "offset": offset},
+                      content=entries if isinstance(entries, bytes) else plan.encode(entries))
+
+    def ref(anchor: str, anchor_off: int, delta: int, length: int) -> plan.Ref:
+        at = anchor_off + delta
+        return plan.Ref(anchor, delta, length, _blake3(data[at:at + length]))
+
+    # Not on chunk boundaries, before and after the anchor.
+    entries = [ref(b_id, b_off, b_len + 10, 5000), ref(a_id, a_off, -7000, 300)]
+    r = send(entries, 0)
+    assert r.status_code == 202, r.text
+    assembled = data[b_off + b_len + 10:b_off + b_len + 5010] + data[a_off - 7000:a_off - 6700]
+    assert size() == len(assembled)
+
+    def refused(r: httpx.Response, code: str) -> None:
+        assert r.status_code == 400, r.text
+        assert r.json()["errors"][0]["code"] == code
+        assert size() == len(assembled)
+
+    ok = _literal(b"fine")  # a good entry first: nothing at all is appended
+    refused(send([ok, plan.Ref(stranger, 0, 10, _blake3(b"x" * 10))], len(assembled)),
+            "CHUNK_UNKNOWN")
+    # ranges past the end or before the start of the anchor's blob
+    refused(send([ok, plan.Ref(b_id, len(data) - b_off - 10, 11, stranger)], len(assembled)),
+            "CHUNK_UNKNOWN")
+    refused(send([ok, plan.Ref(b_id, -b_off - 1, 10, _blake3(b"\0" + data[:9]))],
+                 len(assembled)), "CHUNK_UNKNOWN")
+    wrong = ref(b_id, b_off, 0, 1000)  # BLAKE3 mismatch: the id of other bytes
+    refused(send([ok, plan.Ref(b_id, 1, 1000, wrong.chunk_id)], len(assembled)),
+            "DIGEST_INVALID")
+    body = plan.encode([ok, wrong])
+    refused(send(body[:-1], len(assembled)), "INVALID")
+    zero = plan.encode([plan.Ref(b_id, 0, 1, wrong.chunk_id)])
+    refused(send(zero[:41] + struct.pack("<I", 0) + zero[45:], len(assembled)), "INVALID")
+    r = send([ok, wrong], len(assembled))
+    assert r.status_code == 202, r.text
+    assembled += b"fine" + data[b_off:b_off + 1000]
+    r = c.put(f"/v2/data/b/blobs/uploads/{upload_id}", params={"digest": sha256(assembled)})
+    assert r.status_code == 201, r.text
+    c.close()
+
+    # A sync token that may not pull data/*: nothing is near, no ref resolves.
+    hierarchy.create("store7", "ReadWrite", ["mine/*"])
+    settings = cli(root, "connected-registry", "get-settings", "--name", "store7",
+                   "--parent-protocol", "http", "--yes")
+    auth = (settings["syncTokenName"], settings["syncTokenPassword"])
+    with httpx.Client(base_url=root.url, auth=auth, timeout=60) as t:
+        r = t.post("/connreg/v1/sync/chunks/near", params={"repo": "mine/x"}, json=good)
+        assert r.status_code == 200 and r.json() == {"anchor": None, "at": [None] * len(ids)}
+        r = t.post("/connreg/v1/sync/chunks/near", params={"repo": "data/b"}, json=good)
+        assert r.status_code == 403 and r.json()["errors"][0]["code"] == "DENIED"
+        upload_id = t.post("/v2/mine/x/blobs/uploads/").headers["Location"].rsplit("/", 1)[1]
+        r = t.post(f"/connreg/v1/sync/uploads/{upload_id}",
+                   params={"repo": "mine/x", "offset": 0},
+                   content=plan.encode([ref(b_id, b_off, b_len, 100)]))
+        assert r.status_code == 400 and r.json()["errors"][0]["code"] == "CHUNK_UNKNOWN"

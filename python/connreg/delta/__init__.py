@@ -5,8 +5,10 @@
 - `endpoints.py` parent side: a blob's chunk list, and batches of chunks, zstd-compressed.
 - `fetch.py`     child side: build a blob from chunks it already holds plus the ones it lacks,
                  resumable, verified by SHA-256 before it becomes visible.
-- `plan.py`      the frame of an upward push: "copy chunk X" entries and literal chunks.
-- `receive.py`   parent side, upward: which chunks it holds; appending a plan to an upload.
+- `plan.py`      the frame of an upward push: "copy chunk X", "bytes of your old version near
+                 chunk X" (ref) and literal entries.
+- `receive.py`   parent side, upward: which chunks it holds, where its old version holds a
+                 run's sub-chunks (refinement), appending a plan to an upload.
 - `push.py`      child side, upward: push a blob by the chunks the parent lacks, resumable.
 - `bandwidth.py` a token bucket that caps sync traffic in both directions.
 """

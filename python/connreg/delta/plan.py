@@ -9,12 +9,18 @@ A body is a sequence of entries, applied in order at the end of the upload sessi
              "append these bytes"; everything after the kind byte is exactly one entry of
              the Rust chunk batch frame (`encode_chunks`/`decode_chunks`), so the receiver
              checks BLAKE3(bytes) == id with the same code as downward batches.
+    ref   := 0x52 ('R') | anchor (32 bytes, BLAKE3 of a chunk) | delta (i64 LE)
+                        | length (u32 LE) | id (32 bytes, BLAKE3 of the range)
+             "append <length> bytes of the blob that holds chunk <anchor>, from the anchor's
+             offset + <delta>; they hash to <id>": bytes of the parent's old version found by
+             refinement (`chunks/near`), which need not start on a chunk boundary there.
 
 A data entry's id is the BLAKE3 of exactly the bytes it carries: usually a whole chunk, or the
 rest of one when a resumed upload ends inside a chunk. Bounds: at most MAX_ENTRIES entries and
 MAX_BODY bytes per request, chunks of at most MAX_CHUNK bytes, at most MAX_LITERAL literal
-bytes once decompressed. Parsing here checks structure
-only; BLAKE3 is verified by `decode_chunks`, copies by the receiver's chunk index.
+bytes once decompressed (ref bytes count too: the receiver reads them to verify them).
+Parsing here checks structure only; BLAKE3 is verified by `decode_chunks` (data) and the
+receiver (refs), copies by the receiver's chunk index.
 """
 
 from __future__ import annotations
@@ -24,6 +30,7 @@ from dataclasses import dataclass
 
 COPY = 0x43
 DATA = 0x44
+REF = 0x52
 ID_BYTES = 32
 CODECS = (0, 1)
 MAX_ENTRIES = 4096
@@ -33,6 +40,8 @@ MAX_LITERAL = 64 * 1024 * 1024  # decompressed literal bytes per request
 CONTENT_TYPE = "application/vnd.connreg.chunk-plan.v1"
 
 _U32 = struct.Struct("<I")
+_REF = struct.Struct("<qI")  # delta, length (between the anchor and the id)
+_REF_BYTES = ID_BYTES + _REF.size + ID_BYTES
 _DATA_HEADER = ID_BYTES + 1 + _U32.size  # id | codec | payload length
 
 
@@ -52,6 +61,14 @@ class Data:
     entry: bytes  # one `encode_chunks` entry: id | codec | length | payload
 
 
+@dataclass(frozen=True)
+class Ref:
+    anchor: str  # BLAKE3 hex of a chunk the receiver holds
+    delta: int  # offset of the range minus the anchor's offset, in the anchor's blob
+    length: int
+    chunk_id: str  # BLAKE3 hex of the range
+
+
 def split_batch(frame: bytes) -> list[Data]:
     """The entries of an `encode_chunks` frame, one Data each (child side)."""
     out, pos = [], 0
@@ -67,23 +84,26 @@ def split_batch(frame: bytes) -> list[Data]:
     return out
 
 
-def encode(entries: list[Copy | Data]) -> bytes:
+def encode(entries: list[Copy | Data | Ref]) -> bytes:
     parts = []
     for e in entries:
         if isinstance(e, Copy):
             parts += [bytes([COPY]), bytes.fromhex(e.chunk_id), _U32.pack(e.length)]
+        elif isinstance(e, Ref):
+            parts += [bytes([REF]), bytes.fromhex(e.anchor), _REF.pack(e.delta, e.length),
+                      bytes.fromhex(e.chunk_id)]
         else:
             parts += [bytes([DATA]), e.entry]
     return b"".join(parts)
 
 
-def parse(body: bytes) -> list[Copy | Data]:
+def parse(body: bytes) -> list[Copy | Data | Ref]:
     """Entries of a plan frame, structure checked (receiver side)."""
     if not body:
         raise PlanError("empty plan")
     if len(body) > MAX_BODY:
         raise PlanError(f"a plan holds at most {MAX_BODY} bytes")
-    out: list[Copy | Data] = []
+    out: list[Copy | Data | Ref] = []
     pos = 0
     while pos < len(body):
         n = len(out)
@@ -111,6 +131,16 @@ def parse(body: bytes) -> list[Copy | Data]:
             if end > len(body):
                 raise PlanError(f"entry {n}: payload past the end")
             out.append(Data(body[pos:pos + ID_BYTES].hex(), body[pos:end]))
+            pos = end
+        elif kind == REF:
+            if len(body) - pos < _REF_BYTES:
+                raise PlanError(f"entry {n}: truncated ref entry")
+            delta, length = _REF.unpack_from(body, pos + ID_BYTES)
+            if not 0 < length <= MAX_CHUNK:
+                raise PlanError(f"entry {n}: range length {length} out of range")
+            end = pos + _REF_BYTES
+            out.append(Ref(body[pos:pos + ID_BYTES].hex(), delta, length,
+                           body[end - ID_BYTES:end].hex()))
             pos = end
         else:
             raise PlanError(f"entry {n}: unknown kind 0x{kind:02x}")

@@ -3,8 +3,15 @@
 - `POST /connreg/v1/sync/chunks/known?repo=R` with `{"params": key, "ids": [blake3, …]}` →
   `{"known": [bool, …]}`: whether this node can copy each chunk from a blob linked into a
   repository the caller may pull (nothing about other repositories is revealed).
+- `POST /connreg/v1/sync/chunks/near?repo=R` with `{"params": sub-key, "before": id|null,
+  "after": id|null, "length": N, "ids": [blake3, …]}` → `{"anchor": id|null, "at": [delta|null,
+  …]}`: refinement of a run of N bytes the child is about to send, whose neighbours are the
+  chunks `before` and `after` (null: the run starts / ends the blob). This node cuts its old
+  version of that run (the bytes between its copies of the neighbours) with the sub-chunk
+  parameters and says where each sub-chunk is, relative to the anchor chunk (`before`, else
+  `after`); the child then names those bytes with `ref` plan entries instead of sending them.
 - `POST /connreg/v1/sync/uploads/<id>?repo=R&offset=N` with a plan frame (`plan.py`): append
-  copied and literal chunks to the upload session `<id>` of R (opened with the ordinary
+  copied, referenced and literal chunks to the upload session `<id>` of R (opened with the ordinary
   `POST /v2/R/blobs/uploads/`, finished with the ordinary `PUT ?digest=`, which verifies the
   SHA-256). `offset` must be the session's size, so a resent or stale request changes nothing.
 Both need a sync token (or the admin) allowed to push R. Every entry is verified before the
@@ -23,6 +30,8 @@ from connreg import _core, errors
 from connreg.api.http import json_response, read_body_limited
 from connreg.api.uploads import require_upload, session_headers
 from connreg.delta import plan
+from connreg.delta.endpoints import MIN_REFINE_AVG
+from connreg.delta.index import params_key
 from connreg.errors import RegistryError
 from connreg.references import check_name
 from connreg.sync.endpoints import TRAFFIC_BYTES, sync_caller
@@ -31,6 +40,9 @@ bp = Blueprint("delta_up", __name__)
 MAX_KNOWN_IDS = 20_000
 MAX_KNOWN_BODY = 2 * 1024 * 1024
 _CHUNK_ID_RE = re.compile(r"[0-9a-f]{64}")
+# An old stretch much longer than the run is probably not its old version (and costs reading).
+MAX_NEAR_OLD = 16 * 1024 * 1024
+_PARAMS_RE = re.compile(r"fastcdc-blake3:(\d{1,10}):(\d{1,10}):(\d{1,10})")
 
 
 async def _caller():
@@ -82,6 +94,98 @@ async def known_chunks() -> Response:
     return json_response(answer)
 
 
+def _sub_params(key: object) -> _core.ChunkParams:
+    """The sub-chunk parameters a `chunks/near` request names (fine ones only)."""
+    m = _PARAMS_RE.fullmatch(key) if isinstance(key, str) else None
+    params = None
+    if m:
+        try:
+            params = _core.ChunkParams(*(int(g) for g in m.groups()))
+        except _core.CoreError:
+            pass
+    if params is None or params.avg_size < MIN_REFINE_AVG:
+        raise RegistryError(errors.CHUNK_PARAMS_MISMATCH,
+                            detail={"params": str(key)[:100],
+                                    "expected": "fastcdc-blake3:<min>:<avg>:<max> with avg a "
+                                                f"power of two >= {MIN_REFINE_AVG}"})
+    return params
+
+
+def _chunk_id(value: object) -> bool:
+    return value is None or isinstance(value, str) and bool(_CHUNK_ID_RE.fullmatch(value))
+
+
+@bp.route("/connreg/v1/sync/chunks/near", methods=["POST"])
+async def near_chunks() -> Response:
+    principal, child, repo = await _caller()
+    body = await read_body_limited(MAX_KNOWN_BODY, errors.BODY_TOO_LARGE)
+    _count(child, len(body))
+    try:
+        doc = json.loads(body)
+    except ValueError:
+        doc = None
+    if not isinstance(doc, dict):
+        doc = {}
+    ids, before, after, length = doc.get("ids"), doc.get("before"), doc.get("after"), \
+        doc.get("length")
+    if (not isinstance(ids, list) or len(ids) > MAX_KNOWN_IDS
+            or not all(isinstance(i, str) and _CHUNK_ID_RE.fullmatch(i) for i in ids)
+            or not _chunk_id(before) or not _chunk_id(after) or before is after is None
+            or not isinstance(length, int) or isinstance(length, bool) or length <= 0):
+        raise RegistryError(errors.INVALID_BODY,
+                            message='expected {"params": "<key>", "before": <blake3 hex or '
+                                    'null>, "after": <blake3 hex or null>, "length": <run '
+                                    'bytes>, "ids": [<blake3 hex>, …]} with before or after '
+                                    f"set and at most {MAX_KNOWN_IDS} ids")
+    params = _sub_params(doc.get("params"))
+    at = await _near(principal, params, before, after, length)
+    anchor = (before or after) if at else None
+    answer = {"anchor": anchor, "at": [at.get(i) for i in ids]}
+    encoded = json.dumps(answer).encode()
+    _count(child, len(encoded))
+    return Response(encoded, content_type="application/json")
+
+
+async def _near(principal, params: _core.ChunkParams, before: str | None, after: str | None,
+                length: int) -> dict[str, int]:
+    """Sub-chunk id → its offset minus the anchor's, over the old stretch between this node's
+    copies of `before` and `after` in the anchor's blob; {} when there is no such stretch.
+    The other neighbour is looked up in the anchor's own chunk list, so a chunk that several
+    blobs hold cannot pair two unrelated blobs."""
+    reg = current_app.extensions["registry"]
+    index = reg.chunk_index
+    anchor = before or after
+    found = (await index.locate_readable([anchor], _reader(principal))).get(anchor)
+    if found is None:
+        return {}
+    blob, anchor_offset, anchor_length = found
+    if before is None:  # the run starts the blob: its old version too
+        start, end = 0, anchor_offset
+    else:
+        start, end = anchor_offset + anchor_length, None
+        if after is None:  # the run ends the blob
+            end = reg.blobs.size(blob)
+        else:
+            for offset, _, chunk_id in index.chunks_of(blob) or []:
+                if chunk_id == after and offset >= start:
+                    end = offset
+                    break
+    if end is None or not 0 < end - start <= min(MAX_NEAR_OLD, 4 * length + (1 << 20)):
+        return {}
+
+    def cut() -> dict[str, int]:
+        data = reg.blobs.read(blob, start, end - start)
+        where: dict[str, int] = {}
+        for offset, _, chunk_id in _core.chunk_bytes(data, params):
+            where.setdefault(chunk_id, start + offset - anchor_offset)
+        return where
+
+    try:
+        return await trio.to_thread.run_sync(cut)
+    except _core.BlobNotFound:  # deleted since we looked (garbage collection)
+        return {}
+
+
 def _offset_arg() -> int:
     raw = request.args.get("offset", "")
     if not raw.isdigit() or len(raw) > 18:
@@ -97,6 +201,32 @@ def _decode(entries: list[plan.Data]) -> list[bytes]:
     for e in entries:
         ((_, data),) = _core.decode_chunks(e.entry, max(1, min(plan.MAX_CHUNK, budget)))
         budget -= len(data)
+        out.append(data)
+    return out
+
+
+def _read_refs(blobs, refs: list[tuple[int, plan.Ref, tuple[str, int, int]]], budget: int
+               ) -> list[bytes]:
+    """Each ref's bytes from the anchor's blob, checked to lie inside it and to hash to the
+    ref's id (read here, then written as read: what was verified is what gets appended)."""
+    out = []
+    for n, ref, (blob, anchor_offset, _) in refs:
+        start = anchor_offset + ref.delta
+        size = blobs.size(blob)
+        if size is None or start < 0 or start + ref.length > size:
+            raise RegistryError(errors.CHUNK_UNKNOWN,
+                                detail={"entry": n, "anchor": ref.anchor, "delta": ref.delta,
+                                        "length": ref.length},
+                                message="a ref's range is outside the blob holding its anchor")
+        budget -= ref.length
+        if budget < 0:
+            raise RegistryError(errors.INVALID_BODY, message="a plan reads at most "
+                                f"{plan.MAX_LITERAL} literal and ref bytes")
+        data = blobs.read(blob, start, ref.length)
+        if _core.digest_bytes(data, "blake3") != "blake3:" + ref.chunk_id:
+            raise RegistryError(errors.DIGEST_INVALID,
+                                detail={"entry": n, "anchor": ref.anchor, "chunk": ref.chunk_id},
+                                message="a ref's bytes at this node do not hash to its id")
         out.append(data)
     return out
 
@@ -138,11 +268,27 @@ async def append_chunks(upload_id: str) -> Response:
                             message="a literal chunk does not match its id (or does not "
                                     "decompress within the limits)")
     copies = await reg.chunk_index.locate_readable(
-        [e.chunk_id for e in entries if isinstance(e, plan.Copy)], _reader(principal))
-    ops, data = [], iter(decoded)
+        [e.chunk_id if isinstance(e, plan.Copy) else e.anchor
+         for e in entries if not isinstance(e, plan.Data)], _reader(principal))
+    refs = []
+    for n, e in enumerate(entries):
+        if isinstance(e, plan.Ref):
+            if e.anchor not in copies:
+                raise RegistryError(errors.CHUNK_UNKNOWN, detail={"entry": n, "anchor": e.anchor},
+                                    message="a ref's anchor chunk is unknown to this node")
+            refs.append((n, e, copies[e.anchor]))
+    try:
+        referenced = await trio.to_thread.run_sync(
+            _read_refs, reg.blobs, refs, plan.MAX_LITERAL - sum(len(d) for d in decoded))
+    except _core.BlobNotFound:  # deleted since we looked (garbage collection)
+        raise RegistryError(errors.CHUNK_UNKNOWN, message="a ref's blob disappeared")
+    ops, data, ref_data = [], iter(decoded), iter(referenced)
     for n, e in enumerate(entries):
         if isinstance(e, plan.Data):
             ops.append(("write", next(data)))
+            continue
+        if isinstance(e, plan.Ref):
+            ops.append(("write", next(ref_data)))
             continue
         found = copies.get(e.chunk_id)
         if found is None or found[2] != e.length:

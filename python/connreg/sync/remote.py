@@ -246,6 +246,38 @@ class ParentClient:
             raise ParentRefused(resp.status_code, "malformed answer to chunks/known")
         return known
 
+    async def near_chunks(self, repo: str, params: str, before: str | None,
+                          after: str | None, length: int, ids: list[str]
+                          ) -> tuple[str, list[int | None]] | None:
+        """Where the parent's old version of a run (between chunks `before` and `after`) holds
+        each sub-chunk: (anchor chunk id, [offset minus the anchor's, or None, …]); None when
+        the parent cannot refine (older version, delta off, parameters refused)."""
+        body = json.dumps({"params": params, "before": before, "after": after,
+                           "length": length, "ids": ids}).encode()
+        if self.meter:
+            await self.meter.account(len(body))
+        try:
+            resp = await self._request("POST", "/connreg/v1/sync/chunks/near",
+                                       params={"repo": repo}, content=body,
+                                       headers={"Content-Type": "application/json"})
+        except ParentRefused as exc:
+            if exc.status in (400, 404, 405):
+                return None
+            raise
+        if self.meter:
+            await self.meter.account(len(resp.content))
+        doc = resp.json()
+        at = doc.get("at") if isinstance(doc, dict) else None
+        if not isinstance(at, list) or len(at) != len(ids) or not all(
+                a is None or isinstance(a, int) and not isinstance(a, bool) for a in at):
+            raise ParentRefused(resp.status_code, "malformed answer to chunks/near")
+        anchor = doc.get("anchor")
+        if anchor is None:
+            return "", [None] * len(ids)
+        if anchor not in (before, after):
+            raise ParentRefused(resp.status_code, "malformed answer to chunks/near")
+        return anchor, at
+
     async def append_chunks(self, repo: str, location: str, offset: int, body: bytes) -> int:
         """Append a chunk plan (`delta/plan.py`) to an upload session that holds `offset`
         bytes; the session's new size. UploadOutOfStep when the parent holds another size."""

@@ -31,7 +31,6 @@ from connreg.api.http import json_response, read_body_limited
 from connreg.api.uploads import require_upload, session_headers
 from connreg.delta import plan
 from connreg.delta.endpoints import MIN_REFINE_AVG
-from connreg.delta.index import params_key
 from connreg.errors import RegistryError
 from connreg.references import check_name
 from connreg.sync.endpoints import TRAFFIC_BYTES, sync_caller

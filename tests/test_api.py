@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import time
 
 import httpx
 import pytest
@@ -45,6 +46,34 @@ def test_blob_get_head_and_ranges(client):
         assert r.headers["Content-Range"] == "bytes */100000"
     # A blob is visible only in repositories it was pushed or mounted into.
     assert client.head(f"/v2/other/blobs/{digest}").status_code == 404
+
+
+def test_clients_that_leave_mid_blob_leave_nothing_behind(client, node):
+    """Blob bodies are read one piece ahead of the socket; a client that hangs up mid-download
+    must stop that reading and close the file (no leaked descriptors), and others go on."""
+    data = os.urandom(24 * 1024 * 1024 + 5)
+    digest = sha256(data)
+    push_blob(client, "leave/app", data)
+
+    def open_blob_files() -> int:
+        fds = os.listdir(f"/proc/{node.proc.pid}/fd")
+        return sum("/store/blobs/" in os.readlink(f"/proc/{node.proc.pid}/fd/{fd}")
+                   for fd in fds if os.path.exists(f"/proc/{node.proc.pid}/fd/{fd}"))
+
+    for _ in range(5):
+        with httpx.Client(base_url=node.url, timeout=30) as early:
+            with early.stream("GET", f"/v2/leave/app/blobs/{digest}") as r:
+                assert r.status_code == 200
+                next(r.iter_bytes(1024 * 1024))
+    for _ in range(50):  # the server notices the closed connections
+        if open_blob_files() == 0:
+            break
+        time.sleep(0.1)
+    assert open_blob_files() == 0
+    r = client.get(f"/v2/leave/app/blobs/{digest}")
+    assert r.status_code == 200 and r.content == data
+    r = client.get(f"/v2/leave/app/blobs/{digest}", headers={"Range": "bytes=5000000-"})
+    assert r.status_code == 206 and r.content == data[5000000:]
 
 
 def test_chunked_upload_with_status_and_out_of_order_chunk(client):

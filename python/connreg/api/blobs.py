@@ -7,6 +7,7 @@ import re
 
 import trio
 from quart import Response, request
+from quart.wrappers.response import ResponseBody
 
 from connreg import errors
 from connreg.api.http import empty
@@ -46,18 +47,50 @@ def _require_blob(reg: Registry, name: str, digest: str) -> int:
     return size
 
 
-async def _stream(path: str, start: int, length: int):
-    fd = await trio.to_thread.run_sync(os.open, path, os.O_RDONLY)
-    try:
-        offset, end = start, start + length
-        while offset < end:
-            chunk = await trio.to_thread.run_sync(os.pread, fd, min(READ_CHUNK, end - offset), offset)
-            if not chunk:
-                break
-            offset += len(chunk)
-            yield chunk
-    finally:
-        os.close(fd)
+class _BlobBody(ResponseBody):
+    """A blob's bytes as a response body, read one piece ahead.
+
+    The next piece is read on a worker thread while the current one is being sent, so file
+    reads overlap socket writes. The read-ahead task lives in a nursery opened and closed around
+    Quart's `async with body: async for …` loop, so it ends with the response, whether the
+    client read everything or went away.
+    """
+
+    def __init__(self, path: str, start: int, length: int):
+        self.path, self.start, self.length = path, start, length
+
+    async def __aenter__(self) -> "_BlobBody":
+        self._fd = await trio.to_thread.run_sync(os.open, self.path, os.O_RDONLY)
+        self._nursery_manager = trio.open_nursery()
+        nursery = await self._nursery_manager.__aenter__()
+        send, self._pieces = trio.open_memory_channel[bytes](1)
+        nursery.start_soon(self._read_ahead, send)
+        self._cancel = nursery.cancel_scope
+        return self
+
+    async def _read_ahead(self, send: trio.MemorySendChannel[bytes]) -> None:
+        async with send:
+            offset, end = self.start, self.start + self.length
+            while offset < end:
+                piece = await trio.to_thread.run_sync(
+                    os.pread, self._fd, min(READ_CHUNK, end - offset), offset)
+                if not piece:
+                    return
+                offset += len(piece)
+                await send.send(piece)
+
+    def __aiter__(self):
+        return self._pieces.__aiter__()
+
+    async def __aexit__(self, exc_type, exc_value, tb) -> None:
+        # Done, or the client went away: stop reading ahead. The nursery is told the body
+        # ended normally so that an exception from the send loop reaches Quart as it was,
+        # not wrapped in an ExceptionGroup.
+        self._cancel.cancel()
+        try:
+            await self._nursery_manager.__aexit__(None, None, None)
+        finally:
+            os.close(self._fd)
 
 
 async def get_blob(reg: Registry, name: str, digest: str, head: bool = False) -> Response:
@@ -81,7 +114,7 @@ async def get_blob(reg: Registry, name: str, digest: str, head: bool = False) ->
         resp = Response(b"", status=status, headers=headers)
         resp.headers["Content-Length"] = str(length)
         return resp
-    resp = Response(_stream(reg.blobs.path_for(digest), start, length), status=status,
+    resp = Response(_BlobBody(reg.blobs.path_for(digest), start, length), status=status,
                     headers=headers)
     resp.timeout = None  # large blobs over slow links take as long as they take
     return resp

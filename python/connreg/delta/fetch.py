@@ -92,6 +92,7 @@ class DeltaFetcher:
         if listing is None or listing.get("params") != self.index.key:
             raise DeltaUnavailable(f"no compatible chunk list for {digest}")
         chunks = listing["chunks"]
+        await self.index.catch_up()  # blobs that arrived moments ago may hold chunks we need
         upload_id = "sync-" + digest.replace(":", "-")
         upload = self.blobs.upload(upload_id)
         point = resume_point(chunks, upload.size)

@@ -67,16 +67,22 @@ def _count(child: str | None, n: int) -> None:
         TRAFFIC_BYTES[child] += n
 
 
-@bp.route("/connreg/v1/sync/chunks/known", methods=["POST"])
-async def known_chunks() -> Response:
-    principal, child, repo = await _caller()
+async def _json_body(child: str | None) -> dict:
+    """The request's JSON object (counted as the child's traffic); {} if it is not one."""
     body = await read_body_limited(MAX_KNOWN_BODY, errors.BODY_TOO_LARGE)
     _count(child, len(body))
     try:
         doc = json.loads(body)
     except ValueError:
-        doc = None
-    ids = doc.get("ids") if isinstance(doc, dict) else None
+        return {}
+    return doc if isinstance(doc, dict) else {}
+
+
+@bp.route("/connreg/v1/sync/chunks/known", methods=["POST"])
+async def known_chunks() -> Response:
+    principal, child, repo = await _caller()
+    doc = await _json_body(child)
+    ids = doc.get("ids")
     if (not isinstance(ids, list) or len(ids) > MAX_KNOWN_IDS
             or not all(isinstance(i, str) and _CHUNK_ID_RE.fullmatch(i) for i in ids)):
         raise RegistryError(errors.INVALID_BODY,
@@ -117,14 +123,7 @@ def _chunk_id(value: object) -> bool:
 @bp.route("/connreg/v1/sync/chunks/near", methods=["POST"])
 async def near_chunks() -> Response:
     principal, child, repo = await _caller()
-    body = await read_body_limited(MAX_KNOWN_BODY, errors.BODY_TOO_LARGE)
-    _count(child, len(body))
-    try:
-        doc = json.loads(body)
-    except ValueError:
-        doc = None
-    if not isinstance(doc, dict):
-        doc = {}
+    doc = await _json_body(child)
     ids, before, after, length = doc.get("ids"), doc.get("before"), doc.get("after"), \
         doc.get("length")
     if (not isinstance(ids, list) or len(ids) > MAX_KNOWN_IDS

@@ -120,13 +120,19 @@ def _literal(data: bytes) -> plan.Data:
     return plan.Data(entry[:32].hex(), entry)
 
 
-def test_bad_plans_are_refused_and_change_nothing(hierarchy):
-    root = hierarchy.root
+def _blob_at_root(root) -> tuple[httpx.Client, bytes, dict]:
+    """An admin client of the root, a random 2 MiB blob pushed to data/a, and its chunk list."""
     data = os.urandom(2 * MiB)
     c = httpx.Client(base_url=root.url, auth=root.admin, timeout=60)
     push_blob(c, "data/a", data)
     listing = c.get("/connreg/v1/sync/chunks",
                     params={"repo": "data/a", "digest": sha256(data)}).json()
+    return c, data, listing
+
+
+def test_bad_plans_are_refused_and_change_nothing(hierarchy):
+    root = hierarchy.root
+    c, data, listing = _blob_at_root(root)
     key = listing["params"]
     first_off, first_len, first_id = listing["chunks"][0]
     stranger = "ab" * 32
@@ -295,11 +301,7 @@ def test_refinement_requests_are_checked_and_change_nothing(hierarchy):
     """`chunks/near` answers where the parent's old stretch holds sub-chunks; `ref` plan
     entries are resolved, range-checked and BLAKE3-verified before anything is appended."""
     root = hierarchy.root
-    data = os.urandom(2 * MiB)
-    c = httpx.Client(base_url=root.url, auth=root.admin, timeout=60)
-    push_blob(c, "data/a", data)
-    listing = c.get("/connreg/v1/sync/chunks",
-                    params={"repo": "data/a", "digest": sha256(data)}).json()
+    c, data, listing = _blob_at_root(root)
     chunks = listing["chunks"]
     sub_key = "fastcdc-blake3:1024:4096:16384"
     sub = _core.ChunkParams(1024, 4096, 16384)

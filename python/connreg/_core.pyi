@@ -217,6 +217,16 @@ class BlobStore:
         age (not counted).
         """
 
+    def release_idle_uploads(self, idle_seconds: float, max_open: int) -> int:
+        """Close the file descriptors of idle open uploads, keeping their running hash (see
+        :meth:`Upload.release`): every upload unused for ``idle_seconds`` or longer, then the
+        least recently used until at most ``max_open`` remain open. An upload in use right now
+        is never touched. Returns how many descriptors were closed; never raises."""
+
+    def list_uploads(self) -> list[tuple[str, float]]:
+        """``(upload_id, seconds since its file was last modified)`` for every upload on disk,
+        in no particular order."""
+
 @final
 class Upload:
     """An in-progress upload: append-only bytes plus a running sha256.
@@ -293,6 +303,12 @@ class Upload:
 
     def abort(self) -> None:
         """Remove the upload's file (idempotent)."""
+
+    def release(self) -> bool:
+        """Close the file descriptor, keeping the upload and its running hash: the next write,
+        copy or commit reopens the file and, if it is unchanged, continues without re-reading
+        it. ``False`` (nothing done) if no descriptor is open or a call is running on the
+        upload right now; never waits."""
 
 # --- delta transfer ---------------------------------------------------------------------------
 

@@ -121,6 +121,20 @@ impl PyBlobStore {
         Ok(without_gil(py, || self.inner.purge_stale_uploads(max_age))?)
     }
 
+    fn release_idle_uploads(&self, py: Python<'_>, idle_seconds: f64, max_open: usize) -> usize {
+        // negative or NaN: every idle upload; too large for a Duration: none by age
+        let idle = Duration::try_from_secs_f64(idle_seconds.max(0.0)).unwrap_or(Duration::MAX);
+        without_gil(py, || self.inner.release_idle_uploads(idle, max_open))
+    }
+
+    fn list_uploads(&self, py: Python<'_>) -> PyResult<Vec<(String, f64)>> {
+        let found = without_gil(py, || self.inner.list_uploads())?;
+        Ok(found
+            .into_iter()
+            .map(|(id, age)| (id, age.as_secs_f64()))
+            .collect())
+    }
+
     fn __repr__(&self) -> String {
         format!("BlobStore({:?})", self.inner.root().display().to_string())
     }
@@ -179,6 +193,10 @@ impl PyUpload {
 
     fn abort(&self, py: Python<'_>) -> PyResult<()> {
         Ok(without_gil(py, || self.inner.abort())?)
+    }
+
+    fn release(&self) -> bool {
+        self.inner.release()
     }
 
     fn __repr__(&self) -> String {

@@ -9,7 +9,7 @@ use std::time::{Duration, SystemTime};
 use super::fsutil::{check_range, metadata_if_exists, open_blob, publish, remove_if_exists};
 use super::layout::Layout;
 use super::lock;
-use super::upload::{validate_upload_id, Registry, Upload};
+use super::upload::{validate_upload_id, FileUse, Registry, Upload};
 use crate::delta::{chunk_reader, Chunk, ChunkParams};
 use crate::digest::{Algorithm, Digest, Digester};
 use crate::errors::{CoreError, IoContext, Result};
@@ -18,7 +18,8 @@ use crate::errors::{CoreError, IoContext, Result};
 ///
 /// Cheap to share between threads (`&self` everywhere). Open [`Upload`]s are cached per id so
 /// that reopening an upload in the same process does not re-read its bytes; only a fresh
-/// process (or another `BlobStore` on the same root) rebuilds the hash state from disk.
+/// process (or another `BlobStore` on the same root) rebuilds the hash state from disk. A cached
+/// upload need not hold a file descriptor: [`Self::release_idle_uploads`] closes idle ones.
 #[derive(Debug)]
 pub struct BlobStore {
     layout: Arc<Layout>,
@@ -272,6 +273,58 @@ impl BlobStore {
             }
         }
         Ok(purged)
+    }
+
+    /// Close the file descriptors of idle cached uploads, keeping their hash state (see
+    /// [`Upload::release`]): every upload unused for `idle` or longer, then the least recently
+    /// used ones until at most `max_open` remain open. An upload in use right now is never
+    /// touched (so more than `max_open` may stay open while that many are busy). Returns how
+    /// many descriptors were closed.
+    pub fn release_idle_uploads(&self, idle: Duration, max_open: usize) -> usize {
+        let cached: Vec<Upload> = lock(&self.uploads).values().cloned().collect();
+        let (mut open, mut released) = (0, 0);
+        let mut recent: Vec<(Duration, Upload)> = Vec::new();
+        for upload in cached {
+            match upload.file_use() {
+                FileUse::NotOpen => {}
+                FileUse::Idle(for_) if for_ >= idle && upload.release() => released += 1,
+                FileUse::Idle(for_) => {
+                    open += 1;
+                    recent.push((for_, upload));
+                }
+                FileUse::Busy => open += 1,
+            }
+        }
+        if open > max_open {
+            recent.sort_by(|a, b| b.0.cmp(&a.0)); // longest idle first
+            for (_, upload) in recent {
+                if open <= max_open {
+                    break;
+                }
+                if upload.release() {
+                    open -= 1;
+                    released += 1;
+                }
+            }
+        }
+        released
+    }
+
+    /// Ids of the uploads on disk, each with the time since its file was last modified.
+    pub fn list_uploads(&self) -> Result<Vec<(String, Duration)>> {
+        let now = SystemTime::now();
+        let mut out = Vec::new();
+        for id in read_dir_names(self.layout.uploads_dir())? {
+            if validate_upload_id(&id).is_err() {
+                continue;
+            }
+            let path = self.layout.upload_path(&id);
+            if let Some(meta) = metadata_if_exists(&path)? {
+                let modified = meta.modified().ctx("stat", &path)?;
+                out.push((id, now.duration_since(modified).unwrap_or(Duration::ZERO)));
+            }
+        }
+        Ok(out)
     }
 
     fn cached_upload(&self, id: &str) -> Option<Upload> {

@@ -662,3 +662,114 @@ fn copy_many_is_all_or_nothing() {
     expected.extend_from_slice(&a[10..30]);
     assert_eq!(up.commit(&sha256(&expected)).unwrap(), sha256(&expected));
 }
+
+/// Descriptors this process holds on files under `dir`.
+fn open_files_under(dir: &Path) -> usize {
+    let dir = dir.canonicalize().unwrap();
+    fs::read_dir("/proc/self/fd")
+        .unwrap()
+        .filter_map(|e| fs::read_link(e.ok()?.path()).ok())
+        .filter(|target| target.starts_with(&dir))
+        .count()
+}
+
+#[test]
+fn released_upload_reopens_with_its_hash_state() {
+    let (dir, store) = store();
+    let uploads = dir.path().join("uploads");
+    let up = store.upload("idle").unwrap();
+    up.write(b"first half, ").unwrap();
+    assert_eq!(open_files_under(&uploads), 1);
+    assert!(up.release());
+    assert!(!up.release(), "nothing left to release");
+    assert_eq!(open_files_under(&uploads), 0);
+    // the store hands out the same (released) upload; writing reopens it lazily
+    let again = store.upload("idle").unwrap();
+    assert_eq!(again.size(), 12);
+    again.write(b"second half").unwrap();
+    assert_eq!(open_files_under(&uploads), 1);
+    let body = b"first half, second half";
+    assert_eq!(up.commit(&sha256(body)).unwrap(), sha256(body));
+    assert_eq!(store.read(&sha256(body), 0, None).unwrap(), body);
+    assert_eq!(open_files_under(&uploads), 0);
+}
+
+#[test]
+fn released_upload_notices_a_replaced_or_removed_file() {
+    let (dir, store) = store();
+    let up = store.upload("swapped").unwrap();
+    up.write(b"old content").unwrap();
+    assert!(up.release());
+    // another file now sits at the path: the hash is rebuilt from it, not kept
+    let path = dir.path().join("uploads/swapped");
+    fs::remove_file(&path).unwrap();
+    fs::write(&path, b"new").unwrap();
+    up.write(b"!").unwrap();
+    assert_eq!(up.size(), 4);
+    assert_eq!(up.commit(&sha256(b"new!")).unwrap(), sha256(b"new!"));
+
+    let gone = store.upload("gone").unwrap();
+    gone.write(b"abc").unwrap();
+    assert!(gone.release());
+    fs::remove_file(dir.path().join("uploads/gone")).unwrap();
+    assert!(matches!(
+        gone.write(b"x"),
+        Err(CoreError::UploadNotFound(_))
+    ));
+
+    // aborting a released upload removes it like any other
+    let dropped = store.upload("dropped").unwrap();
+    dropped.write(b"abc").unwrap();
+    assert!(dropped.release());
+    store.abort_upload("dropped").unwrap();
+    assert!(!store.upload_exists("dropped").unwrap());
+    assert!(matches!(
+        dropped.write(b"x"),
+        Err(CoreError::UploadNotFound(_))
+    ));
+}
+
+#[test]
+fn release_idle_uploads_by_age_then_least_recently_used() {
+    let (dir, store) = store();
+    let uploads = dir.path().join("uploads");
+    let ids: Vec<String> = (0..6).map(|i| format!("u{i}")).collect();
+    for id in &ids {
+        store.upload(id).unwrap().write(id.as_bytes()).unwrap();
+        std::thread::sleep(Duration::from_millis(5)); // distinct last-use times
+    }
+    assert_eq!(open_files_under(&uploads), 6);
+    // nothing idle for an hour: only the cap applies, the oldest go first
+    assert_eq!(store.release_idle_uploads(Duration::from_secs(3600), 4), 2);
+    assert_eq!(open_files_under(&uploads), 4);
+    assert!(
+        !store.upload("u0").unwrap().release(),
+        "u0 was released first"
+    );
+    assert!(!store.upload("u1").unwrap().release());
+    // everything idle for at least zero seconds
+    assert_eq!(store.release_idle_uploads(Duration::ZERO, 100), 4);
+    assert_eq!(open_files_under(&uploads), 0);
+    // every upload still commits its full content
+    for id in &ids {
+        let up = store.upload(id).unwrap();
+        up.write(b"+").unwrap();
+        let body = format!("{id}+");
+        assert_eq!(
+            up.commit(&sha256(body.as_bytes())).unwrap(),
+            sha256(body.as_bytes())
+        );
+    }
+    assert_eq!(store.list_uploads().unwrap(), vec![]);
+}
+
+#[test]
+fn list_uploads_names_ids_with_age() {
+    let (dir, store) = store();
+    store.upload("a").unwrap().write(b"x").unwrap();
+    fs::write(dir.path().join("uploads/not valid!"), b"").unwrap();
+    let listed = store.list_uploads().unwrap();
+    assert_eq!(listed.len(), 1);
+    assert_eq!(listed[0].0, "a");
+    assert!(listed[0].1 < Duration::from_secs(60));
+}

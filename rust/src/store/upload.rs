@@ -4,7 +4,8 @@ use std::io::Write;
 use std::os::unix::fs::{FileExt, MetadataExt};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard, Weak};
+use std::sync::{Arc, Mutex, MutexGuard, TryLockError, Weak};
+use std::time::{Duration, Instant};
 
 use super::fsutil::{
     check_range, hash_file, metadata_if_exists, open_blob, publish, remove_if_exists,
@@ -54,6 +55,10 @@ pub fn validate_upload_id(id: &str) -> Result<()> {
 /// upload path and that the on-disk size matches what it has hashed; if another process or
 /// store instance changed the file, the hash state is rebuilt from disk, and if the file is
 /// gone the call fails with [`CoreError::UploadNotFound`].
+///
+/// [`Self::release`] closes the file descriptor of an idle upload but keeps the running hash:
+/// the next write or commit reopens the file and, if it is still the same file of the same
+/// size, continues without re-reading a byte.
 #[derive(Clone, Debug)]
 pub struct Upload {
     shared: Arc<Shared>,
@@ -74,9 +79,36 @@ struct Shared {
 
 #[derive(Debug)]
 struct State {
-    /// Append-mode read/write handle to `path`; `None` after close.
+    /// Append-mode read/write handle to `path`; `None` after close or release.
     file: Option<File>,
+    /// After [`Upload::release`]: (device, inode) of the file `sha256` covers, so that the
+    /// reopen can tell whether the hash state still applies. `None` whenever `file` is open.
+    released: Option<(u64, u64)>,
     sha256: Digester,
+    /// When a write, copy or commit last started; what idle release goes by.
+    last_used: Instant,
+}
+
+impl State {
+    fn opened(file: File, sha256: Digester) -> Self {
+        State {
+            file: Some(file),
+            released: None,
+            sha256,
+            last_used: Instant::now(),
+        }
+    }
+}
+
+/// Whether an upload's file descriptor is open, as seen by [`super::BlobStore::release_idle_uploads`].
+#[derive(Debug)]
+pub(crate) enum FileUse {
+    /// A call is running on the upload right now.
+    Busy,
+    /// No descriptor is open (released, closed, or dropped after a failed write).
+    NotOpen,
+    /// Open and unused for this long.
+    Idle(Duration),
 }
 
 impl Upload {
@@ -93,10 +125,7 @@ impl Upload {
                 registry,
                 size: AtomicU64::new(size),
                 closed: AtomicBool::new(false),
-                state: Mutex::new(State {
-                    file: Some(file),
-                    sha256,
-                }),
+                state: Mutex::new(State::opened(file, sha256)),
             }),
         })
     }
@@ -123,7 +152,9 @@ impl Upload {
     pub fn write(&self, data: &[u8]) -> Result<u64> {
         let mut st = self.lock();
         self.resync(&mut st)?;
-        let State { file: slot, sha256 } = &mut *st;
+        let State {
+            file: slot, sha256, ..
+        } = &mut *st;
         let file = slot.as_mut().expect("resync leaves a file open");
         let written = if data.len() >= PARALLEL_HASH_MIN {
             std::thread::scope(|s| {
@@ -181,7 +212,8 @@ impl Upload {
             let size = match last {
                 Some((d, size)) if d == digest => size,
                 _ => {
-                    let (file, path, size) = open_blob(&self.shared.layout, &Digest::parse(digest)?)?;
+                    let (file, path, size) =
+                        open_blob(&self.shared.layout, &Digest::parse(digest)?)?;
                     sources.push((file, path));
                     last = Some((digest, size));
                     size
@@ -208,7 +240,9 @@ impl Upload {
         let mut st = self.lock();
         self.resync(&mut st)?;
         let before = self.size();
-        let State { file: slot, sha256 } = &mut *st;
+        let State {
+            file: slot, sha256, ..
+        } = &mut *st;
         let file = slot.as_mut().expect("resync leaves a file open");
         let saved = sha256.clone();
         if let Err(e) = append(file, &self.shared.path, sha256) {
@@ -270,8 +304,40 @@ impl Upload {
         remove_if_exists(&self.shared.path).map(drop)
     }
 
+    /// Close the file descriptor but keep the upload and its running hash; the next write or
+    /// commit reopens the file lazily. Returns whether a descriptor was closed: `false` if
+    /// none is open or a call is running on the upload right now (never waits for it).
+    pub fn release(&self) -> bool {
+        let Some(mut st) = self.try_lock() else {
+            return false;
+        };
+        let Some(file) = st.file.take() else {
+            return false;
+        };
+        // If the file cannot even be stat'ed, forget the hash: the reopen rebuilds it.
+        st.released = file.metadata().ok().map(|m| file_identity(&m));
+        true
+    }
+
+    /// See [`FileUse`]; never waits for a running call.
+    pub(crate) fn file_use(&self) -> FileUse {
+        match self.try_lock() {
+            None => FileUse::Busy,
+            Some(st) if st.file.is_none() => FileUse::NotOpen,
+            Some(st) => FileUse::Idle(st.last_used.elapsed()),
+        }
+    }
+
     fn lock(&self) -> MutexGuard<'_, State> {
         lock(&self.shared.state)
+    }
+
+    fn try_lock(&self) -> Option<MutexGuard<'_, State>> {
+        match self.shared.state.try_lock() {
+            Ok(st) => Some(st),
+            Err(TryLockError::Poisoned(p)) => Some(p.into_inner()), // as in `lock`
+            Err(TryLockError::WouldBlock) => None,
+        }
     }
 
     /// Make `st` agree with the file at the upload path (see the type's docs).
@@ -279,24 +345,35 @@ impl Upload {
         if self.is_closed() {
             return Err(CoreError::UploadNotFound(self.shared.id.clone()));
         }
+        st.last_used = Instant::now();
         let path = &self.shared.path;
         let Some(on_disk) = metadata_if_exists(path)? else {
             self.close(st);
             return Err(CoreError::UploadNotFound(self.shared.id.clone()));
         };
-        let same_file = match &st.file {
-            Some(f) => {
-                let open = f.metadata().ctx("stat", path)?;
-                open.dev() == on_disk.dev() && open.ino() == on_disk.ino()
+        if let Some(identity) = st.released {
+            // Released while idle: reopen; if it is still the file the hash covers, the checks
+            // below keep the hash state (the common case: nothing re-read).
+            if identity == file_identity(&on_disk) {
+                match OpenOptions::new().read(true).append(true).open(path) {
+                    Ok(file) => st.file = Some(file),
+                    Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                        self.close(st);
+                        return Err(CoreError::UploadNotFound(self.shared.id.clone()));
+                    }
+                    // e.g. out of descriptors: `released` stays, so a later call retries cheaply
+                    Err(e) => return Err(e).ctx("open", path),
+                }
             }
+            st.released = None;
+        }
+        let same_file = match &st.file {
+            Some(f) => file_identity(&f.metadata().ctx("stat", path)?) == file_identity(&on_disk),
             None => false,
         };
         if !same_file {
             let (file, sha256, size) = open_and_hash(path)?;
-            *st = State {
-                file: Some(file),
-                sha256,
-            };
+            *st = State::opened(file, sha256);
             self.shared.size.store(size, Ordering::Release);
         } else if on_disk.len() != self.size() {
             let file = st.file.as_ref().expect("checked above");
@@ -311,6 +388,7 @@ impl Upload {
     fn close(&self, st: &mut State) {
         self.shared.closed.store(true, Ordering::Release);
         st.file = None;
+        st.released = None;
         if let Some(registry) = self.shared.registry.upgrade() {
             let mut map = lock(&registry);
             if map
@@ -384,7 +462,9 @@ fn gather_copy(
     let (full_tx, full_rx) = mpsc::sync_channel::<(Vec<u8>, usize)>(GATHER_BUFFERS);
     let (empty_tx, empty_rx) = mpsc::channel::<Vec<u8>>();
     for _ in 0..GATHER_BUFFERS {
-        empty_tx.send(vec![0u8; GATHER_PIECE]).expect("receiver is alive");
+        empty_tx
+            .send(vec![0u8; GATHER_PIECE])
+            .expect("receiver is alive");
     }
     std::thread::scope(|s| {
         let hasher = s.spawn(move || {
@@ -427,6 +507,11 @@ fn gather_copy(
         hasher.join().expect("hashing does not panic");
         copied
     })
+}
+
+/// What identifies a file across opens: (device, inode).
+fn file_identity(meta: &std::fs::Metadata) -> (u64, u64) {
+    (meta.dev(), meta.ino())
 }
 
 /// Open `path` for append (creating it) and hash its current content with sha256.

@@ -17,6 +17,7 @@ __all__ = [
     "DigestMismatch",
     "Digester",
     "InvalidDigest",
+    "StorageFull",
     "UnsupportedAlgorithm",
     "Upload",
     "UploadNotFound",
@@ -54,6 +55,13 @@ class BlobNotFound(CoreError):
 
 class UploadNotFound(CoreError):
     """No upload with that id (never created, or already committed, aborted or purged)."""
+
+class StorageFull(CoreError):
+    """The filesystem ran out of space (ENOSPC) or the disk quota (EDQUOT) while writing.
+
+    What the failing call wrote is not visible: ``put_bytes`` removed its staging file; an
+    :class:`Upload` may hold part of the data (abort it to give the space back).
+    """
 
 class CorruptChunk(CoreError):
     """A chunk batch frame (see :func:`decode_chunks`) is truncated or malformed, an entry does

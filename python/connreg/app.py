@@ -75,6 +75,8 @@ def create_app(settings: Settings) -> StreamingQuart:
     @app.before_serving
     async def start_background_tasks() -> None:
         await app.nursery.start(registry.chunk_index.run)
+        # Upload sessions: purged once before serving, then bounded (upload_sessions.py).
+        await app.nursery.start(registry.uploads.run)
         # Sync with the parent (connected registries) and change-log pruning (every node).
         app.extensions["sync"] = await run_node_tasks(settings, registry, control_store, state,
                                                       app.nursery)
@@ -137,6 +139,7 @@ def create_app(settings: Settings) -> StreamingQuart:
             check_name(params["name"])
         # The one authorization step: 401/403 here, or the caller the handler acts for.
         principal = await authz.authorize(route.name, request.method, params)
+        request.principal = principal  # whom upload sessions count against (api/uploads.py)
         request.sync_child = sync_child(principal)  # change-log origin of a child's pushes
         if request.sync_child:
             sync_endpoints.TRAFFIC[request.sync_child] += 1

@@ -20,6 +20,16 @@ class Settings:
     max_manifest_bytes: int = 4 * MiB
     # Uploads untouched this long are purged (their bytes were never visible anyway).
     upload_ttl_seconds: float = 24 * 3600
+    # --- upload sessions (docs/architecture.md, "Upload sessions") ---------------------------
+    # How often expired sessions are purged while running (rows and files).
+    upload_purge_interval_seconds: float = 300.0
+    # An idle session's file descriptor is closed after this long (its hash state is kept, so
+    # the next request reopens it without re-reading), and at most this many stay open.
+    upload_idle_close_seconds: float = 5.0
+    max_open_upload_files: int = 64
+    # Open sessions per identity and in total; one more answers 429. 0: no cap.
+    max_upload_sessions_per_identity: int = 100
+    max_upload_sessions: int = 1000
     # Bytes of manifests kept in memory; they are immutable by digest, so caching is safe.
     manifest_cache_bytes: int = 32 * MiB
 

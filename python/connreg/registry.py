@@ -14,6 +14,7 @@ from connreg import _core
 from connreg.config import Settings
 from connreg.delta.index import ChunkIndex
 from connreg.storage.sqlite_metadata import SqliteMetadataStore
+from connreg.upload_sessions import UploadSessions
 
 
 class ManifestCache:
@@ -49,9 +50,8 @@ class Registry:
         self.meta = SqliteMetadataStore(data / "metadata.sqlite")
         self.manifest_cache = ManifestCache(settings.manifest_cache_bytes)
         self.chunk_index = ChunkIndex(self.blobs, self.meta, settings)
-        # Open upload handles keep their running hash; one lock per upload serializes PATCHes.
-        self._uploads: dict[str, _core.Upload] = {}
-        self._upload_locks: dict[str, trio.Lock] = {}
+        # Upload sessions: handles, per-session locks, caps, idle descriptors, TTL purge.
+        self.uploads = UploadSessions(self.blobs, self.meta, settings)
 
     def close(self) -> None:
         self.meta.close()
@@ -61,20 +61,14 @@ class Registry:
         return secrets.token_urlsafe(24)
 
     def upload_handle(self, upload_id: str) -> _core.Upload:
-        handle = self._uploads.get(upload_id)
-        if handle is None:
-            handle = self._uploads[upload_id] = self.blobs.upload(upload_id)
-        return handle
+        return self.uploads.handle(upload_id)
 
     def upload_lock(self, upload_id: str) -> trio.Lock:
-        lock = self._upload_locks.get(upload_id)
-        if lock is None:
-            lock = self._upload_locks[upload_id] = trio.Lock()
-        return lock
+        """Serializes the requests of one upload session (PATCHes, PUT, DELETE)."""
+        return self.uploads.lock(upload_id)
 
     def forget_upload(self, upload_id: str) -> None:
-        self._uploads.pop(upload_id, None)
-        self._upload_locks.pop(upload_id, None)
+        self.uploads.forget(upload_id)
 
     async def read_manifest(self, digest: str) -> bytes:
         data = self.manifest_cache.get(digest)

@@ -17,8 +17,10 @@ HIGH_WATER = 4 * 1024 * 1024
 # A response sent before its request body was read (an early 4xx) must not leave the rest of
 # that body on the connection: it would be parsed as the next request and the keep-alive
 # connection would hang. Up to this much is read and dropped; past it, or past the deadline,
-# the connection is closed instead.
-MAX_DRAIN = 64 * 1024 * 1024
+# the connection is closed instead. Large enough that a layer refused before it was read (507
+# storage budget) still gets its answer to the client: a close with unread data sends a TCP
+# reset, which can destroy the response in flight; the deadline bounds the cost.
+MAX_DRAIN = 512 * 1024 * 1024
 DRAIN_SECONDS = 10.0
 
 

@@ -9,6 +9,11 @@ use std::path::Path;
 /// Longest slice of caller-supplied text echoed back in an error message.
 const MAX_ECHO: usize = 80;
 
+/// Linux errno values for "no space left on device" and "disk quota exceeded" (EDQUOT has no
+/// io::ErrorKind before Rust 1.85, above this crate's minimum).
+const ENOSPC: i32 = 28;
+const EDQUOT: i32 = 122;
+
 /// Everything that can go wrong in the digest, store and delta layers.
 #[derive(Debug, thiserror::Error)]
 pub enum CoreError {
@@ -88,6 +93,18 @@ impl CoreError {
         CoreError::InvalidUploadId(echo(value))
     }
 
+    /// Whether this is the filesystem running out of room (ENOSPC) or the user's disk quota
+    /// (EDQUOT): the caller can free space and retry, unlike other I/O failures.
+    pub fn is_storage_full(&self) -> bool {
+        match self {
+            CoreError::Io { source, .. } => {
+                source.kind() == io::ErrorKind::StorageFull
+                    || matches!(source.raw_os_error(), Some(ENOSPC | EDQUOT))
+            }
+            _ => false,
+        }
+    }
+
     /// An I/O error on `path` while doing `what` (e.g. "open", "rename").
     pub(crate) fn io(what: &str, path: &Path, source: io::Error) -> Self {
         CoreError::Io {
@@ -126,6 +143,24 @@ mod tests {
         let msg = err.to_string();
         assert!(msg.len() < 200, "{msg}");
         assert!(msg.contains("..."));
+    }
+
+    #[test]
+    fn out_of_space_is_recognised() {
+        let full = CoreError::io(
+            "write",
+            Path::new("/x"),
+            io::Error::from_raw_os_error(ENOSPC),
+        );
+        let quota = CoreError::io(
+            "write",
+            Path::new("/x"),
+            io::Error::from_raw_os_error(EDQUOT),
+        );
+        let other = CoreError::io("write", Path::new("/x"), io::Error::from_raw_os_error(5));
+        assert!(full.is_storage_full() && quota.is_storage_full());
+        assert!(!other.is_storage_full());
+        assert!(!CoreError::BlobNotFound("x".into()).is_storage_full());
     }
 
     #[test]

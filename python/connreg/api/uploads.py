@@ -16,6 +16,7 @@ from connreg.api.http import body_chunks, empty
 from connreg.errors import RegistryError
 from connreg.references import check_digest, check_name
 from connreg.registry import Registry
+from connreg.storage.budget import StorageFull
 
 _CONTENT_RANGE_RE = re.compile(r"(?:bytes[ =])?(\d+)-(\d+)(?:/\d+|/\*)?")
 
@@ -32,9 +33,33 @@ def _blob_created(name: str, digest: str) -> Response:
     return empty(201, {"Location": f"/v2/{name}/blobs/{digest}", "Docker-Content-Digest": digest})
 
 
-async def _append_body(upload: _core.Upload) -> int:
-    async for chunk in body_chunks():
-        await trio.to_thread.run_sync(upload.write, chunk)
+def _declared_length() -> int | None:
+    """How many bytes the request says it carries: Content-Length, else its Content-Range."""
+    if request.content_length is not None:
+        return request.content_length
+    m = _CONTENT_RANGE_RE.fullmatch((request.headers.get("Content-Range") or "").strip())
+    return int(m.group(2)) - int(m.group(1)) + 1 if m else None
+
+
+def _check_budget(reg: Registry, holding: int = 0) -> None:
+    """Refuse (507) a body whose declared length would cross the disk budget, before any byte
+    of it is written; an upload session it was meant for stays as it was."""
+    declared = _declared_length()
+    if declared:
+        reg.budget.check(declared, "this upload", holding=holding)
+
+
+async def _append_body(reg: Registry, upload: _core.Upload) -> int:
+    """Stream the body into `upload`. A stream that crosses the disk budget or fills the disk
+    midway (chunked encoding, a wrong length, other writers) is stopped and its whole session
+    discarded: the bytes are given back and nothing can complete it while the disk is full."""
+    _check_budget(reg, holding=upload.size)
+    try:
+        async for chunk in body_chunks():
+            await trio.to_thread.run_sync(upload.write, chunk)
+    except StorageFull as exc:
+        await discard_after_full(reg, upload.upload_id, exc)
+        raise
     return upload.size
 
 
@@ -61,10 +86,15 @@ async def _commit(reg: Registry, name: str, upload_id: str, upload: _core.Upload
                   digest: str) -> Response:
     try:
         await trio.to_thread.run_sync(upload.commit, digest)
+        reg.forget_upload(upload_id)
+        # A committed blob whose link cannot be recorded stays unlinked (GC takes it); the
+        # client pushes again once there is room and the commit finds the blob in place.
+        await reg.meta.link_blob(name, digest, reg.blobs.size(digest))
     except _core.DigestMismatch:
         raise RegistryError(errors.DIGEST_INVALID, detail={"digest": digest})
-    reg.forget_upload(upload_id)
-    await reg.meta.link_blob(name, digest, reg.blobs.size(digest))
+    except StorageFull as exc:
+        await discard_after_full(reg, upload_id, exc)
+        raise
     reg.chunk_index.schedule(digest)
     await reg.meta.delete_upload(upload_id)
     return _blob_created(name, digest)
@@ -99,18 +129,19 @@ async def start_upload(reg: Registry, name: str) -> Response:
     digest = request.args.get("digest")
     if digest is not None:
         check_digest(digest)
+    _check_budget(reg)  # a body that cannot fit gets no session at all
     upload_id = reg.new_upload_id()
     await reg.meta.create_upload(upload_id, name)
     upload = reg.upload_handle(upload_id)
     if digest is not None:  # monolithic upload in one POST
-        await _append_body(upload)
+        await _append_body(reg, upload)
         try:
             return await _commit(reg, name, upload_id, upload, digest)
         except RegistryError:
             await _discard(reg, upload_id)
             raise
     if request.content_length:
-        await _append_body(upload)
+        await _append_body(reg, upload)
     return empty(202, session_headers(name, upload_id, upload.size))
 
 
@@ -124,7 +155,7 @@ async def patch_upload(reg: Registry, name: str, upload_id: str) -> Response:
     async with reg.upload_lock(upload_id):
         upload = require_upload(reg, name, upload_id)
         _check_content_range(upload, name, upload_id)
-        size = await _append_body(upload)
+        size = await _append_body(reg, upload)
     return empty(202, session_headers(name, upload_id, size))
 
 
@@ -136,7 +167,7 @@ async def finish_upload(reg: Registry, name: str, upload_id: str) -> Response:
             raise RegistryError(errors.DIGEST_INVALID, message="digest query parameter required")
         check_digest(digest)
         _check_content_range(upload, name, upload_id)
-        await _append_body(upload)
+        await _append_body(reg, upload)
         return await _commit(reg, name, upload_id, upload, digest)
 
 
@@ -149,6 +180,16 @@ async def _discard(reg: Registry, upload_id: str) -> None:
     reg.forget_upload(upload_id)
     reg.blobs.abort_upload(upload_id)
     await reg.meta.delete_upload(upload_id)
+
+
+async def discard_after_full(reg: Registry, upload_id: str, exc: StorageFull) -> None:
+    """Drop a session that ran out of room, and say so in the 507's message."""
+    try:
+        await _discard(reg, upload_id)
+    except StorageFull:
+        pass  # the file is gone; the row goes with the stale-upload purge
+    if "discarded" not in exc.message:
+        exc.message += "; the upload session was discarded"
 
 
 async def cancel_upload(reg: Registry, name: str, upload_id: str) -> Response:

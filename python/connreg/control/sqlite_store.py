@@ -14,6 +14,7 @@ from typing import Callable, TypeVar
 
 import trio
 
+from connreg.storage.budget import StorageFull, is_sqlite_full
 from connreg.storage.sqlite_metadata import _connect
 
 T = TypeVar("T")
@@ -83,10 +84,19 @@ class SqliteControlStore:
         conn.execute("BEGIN IMMEDIATE")
         try:
             result = fn(_Txn(conn))
-        except BaseException:
-            conn.execute("ROLLBACK")
+            conn.execute("COMMIT")
+        except BaseException as exc:
+            # A failed COMMIT (disk full) may leave the transaction open: roll back so the
+            # next write starts clean, and answer a full disk as such (507, not 500).
+            if conn.in_transaction:
+                try:
+                    conn.execute("ROLLBACK")
+                except sqlite3.Error:
+                    pass
+            if is_sqlite_full(exc):
+                raise StorageFull("storage full: the control-plane database cannot grow "
+                                  "(SQLite: database or disk is full)") from exc
             raise
-        conn.execute("COMMIT")
         if conn.total_changes != before:  # a transaction that wrote nothing changes no cache
             self.generation += 1
         return result

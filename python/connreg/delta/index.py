@@ -16,6 +16,7 @@ import trio
 from connreg import _core
 from connreg.config import Settings
 from connreg.storage import MetadataStore
+from connreg.storage.budget import StorageFull
 
 log = logging.getLogger("connreg.delta")
 # Chunk ids per metadata query (SQLite bounds the number of bound parameters).
@@ -114,6 +115,8 @@ class ChunkIndex:
         try:
             if self.blobs.exists(digest):
                 await self.ensure(digest)
+        except StorageFull as exc:  # expected while the disk is full: no traceback
+            log.warning("not indexing chunks of %s: %s", digest[:19], exc)
         except Exception:  # a blob deleted meanwhile, a read error: log and go on
             log.exception("indexing chunks of %s failed", digest)
         self._pending.pop(digest, None)

@@ -28,11 +28,12 @@ from quart import Blueprint, Response, current_app, request
 
 from connreg import _core, errors
 from connreg.api.http import json_response, read_body_limited
-from connreg.api.uploads import require_upload, session_headers
+from connreg.api.uploads import discard_after_full, require_upload, session_headers
 from connreg.delta import plan
 from connreg.delta.endpoints import MIN_REFINE_AVG
 from connreg.errors import RegistryError
 from connreg.references import check_name
+from connreg.storage.budget import StorageFull
 from connreg.sync.endpoints import TRAFFIC_BYTES, sync_caller
 
 bp = Blueprint("delta_up", __name__)
@@ -311,4 +312,7 @@ async def append_chunks(upload_id: str) -> Response:
                                             repo, upload_id, upload.size))
         except _core.UploadNotFound:  # purged (upload TTL) while we were appending
             raise RegistryError(errors.BLOB_UPLOAD_UNKNOWN, detail={"uuid": upload_id[:200]})
+        except StorageFull as exc:  # the plan crossed the disk budget: session discarded, 507
+            await discard_after_full(reg, upload_id, exc)
+            raise
     return json_response({"size": size}, 202, headers=session_headers(repo, upload_id, size))

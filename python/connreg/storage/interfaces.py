@@ -68,6 +68,18 @@ class TagPrecondition:
         return True
 
 
+class UploadSessionLimit(Exception):
+    """Starting one more upload session would pass a cap; nothing was written.
+
+    `scope` is "identity" (sessions of `owner`) or "total" (sessions of the node)."""
+
+    def __init__(self, scope: str, owner: str, limit: int):
+        super().__init__(f"{scope} cap of {limit} open upload sessions reached ({owner})")
+        self.scope = scope
+        self.owner = owner
+        self.limit = limit
+
+
 class TagPreconditionFailed(Exception):
     """A conditional tag update found the tag somewhere else; nothing was written."""
 
@@ -146,7 +158,14 @@ class MetadataStore(Protocol):
 
     # upload sessions (the bytes live in the BlobStore under the same id)
     def upload_repo(self, upload_id: str) -> str | None: ...
-    async def create_upload(self, upload_id: str, repo: str) -> None: ...
+    # `owner` (who started it) counts toward the caps; UploadSessionLimit beyond one
+    async def create_upload(self, upload_id: str, repo: str, owner: str = "",
+                            max_per_owner: int | None = None,
+                            max_total: int | None = None) -> None: ...
     async def delete_upload(self, upload_id: str) -> None: ...
+    async def delete_uploads(self, upload_ids: list[str]) -> None: ...
+    def upload_ids(self) -> set[str]: ...
+    async def touch_uploads(self, touched: dict[str, float]) -> None: ...  # id → last activity
+    def expired_uploads(self, untouched_since: float) -> list[str]: ...
 
     def close(self) -> None: ...

@@ -15,6 +15,7 @@ from typing import Callable, TypeVar
 
 import trio
 
+from connreg.storage.budget import StorageFull, is_sqlite_full
 from connreg.storage.interfaces import (Change, ManifestRecord, Referrer, TagPrecondition,
                                          TagPreconditionFailed)
 
@@ -113,6 +114,8 @@ class SqliteMetadataStore:
         self._writer.executescript(SCHEMA)
         self._reader = _connect(path)
         self._write_limiter = trio.CapacityLimiter(1)
+        # Set by the Registry to the disk budget's `release_reserve`: frees headroom for deletes.
+        self.release_headroom: Callable[[], bool] | None = None
         # Replaced after every committed change; long-polling feed readers wait on it.
         self._changed = trio.Event()
 
@@ -120,21 +123,46 @@ class SqliteMetadataStore:
         self._reader.close()
         self._writer.close()
 
-    async def _write(self, fn: Callable[[sqlite3.Connection], T]) -> T:
-        """Run `fn` in one transaction on the writer connection, off the event loop."""
+    async def _write(self, fn: Callable[[sqlite3.Connection], T], frees: bool = False) -> T:
+        """Run `fn` in one transaction on the writer connection, off the event loop.
+
+        A full disk (SQLITE_FULL) raises StorageFull with the transaction rolled back. A write
+        that `frees` space (deletes, GC) first gets the disk's headroom: `release_headroom`
+        (the budget's reserved file) is called and the write tried once more.
+        """
 
         def run() -> T:
             conn = self._writer
             conn.execute("BEGIN IMMEDIATE")
             try:
                 result = fn(conn)
+                conn.execute("COMMIT")
             except BaseException:
-                conn.execute("ROLLBACK")
+                # A failed COMMIT (disk full) may leave the transaction open, or SQLite may have
+                # rolled it back already: either way the next write must start clean.
+                if conn.in_transaction:
+                    try:
+                        conn.execute("ROLLBACK")
+                    except sqlite3.Error:
+                        pass
                 raise
-            conn.execute("COMMIT")
             return result
 
-        result = await trio.to_thread.run_sync(run, limiter=self._write_limiter)
+        try:
+            result = await trio.to_thread.run_sync(run, limiter=self._write_limiter)
+        except sqlite3.Error as exc:
+            if not is_sqlite_full(exc):
+                raise
+            if not (frees and self.release_headroom is not None and self.release_headroom()):
+                raise StorageFull("storage full: the metadata database cannot grow (SQLite: "
+                                  "database or disk is full)") from exc
+            try:
+                result = await trio.to_thread.run_sync(run, limiter=self._write_limiter)
+            except sqlite3.Error as again:
+                if is_sqlite_full(again):
+                    raise StorageFull("storage full: the metadata database cannot grow, even "
+                                      "after releasing the headroom file") from again
+                raise
         self._changed.set()
         self._changed = trio.Event()
         return result
@@ -178,7 +206,7 @@ class SqliteMetadataStore:
         def fn(conn):
             return conn.execute("DELETE FROM repo_blobs WHERE repo = ? AND digest = ?",
                                 (repo, digest)).rowcount > 0
-        return await self._write(fn)
+        return await self._write(fn, frees=True)
 
     # --- manifests and tags -------------------------------------------------------------
     def get_manifest(self, repo: str, digest: str) -> ManifestRecord | None:
@@ -244,7 +272,7 @@ class SqliteMetadataStore:
                              (repo, digest))
                 self._log(conn, repo, "delete_manifest", digest, None, None, origin, time.time())
             return deleted
-        return await self._write(fn)
+        return await self._write(fn, frees=True)
 
     async def delete_tag(self, repo: str, tag: str, origin: str = "local",
                          precondition: TagPrecondition | None = None) -> bool:
@@ -258,7 +286,7 @@ class SqliteMetadataStore:
             conn.execute("DELETE FROM tags WHERE repo = ? AND tag = ?", (repo, tag))
             self._log(conn, repo, "delete_tag", None, tag, row[0], origin, time.time())
             return True
-        return await self._write(fn)
+        return await self._write(fn, frees=True)
 
     def manifest_digests(self, repo: str) -> list[str]:
         return [r[0] for r in self._reader.execute(
@@ -273,7 +301,7 @@ class SqliteMetadataStore:
             if remaining is None:
                 conn.execute("DELETE FROM repositories WHERE name = ?", (repo,))
             return n
-        return await self._write(fn)
+        return await self._write(fn, frees=True)
 
     # --- change log -----------------------------------------------------------------------
     @staticmethod
@@ -304,7 +332,7 @@ class SqliteMetadataStore:
     async def prune_changes(self, older_than: float) -> int:
         def fn(conn):
             return conn.execute("DELETE FROM changes WHERE time < ?", (older_than,)).rowcount
-        return await self._write(fn)
+        return await self._write(fn, frees=True)
 
     async def wait_for_change(self, after: int, timeout: float) -> None:
         """Return when the log has an entry past `after`, or after `timeout` seconds."""
@@ -354,7 +382,7 @@ class SqliteMetadataStore:
         def fn(conn):
             conn.execute("DELETE FROM chunks WHERE digest = ?", (digest,))
             conn.execute("DELETE FROM chunked WHERE digest = ?", (digest,))
-        await self._write(fn)
+        await self._write(fn, frees=True)
 
     # --- sync state (cursors) ----------------------------------------------------------
     def get_state(self, key: str) -> str | None:
@@ -395,4 +423,4 @@ class SqliteMetadataStore:
     async def delete_upload(self, upload_id: str) -> None:
         def fn(conn):
             conn.execute("DELETE FROM uploads WHERE id = ?", (upload_id,))
-        await self._write(fn)
+        await self._write(fn, frees=True)

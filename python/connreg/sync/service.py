@@ -22,6 +22,7 @@ import trio
 from connreg import __version__
 from connreg.auth.actions import repo_matches
 from connreg.registry import Registry
+from connreg.storage.budget import find_out_of_space
 from connreg.sync.puller import Puller
 from connreg.sync.pusher import Pusher
 from connreg.sync.remote import ParentClient, ParentRefused, ParentUnavailable
@@ -153,7 +154,14 @@ class SyncService:
                 leaves = list(_leaves(exc))
                 unavailable = next((e for e in leaves if isinstance(e, ParentUnavailable)), None)
                 refused = next((e for e in leaves if isinstance(e, ParentRefused)), None)
-                if unavailable is not None:
+                full = find_out_of_space(exc)
+                if full is not None:
+                    # Nothing was stored and the cursor did not move: retry once there is room.
+                    self.state.connection_state = "Unhealthy"
+                    self.state.report("DISK_FULL", self._disk_full_description(name, full))
+                    log.warning("%s sync: no room to store what the parent sent (%s); "
+                                "retrying in %.0f s", name, full, backoff)
+                elif unavailable is not None:
                     self.state.connection_state = "Offline"
                     self.state.report("PARENT_UNREACHABLE", f"parent unreachable: {unavailable}")
                     log.warning("%s sync: parent unreachable (%s); retrying in %.0f s", name,
@@ -173,6 +181,11 @@ class SyncService:
                     log.exception("%s sync failed unexpectedly; retrying in %.0f s", name, backoff)
             await trio.sleep(backoff)
             backoff = min(backoff * 2, MAX_BACKOFF)
+
+    def _disk_full_description(self, name: str, full: BaseException) -> str:
+        refusal = self.reg.budget.refusal(full)
+        numbers = ", ".join(f"{k}={v}" for k, v in refusal.detail.items())
+        return f"{name} sync cannot store what it received: {refusal.message} ({numbers})"
 
     def _online(self) -> None:
         if self.state.connection_state in ("Offline", "Unhealthy"):
@@ -208,6 +221,7 @@ class SyncService:
             if feed["cursor"] != cursor:
                 await self.state.set(DOWN_CURSOR, str(feed["cursor"]))
             self._synced()
+            self.state.clear("DISK_FULL")  # everything up to the cursor is stored
             if not feed["changes"] and not wait:
                 # Windowed mode without long-poll: poll again shortly.
                 await trio.sleep(5.0)

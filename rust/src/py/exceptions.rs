@@ -43,9 +43,19 @@ pyo3::create_exception!(
     "A chunk batch frame is truncated or malformed, or a chunk's bytes do not match its BLAKE3 id."
 );
 
+pyo3::create_exception!(
+    connreg._core,
+    StorageFull,
+    CoreError,
+    "The filesystem is out of space (ENOSPC) or quota (EDQUOT); the write did not happen or was undone."
+);
+
 impl From<Error> for PyErr {
     fn from(err: Error) -> PyErr {
         let msg = err.to_string();
+        if err.is_storage_full() {
+            return StorageFull::new_err(msg);
+        }
         match err {
             Error::DigestMismatch { .. } => DigestMismatch::new_err(msg),
             Error::InvalidDigest { .. } => InvalidDigest::new_err(msg),
@@ -75,5 +85,6 @@ pub(crate) fn register(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add("BlobNotFound", py.get_type::<BlobNotFound>())?;
     m.add("UploadNotFound", py.get_type::<UploadNotFound>())?;
     m.add("CorruptChunk", py.get_type::<CorruptChunk>())?;
+    m.add("StorageFull", py.get_type::<StorageFull>())?;
     Ok(())
 }

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import logging
+from typing import Callable
 
 import trio
 
@@ -24,6 +25,8 @@ from connreg.sync.state import SyncState, last_known_key
 log = logging.getLogger("connreg.sync")
 PARENT = "parent"
 FOREIGN = "nondistributable"
+# HEADs at the parent in flight at once while reconciliation looks for withdrawn manifests.
+RECONCILE_PARALLEL_CHECKS = 8
 
 
 class ContentMissingAtParent(Exception):
@@ -174,28 +177,117 @@ class Puller:
                 if self.reg.meta.resolve_tag(repo, t) == digest]
 
     # --- full reconciliation ---------------------------------------------------------------
-    async def reconcile(self, repos: list[str], read_only: bool, pending_tags: set[tuple[str, str]]
-                        ) -> None:
-        """Make `repos` equal to the parent's. Local tags the parent lacks are removed unless a
-        local change to them is still waiting in the outbox (ReadWrite)."""
+    async def reconcile(self, repos: list[str],
+                        outbox: Callable[[], tuple[set[tuple[str, str]], set[tuple[str, str]]]],
+                        unlisted: list[str] = ()) -> None:
+        """Make `repos` (those the parent lists) and `unlisted` (local ones of our set it does
+        not list) equal to the parent's: their tags, then their manifests.
+
+        `outbox()` says what is still to be pushed up (ReadWrite): (repo, tag) pairs with a
+        local move or delete, (repo, digest) pairs of manifests. Local tags the parent lacks
+        are removed unless the outbox names them; so are local manifests the parent positively
+        no longer has. Each time the local state is read *before* the outbox, so something
+        pushed here meanwhile is either in the outbox or already acknowledged by the parent.
+        """
         for repo in repos:
-            self.state.current_repo = repo
-            parent_tags = await self.parent.list_tags(repo) or []
-            for tag in parent_tags:
-                digest = await self.parent.head_manifest(repo, tag)
-                if digest is None:
-                    continue
-                if (repo, tag) in pending_tags and self.reg.meta.resolve_tag(repo, tag) != digest:
-                    continue  # our own move of this tag is still to be pushed; pusher decides
-                try:
-                    await self.set_tag(repo, tag, digest)
-                except ContentMissingAtParent:
-                    continue
-            wanted = set(parent_tags)
-            for tag in self.reg.meta.list_tags(repo, None, None):
-                if tag not in wanted and (read_only or (repo, tag) not in pending_tags):
-                    await delete_reference(self.reg, repo, tag, origin=PARENT)
-                    await self.state.delete(last_known_key(repo, tag))
+            await self._reconcile_repository(repo, outbox)
+        for repo in unlisted:
+            try:
+                await self._reconcile_repository(repo, outbox)
+            except ParentRefused as exc:
+                if exc.status != 403:
+                    raise
+                # The parent denies us this repository (its own set may lack it): nothing of
+                # it is removed here on that answer, and the others still reconcile.
+                log.warning("reconciliation of %s skipped: %s", repo, exc)
+
+    async def _reconcile_repository(
+            self, repo: str,
+            outbox: Callable[[], tuple[set[tuple[str, str]], set[tuple[str, str]]]]) -> None:
+        self.state.current_repo = repo
+        pending_tags = outbox()[0]
+        parent_tags = await self.parent.list_tags(repo) or []
+        tagged: set[str] = set()  # what the parent's tags point at
+        for tag in parent_tags:
+            digest = await self.parent.head_manifest(repo, tag)
+            if digest is None:
+                continue
+            tagged.add(digest)
+            if (repo, tag) in pending_tags and self.reg.meta.resolve_tag(repo, tag) != digest:
+                continue  # our own move of this tag is still to be pushed; pusher decides
+            try:
+                await self.set_tag(repo, tag, digest)
+            except ContentMissingAtParent:
+                continue
+        wanted = set(parent_tags)
+        extra = [t for t in self.reg.meta.list_tags(repo, None, None) if t not in wanted]
+        if extra:
+            pending_tags = outbox()[0]
+        for tag in extra:
+            if (repo, tag) not in pending_tags:
+                await delete_reference(self.reg, repo, tag, origin=PARENT)
+                await self.state.delete(last_known_key(repo, tag))
+        await self._remove_withdrawn(repo, tagged, lambda: outbox()[1])
+
+    async def _remove_withdrawn(self, repo: str, tagged: set[str],
+                                unpushed: Callable[[], set[tuple[str, str]]]) -> None:
+        """Remove the local manifests of `repo` that the parent no longer has (deleted there
+        while our cursor expired, say an image withdrawn for a vulnerability).
+
+        Only manifests not reachable from the parent's tags (directly or as an index's child)
+        are asked about, one HEAD each; only a positive "unknown" (404 MANIFEST_UNKNOWN or
+        NAME_UNKNOWN) removes one, never a transient failure (that aborts the reconciliation,
+        which is retried). Manifests still in the outbox are kept: the local list is read
+        before the outbox, so anything listed was either still unpushed then or already
+        acknowledged by the parent, and so present there unless deleted since.
+        """
+        local = self.reg.meta.manifest_digests(repo)
+        keep = {d for r, d in unpushed() if r == repo}
+        keep |= await self._with_children(repo, tagged)
+        candidates = [d for d in local if d not in keep]
+        if not candidates:
+            return
+        absent: set[str] = set()
+        slots = trio.CapacityLimiter(RECONCILE_PARALLEL_CHECKS)
+
+        async def check(digest: str) -> None:
+            async with slots:
+                if await self.parent.manifest_absent(repo, digest):
+                    absent.add(digest)
+
+        async with trio.open_nursery() as nursery:
+            for digest in candidates:
+                nursery.start_soon(check, digest)
+        # A child of an index we keep stays, even if the parent has it only through that index.
+        kept = await self._with_children(repo, set(local) - absent)
+        doomed = [d for d in reversed(local) if d in absent and d not in kept]
+        for digest in doomed:
+            for tag in self._tags_pointing_at(repo, digest):
+                await self.state.delete(last_known_key(repo, tag))
+            await delete_reference(self.reg, repo, digest, origin=PARENT)
+        if doomed:
+            log.info("reconciliation removed %d manifest(s) of %s that the parent no longer "
+                     "has: %s", len(doomed), repo, ", ".join(d[:19] for d in doomed))
+
+    async def _with_children(self, repo: str, digests: set[str]) -> set[str]:
+        """`digests` plus every manifest they reach as index children (local copies)."""
+        seen: set[str] = set()
+        todo = list(digests)
+        while todo:
+            digest = todo.pop()
+            if digest in seen:
+                continue
+            seen.add(digest)
+            record = self.reg.meta.get_manifest(repo, digest)
+            if record is None or record.media_type not in INDEX_TYPES:
+                continue
+            try:
+                doc = json.loads(await self.reg.read_manifest(digest))
+            except (ValueError, OSError, _core.CoreError):
+                continue
+            todo.extend(m["digest"] for m in doc.get("manifests") or []
+                        if isinstance(m, dict) and isinstance(m.get("digest"), str))
+        return seen
 
     async def purge_repository(self, repo: str) -> None:
         """Drop a repository this (ReadOnly) node no longer syncs: tags, manifests, blob links."""

@@ -142,6 +142,20 @@ class ParentClient:
                                    headers={"Accept": MANIFEST_ACCEPT})
         return resp.headers.get("Docker-Content-Digest") if resp.status_code == 200 else None
 
+    async def manifest_absent(self, repo: str, digest: str) -> bool:
+        """True only when the parent positively says it lacks manifest `digest` in `repo`
+        (404 MANIFEST_UNKNOWN or NAME_UNKNOWN); False when it has it or says something else.
+        A HEAD answer has no body, so a 404 is asked again with GET to read its error code."""
+        path = f"/v2/{repo}/manifests/{digest}"
+        headers = {"Accept": MANIFEST_ACCEPT}
+        if (await self._request("HEAD", path, ok=(200, 404), headers=headers)).status_code == 200:
+            return False
+        resp = await self._request("GET", path, ok=(200, 404), headers=headers)
+        if self.meter:
+            await self.meter.account(len(resp.content))
+        return resp.status_code == 404 and \
+            _error(resp).get("code") in ("MANIFEST_UNKNOWN", "NAME_UNKNOWN")
+
     async def list_tags(self, repo: str) -> list[str] | None:
         tags: list[str] = []
         last = None

@@ -23,11 +23,11 @@ from connreg import __version__
 from connreg.auth.actions import repo_matches
 from connreg.registry import Registry
 from connreg.storage.budget import find_out_of_space
-from connreg.sync.puller import Puller
+from connreg.sync.puller import PARENT, Puller
 from connreg.sync.pusher import Pusher
 from connreg.sync.remote import ParentClient, ParentRefused, ParentUnavailable
 from connreg.sync.schedule import Clock, Schedule, parse_duration
-from connreg.sync.state import DOWN_CURSOR, SyncState
+from connreg.sync.state import DOWN_CURSOR, UP_CURSOR, SyncState
 
 log = logging.getLogger("connreg.sync")
 LONG_POLL = 20.0
@@ -286,15 +286,46 @@ class SyncService:
         self.state.connection_state = "Syncing"
         parent_repos = await self.parent.catalog()
         repos = [r for r in parent_repos if self.config.wants(r) or not self.config.repositories]
-        log.info("reconciling %d repositories with the parent", len(repos))
-        pending = set() if self.config.read_only else self.pusher.pending_tags()
-        await self.puller.reconcile(repos, self.config.read_only, pending)
+        # Synced repositories the parent no longer has at all: their content goes too.
+        gone = [r for r in self.reg.meta.list_repositories(None, None)
+                if r not in parent_repos and (self.config.wants(r) or not self.config.repositories)]
+        log.info("reconciling %d repositories with the parent", len(repos) + len(gone))
+        outbox = (lambda: (set(), set())) if self.config.read_only else self._outbox
+        await self.puller.reconcile(repos, outbox, unlisted=gone)
         if self.config.read_only:
+            for repo in gone:  # forget an emptied repository (its bytes wait for GC)
+                if not self.reg.meta.manifest_digests(repo):
+                    await self.reg.meta.unlink_all_blobs(repo)
             await self.purge_unwanted(keep=set(repos))
         await self.state.set(DOWN_CURSOR, str(head))
         self._reconcile_needed = False
         self._online()
         self._synced()
+
+    def _outbox(self) -> tuple[set[tuple[str, str]], set[tuple[str, str]]]:
+        """What still waits to be pushed up, parked entries included: (repo, tag) pairs with
+        a local move or delete, and (repo, digest) pairs of manifests. Reconciliation must not
+        undo or remove what the parent lacks only because it has not been pushed yet."""
+        tags: set[tuple[str, str]] = set()
+        manifests: set[tuple[str, str]] = set()
+
+        def add(entries) -> None:
+            for entry in entries:
+                if entry.tag:
+                    tags.add((entry.repo, entry.tag))
+                if entry.op == "manifest" and entry.digest:
+                    manifests.add((entry.repo, entry.digest))
+
+        cursor = self.state.cursor(UP_CURSOR) or 0
+        while True:
+            batch = self.reg.meta.changes_since(cursor, 10_000, exclude_origin=PARENT)
+            add(batch)
+            if len(batch) < 10_000:
+                break
+            cursor = batch[-1].seq
+        # After the outbox: an entry parked meanwhile was read there or is read here.
+        add(self.reg.meta.parked_changes())
+        return tags, manifests
 
     async def purge_unwanted(self, keep: set[str] | None = None) -> None:
         """ReadOnly: drop local repositories outside the repository set (§5)."""

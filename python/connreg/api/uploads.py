@@ -6,6 +6,7 @@ when `Upload.commit` has verified the digest and made it durable.
 
 from __future__ import annotations
 
+import logging
 import re
 
 import trio
@@ -17,7 +18,9 @@ from connreg.errors import RegistryError
 from connreg.references import check_digest, check_name
 from connreg.registry import Registry
 from connreg.storage.budget import StorageFull
+from connreg.storage.interfaces import UploadSessionLimit
 
+log = logging.getLogger("connreg")
 _CONTENT_RANGE_RE = re.compile(r"(?:bytes[ =])?(\d+)-(\d+)(?:/\d+|/\*)?")
 
 
@@ -131,18 +134,65 @@ async def start_upload(reg: Registry, name: str) -> Response:
         check_digest(digest)
     _check_budget(reg)  # a body that cannot fit gets no session at all
     upload_id = reg.new_upload_id()
-    await reg.meta.create_upload(upload_id, name)
-    upload = reg.upload_handle(upload_id)
-    if digest is not None:  # monolithic upload in one POST
-        await _append_body(reg, upload)
-        try:
-            return await _commit(reg, name, upload_id, upload, digest)
-        except RegistryError:
-            await _discard(reg, upload_id)
-            raise
-    if request.content_length:
-        await _append_body(reg, upload)
+    await _open_session(reg, name, upload_id)
+    async with reg.upload_lock(upload_id):  # in use from the start: never purged meanwhile
+        upload = reg.upload_handle(upload_id)
+        if digest is not None:  # monolithic upload in one POST: its session ends with it
+            try:
+                await _append_body(reg, upload)
+                return await _commit(reg, name, upload_id, upload, digest)
+            except BaseException:  # a bad digest, a cut connection, a full disk …
+                with trio.CancelScope(shield=True):
+                    await _discard_quietly(reg, upload_id)
+                raise
+        if request.content_length:
+            await _append_body(reg, upload)
     return empty(202, session_headers(name, upload_id, upload.size))
+
+
+# What a client at a session cap is told to wait: sessions end when their clients finish or
+# cancel them, which the node cannot predict; a minute is a polite poll.
+SESSION_CAP_RETRY_AFTER_SECONDS = 60
+
+
+def _session_owner() -> str:
+    """Who a new session counts against: the authenticated principal (admin, a token, a sync
+    token), else the source address (anonymous callers, an open `--no-auth` registry)."""
+    principal = getattr(request, "principal", None)
+    if principal is not None and principal.kind in ("admin", "token"):
+        return principal.name
+    return f"address {request.remote_addr}"
+
+
+async def _open_session(reg: Registry, name: str, upload_id: str) -> None:
+    """Record a new session, or answer 429 if its owner or the node is at its cap.
+
+    A monolithic upload (POST ?digest=) counts too while its body streams: it holds a file
+    and a row like any session, though both end with its request."""
+    owner = _session_owner()
+    try:
+        await reg.uploads.create(upload_id, name, owner)
+    except UploadSessionLimit as exc:
+        if exc.scope == "identity":
+            message = (f"{owner} has {exc.limit} open upload sessions, the most one identity may "
+                       f"have (max_upload_sessions_per_identity); finish or cancel one, or wait "
+                       f"for idle ones to expire (upload_ttl_seconds)")
+        else:
+            message = (f"this registry has {exc.limit} open upload sessions, the most it keeps "
+                       f"(max_upload_sessions); try again later")
+        raise RegistryError(errors.TOO_MANY_REQUESTS, message=message,
+                            detail={"identity": owner, "cap": exc.scope, "limit": exc.limit},
+                            headers={"Retry-After": str(SESSION_CAP_RETRY_AFTER_SECONDS)})
+
+
+async def _discard_quietly(reg: Registry, upload_id: str) -> None:
+    """End a session after a failure without hiding that failure; what cannot be removed now
+    (a full disk) goes with the purge of expired sessions."""
+    try:
+        await _discard(reg, upload_id)
+    except Exception:
+        log.warning("could not discard upload session %s now; the expiry purge will",
+                    upload_id, exc_info=True)
 
 
 def require_upload(reg: Registry, name: str, upload_id: str) -> _core.Upload:

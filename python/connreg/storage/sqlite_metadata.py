@@ -17,7 +17,7 @@ import trio
 
 from connreg.storage.budget import StorageFull, is_sqlite_full
 from connreg.storage.interfaces import (Change, ManifestRecord, Referrer, TagPrecondition,
-                                         TagPreconditionFailed)
+                                         TagPreconditionFailed, UploadSessionLimit)
 
 T = TypeVar("T")
 
@@ -91,10 +91,14 @@ CREATE TABLE IF NOT EXISTS sync_state (
     key TEXT PRIMARY KEY,
     value TEXT NOT NULL
 );
+-- Open upload sessions; `owner` is who started one (for the per-identity cap), `touched` its
+-- last activity (for the TTL). Older databases get these two columns in _migrate_uploads.
 CREATE TABLE IF NOT EXISTS uploads (
     id TEXT PRIMARY KEY,
     repo TEXT NOT NULL,
-    created REAL NOT NULL
+    created REAL NOT NULL,
+    owner TEXT NOT NULL DEFAULT '',
+    touched REAL NOT NULL DEFAULT 0
 );
 """
 
@@ -107,11 +111,30 @@ def _connect(path: Path) -> sqlite3.Connection:
     return conn
 
 
+def _migrate_uploads(conn: sqlite3.Connection) -> None:
+    """Give an uploads table from before session caps its `owner` and `touched` columns (in
+    one transaction, so no row is ever left with touched = 0, which would read as expired)."""
+    conn.execute("BEGIN IMMEDIATE")  # also waits out another process migrating right now
+    try:
+        columns = {row[1] for row in conn.execute("PRAGMA table_info(uploads)")}
+        if "owner" not in columns:
+            conn.execute("ALTER TABLE uploads ADD COLUMN owner TEXT NOT NULL DEFAULT ''")
+        if "touched" not in columns:
+            conn.execute("ALTER TABLE uploads ADD COLUMN touched REAL NOT NULL DEFAULT 0")
+            conn.execute("UPDATE uploads SET touched = created")
+        conn.execute("CREATE INDEX IF NOT EXISTS uploads_owner ON uploads (owner)")
+    except BaseException:
+        conn.execute("ROLLBACK")
+        raise
+    conn.execute("COMMIT")
+
+
 class SqliteMetadataStore:
     def __init__(self, path: Path):
         path.parent.mkdir(parents=True, exist_ok=True)
         self._writer = _connect(path)
         self._writer.executescript(SCHEMA)
+        _migrate_uploads(self._writer)
         self._reader = _connect(path)
         self._write_limiter = trio.CapacityLimiter(1)
         # Set by the Registry to the disk budget's `release_reserve`: frees headroom for deletes.
@@ -414,13 +437,43 @@ class SqliteMetadataStore:
         row = self._one("SELECT repo FROM uploads WHERE id = ?", (upload_id,))
         return row[0] if row else None
 
-    async def create_upload(self, upload_id: str, repo: str) -> None:
+    async def create_upload(self, upload_id: str, repo: str, owner: str = "",
+                            max_per_owner: int | None = None,
+                            max_total: int | None = None) -> None:
         def fn(conn):
-            conn.execute("INSERT INTO uploads (id, repo, created) VALUES (?, ?, ?)",
-                         (upload_id, repo, time.time()))
+            # Counted in the inserting transaction, so concurrent starts cannot overshoot.
+            if max_total is not None:
+                (total,) = conn.execute("SELECT COUNT(*) FROM uploads").fetchone()
+                if total >= max_total:
+                    raise UploadSessionLimit("total", owner, max_total)
+            if max_per_owner is not None:
+                (mine,) = conn.execute("SELECT COUNT(*) FROM uploads WHERE owner = ?",
+                                       (owner,)).fetchone()
+                if mine >= max_per_owner:
+                    raise UploadSessionLimit("identity", owner, max_per_owner)
+            now = time.time()
+            conn.execute("INSERT INTO uploads (id, repo, created, owner, touched)"
+                         " VALUES (?, ?, ?, ?, ?)", (upload_id, repo, now, owner, now))
         await self._write(fn)
 
     async def delete_upload(self, upload_id: str) -> None:
+        await self.delete_uploads([upload_id])
+
+    async def delete_uploads(self, upload_ids: list[str]) -> None:
         def fn(conn):
-            conn.execute("DELETE FROM uploads WHERE id = ?", (upload_id,))
+            conn.executemany("DELETE FROM uploads WHERE id = ?", [(i,) for i in upload_ids])
         await self._write(fn, frees=True)
+
+    def upload_ids(self) -> set[str]:
+        return {row[0] for row in self._reader.execute("SELECT id FROM uploads")}
+
+    async def touch_uploads(self, touched: dict[str, float]) -> None:
+        """Record last activity, many sessions in one transaction."""
+        def fn(conn):
+            conn.executemany("UPDATE uploads SET touched = MAX(touched, ?) WHERE id = ?",
+                             [(when, i) for i, when in touched.items()])
+        await self._write(fn)
+
+    def expired_uploads(self, untouched_since: float) -> list[str]:
+        return [row[0] for row in self._reader.execute(
+            "SELECT id FROM uploads WHERE touched < ?", (untouched_since,))]

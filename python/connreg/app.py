@@ -27,6 +27,7 @@ from connreg.registry import Registry
 from connreg.delta import endpoints as delta_endpoints
 from connreg.delta import receive as delta_receive
 from connreg.sync import endpoints as sync_endpoints
+from connreg.sync import parked_api as sync_parked_api
 from connreg.sync.endpoints import sync_child
 from connreg.sync.runner import run_node_tasks
 
@@ -60,13 +61,24 @@ def create_app(settings: Settings) -> StreamingQuart:
         authn = Authenticator(settings, control_store, tokens)
     state = activation.load_state(settings.data_dir) if settings.is_connected_registry else None
     read_only = state["name"] if state and state.get("mode") == "ReadOnly" else None
-    authz = Authorizer(settings, authn, read_only)
+
+    def synchronized_set() -> tuple[str, list[str]]:
+        """This connected registry's repository set as it stands now: the sync service's copy
+        follows the root's changes; before it starts, what activation recorded."""
+        service = app.extensions.get("sync")
+        if service is not None:
+            return service.config.name, service.config.repositories
+        return state["name"], list(state.get("repositories") or [])
+
+    authz = Authorizer(settings, authn, read_only,
+                       synchronized_set=synchronized_set if state is not None else None)
     app.extensions["authorizer"] = authz
     # Plain successful manifest reads skip Quart's per-request machinery (api/fast_reads.py).
     app.asgi_app = FastManifestReads(app.asgi_app, registry, authz)
     app.register_blueprint(auth_endpoints.bp)
     app.register_blueprint(control_api.bp)
     app.register_blueprint(sync_endpoints.bp)
+    app.register_blueprint(sync_parked_api.bp)  # this node's parked outbox entries
     app.register_blueprint(delta_endpoints.bp)
     app.register_blueprint(delta_receive.bp)
     if settings.test_min_sync_window_seconds:

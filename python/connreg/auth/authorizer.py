@@ -10,11 +10,12 @@ narrower than what the caller may have, so clients fetch a wider token).
 from __future__ import annotations
 
 import logging
+from typing import Callable
 
 from quart import request
 
 from connreg import errors
-from connreg.auth.actions import Permissions
+from connreg.auth.actions import Permissions, repo_matches
 from connreg.auth.identity import Authenticator, Principal
 from connreg.config import Settings
 from connreg.errors import RegistryError
@@ -30,6 +31,10 @@ REQUIRED = {
     "tags": {"GET": "pull"},
     "referrers": {"GET": "pull"},
 }
+# A connected registry's name and repository set (patterns) as it stands now.
+SynchronizedSet = Callable[[], "tuple[str, list[str]] | None"]
+# At most this many patterns are spelled out in a refusal message.
+PATTERNS_SHOWN = 10
 # What the challenge asks for: clients conventionally request pull along with push.
 CHALLENGE_ACTIONS = {"pull": "pull", "push": "pull,push", "delete": "delete"}
 OPEN = Principal("<open>", "open", Permissions(everything=True), via="none")
@@ -41,11 +46,16 @@ def source_address() -> str:
 
 class Authorizer:
     def __init__(self, settings: Settings, authenticator: Authenticator | None,
-                 read_only_mode: str | None = None):
+                 read_only_mode: str | None = None,
+                 synchronized_set: SynchronizedSet | None = None):
         self.settings = settings
         self.authn = authenticator
         # Set on a ReadOnly connected registry: every write is DENIED naming the mode (§1).
         self.read_only_name = read_only_mode
+        # Set on a connected registry: writes outside its current repository set are DENIED
+        # (they could never reach the parent). A callable, since the root changes the set at
+        # runtime.
+        self.synchronized_set = synchronized_set
 
     @property
     def enabled(self) -> bool:
@@ -108,10 +118,31 @@ class Authorizer:
         if route != "catalog" and self.read_only_name and REQUIRED[route][method] != "pull":
             raise RegistryError(errors.DENIED, message=f"connected registry "
                                 f"{self.read_only_name} is ReadOnly: writes are not accepted")
+        if route != "catalog" and REQUIRED[route][method] != "pull":
+            self.refuse_unsynchronized(params["name"])
         if route == "upload-start":
             # The upload handler asks before mounting (api/uploads.py `may_mount`).
             request.may_mount = lambda source: self.may_mount(principal, source)
         return principal
+
+    def refuse_unsynchronized(self, repo: str) -> None:
+        """On a connected registry, DENIED for a write to a repository outside its set, for
+        every caller: the parent would refuse it, so it would wait in the outbox forever. The
+        sync's own writes are unaffected: the puller stores without HTTP, and a child's set is
+        inside ours (the root adds a child's repositories to its ancestors)."""
+        scope = self.synchronized_set() if self.synchronized_set else None
+        if scope is None:
+            return
+        name, patterns = scope
+        if not patterns or any(repo_matches(p, repo) for p in patterns):
+            return  # an empty set means everything, as in the down loop
+        shown = ", ".join(patterns[:PATTERNS_SHOWN]) + (", …" if len(patterns) > PATTERNS_SHOWN
+                                                        else "")
+        log.info("denied a write to %s: outside the repository set of %s", repo, name)
+        raise RegistryError(
+            errors.DENIED, detail={"repository": repo, "connectedRegistry": name},
+            message=f"repository {repo} is not synchronized by connected registry {name} "
+                    f"(its set: {shown}); writes here could never reach the parent")
 
     @staticmethod
     def may_mount(principal: Principal, source: str | None) -> bool:

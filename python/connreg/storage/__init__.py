@@ -9,10 +9,11 @@ from connreg.storage.interfaces import (
     Change,
     ManifestRecord,
     MetadataStore,
+    ParkedChange,
     Referrer,
     TagPrecondition,
     TagPreconditionFailed,
 )
 
-__all__ = ["BlobStore", "Change", "ManifestRecord", "MetadataStore", "Referrer",
+__all__ = ["BlobStore", "Change", "ManifestRecord", "MetadataStore", "ParkedChange", "Referrer",
            "TagPrecondition", "TagPreconditionFailed"]

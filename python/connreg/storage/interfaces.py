@@ -45,6 +45,48 @@ class Change:
 
 
 @dataclass(frozen=True)
+class ParkedChange:
+    """An outbox entry the parent refused for good (403, 400, 404 …), set aside so the rest of
+    the outbox moves on; kept until it is retried successfully, superseded or dropped."""
+
+    seq: int  # the change-log entry's sequence number
+    repo: str
+    op: str
+    tag: str | None
+    digest: str | None  # for a tag deletion: the digest the tag pointed at
+    origin: str
+    method: str  # the refused request
+    url: str
+    status: int
+    code: str | None  # the parent's OCI error code, when its answer had a body
+    message: str
+    parked_at: float
+    attempts: int = 1
+    retry: bool = False  # re-queued: the pusher sends it again, before the outbox
+
+    def change(self) -> Change:
+        """The change-log entry to send again (for a tag deletion, `digest` kept the digest
+        the tag pointed at: the entry's `prev`)."""
+        if self.op == "delete_tag":
+            return Change(self.seq, self.parked_at, self.repo, self.op, None, self.tag,
+                          self.digest, self.origin)
+        return Change(self.seq, self.parked_at, self.repo, self.op, self.digest, self.tag,
+                      None, self.origin)
+
+    @property
+    def reason(self) -> str:
+        code = f" {self.code}" if self.code else ""
+        return f"{self.method} {self.url} answered {self.status}{code}: {self.message}"
+
+    def to_json(self) -> dict:
+        return {"seq": self.seq, "repository": self.repo, "op": self.op, "tag": self.tag,
+                "digest": self.digest, "origin": self.origin, "method": self.method,
+                "url": self.url, "status": self.status, "code": self.code,
+                "message": self.message, "reason": self.reason,
+                "parkedAt": self.parked_at, "attempts": self.attempts, "retry": self.retry}
+
+
+@dataclass(frozen=True)
 class TagPrecondition:
     """What a tag must point at for a conditional update (HTTP `If-Match`/`If-None-Match`).
 
@@ -146,6 +188,15 @@ class MetadataStore(Protocol):
     async def wait_for_change(self, after: int, timeout: float) -> None: ...
     def get_state(self, key: str) -> str | None: ...
     async def set_state(self, key: str, value: str | None) -> None: ...
+
+    # parked outbox entries (sync/parked.py): refused for good by the parent, set aside
+    async def park_change(self, entry: ParkedChange) -> None: ...  # insert or replace by seq
+    def parked_changes(self, repo: str | None = None, retry_only: bool = False,
+                       limit: int | None = None) -> list[ParkedChange]: ...  # in seq order
+    def parked_count(self) -> int: ...
+    # None: every entry; returns how many were re-queued / dropped
+    async def requeue_parked(self, seqs: list[int] | None) -> int: ...
+    async def drop_parked(self, seqs: list[int] | None) -> int: ...
 
     # chunk index (delta transfer); `params` names the chunking parameters used
     def chunk_list(self, digest: str, params: str) -> list[tuple[int, int, str]] | None: ...

@@ -16,8 +16,9 @@ from typing import Callable, TypeVar
 import trio
 
 from connreg.storage.budget import StorageFull, is_sqlite_full
-from connreg.storage.interfaces import (Change, ManifestRecord, Referrer, TagPrecondition,
-                                         TagPreconditionFailed, UploadSessionLimit)
+from connreg.storage.interfaces import (Change, ManifestRecord, ParkedChange, Referrer,
+                                         TagPrecondition, TagPreconditionFailed,
+                                         UploadSessionLimit)
 
 T = TypeVar("T")
 
@@ -99,6 +100,24 @@ CREATE TABLE IF NOT EXISTS uploads (
     created REAL NOT NULL,
     owner TEXT NOT NULL DEFAULT '',
     touched REAL NOT NULL DEFAULT 0
+);
+-- Outbox entries the parent refused for good (sync/parked.py), kept apart so the outbox
+-- moves on: what the change was, the refused request and the parent's answer.
+CREATE TABLE IF NOT EXISTS parked (
+    seq INTEGER PRIMARY KEY,
+    repo TEXT NOT NULL,
+    op TEXT NOT NULL,
+    tag TEXT,
+    digest TEXT,
+    origin TEXT NOT NULL,
+    method TEXT NOT NULL,
+    url TEXT NOT NULL,
+    status INTEGER NOT NULL,
+    code TEXT,
+    message TEXT NOT NULL,
+    parked_at REAL NOT NULL,
+    attempts INTEGER NOT NULL,
+    retry INTEGER NOT NULL DEFAULT 0
 );
 """
 
@@ -421,6 +440,52 @@ class SqliteMetadataStore:
                 conn.execute("INSERT OR REPLACE INTO sync_state (key, value) VALUES (?, ?)",
                              (key, value))
         await self._write(fn)
+
+    # --- parked outbox entries --------------------------------------------------------
+    _PARKED_COLUMNS = ("seq, repo, op, tag, digest, origin, method, url, status, code, message,"
+                       " parked_at, attempts, retry")
+
+    async def park_change(self, entry: ParkedChange) -> None:
+        def fn(conn):
+            conn.execute(f"INSERT OR REPLACE INTO parked ({self._PARKED_COLUMNS})"
+                         " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                         (entry.seq, entry.repo, entry.op, entry.tag, entry.digest, entry.origin,
+                          entry.method, entry.url, entry.status, entry.code, entry.message,
+                          entry.parked_at, entry.attempts, int(entry.retry)))
+        await self._write(fn)
+
+    def parked_changes(self, repo: str | None = None, retry_only: bool = False,
+                       limit: int | None = None) -> list[ParkedChange]:
+        sql = f"SELECT {self._PARKED_COLUMNS} FROM parked WHERE 1"
+        args: list = []
+        if repo is not None:
+            sql += " AND repo = ?"
+            args.append(repo)
+        if retry_only:
+            sql += " AND retry = 1"
+        sql += " ORDER BY seq"
+        if limit is not None:
+            sql += " LIMIT ?"
+            args.append(limit)
+        return [ParkedChange(*row[:-1], retry=bool(row[-1]))
+                for row in self._reader.execute(sql, args)]
+
+    def parked_count(self) -> int:
+        return self._one("SELECT COUNT(*) FROM parked", ())[0]
+
+    async def requeue_parked(self, seqs: list[int] | None) -> int:
+        return await self._parked_write("UPDATE parked SET retry = 1", seqs)
+
+    async def drop_parked(self, seqs: list[int] | None) -> int:
+        return await self._parked_write("DELETE FROM parked", seqs)
+
+    async def _parked_write(self, statement: str, seqs: list[int] | None) -> int:
+        def fn(conn):
+            if seqs is None:
+                return conn.execute(statement).rowcount
+            return sum(conn.execute(statement + " WHERE seq = ?", (seq,)).rowcount
+                       for seq in seqs)
+        return await self._write(fn)
 
     def referrers(self, repo: str, subject: str, artifact_type: str | None) -> list[Referrer]:
         sql = ("SELECT digest, media_type, size, artifact_type, annotations FROM manifests"

@@ -143,8 +143,7 @@ class Puller:
         local = self.reg.meta.resolve_tag(repo, tag)
         agreed = self.state.get(last_known_key(repo, tag))
         if report_conflict and local is not None and local not in (digest, agreed):
-            detail = self.state.conflict(repo, tag, local, digest)
-            log.warning("%s [%s]", detail.description, detail.correlation_id)
+            self.state.conflict(repo, tag, local, digest)  # reported and logged once
         if local != digest:
             await store_manifest(self.reg, repo, tag, body, record.media_type, origin=PARENT)
         await self.state.set(last_known_key(repo, tag), digest)

@@ -11,6 +11,9 @@ is still pushed by digest (nothing is lost), our tag follows the parent's, and S
 reported. The write is conditional (If-Match on the digest we saw, If-None-Match: * for "no
 tag"), so a move at the parent between our look and our write makes the parent answer 412 and
 we look again instead of overwriting it.
+
+Refusals: an entry the parent refuses for good (403, 400, 404 …) is parked and the outbox moves
+on; transient trouble stops here and the up loop retries the same entry (`sync/parked.py`).
 """
 
 from __future__ import annotations
@@ -23,7 +26,8 @@ import trio
 from connreg.delta.fetch import DeltaUnavailable
 from connreg.delta.push import DeltaPusher
 from connreg.registry import Registry
-from connreg.storage import Change
+from connreg.storage import Change, ParkedChange
+from connreg.sync.parked import ParkedOutbox, permanent_refusal
 from connreg.sync.puller import PARENT, Puller
 from connreg.sync.remote import ParentClient, ParentUnavailable, TagMoved
 from connreg.sync.state import UP_CURSOR, SyncState, last_known_key, push_session_key
@@ -47,6 +51,7 @@ class Pusher:
         # Large blobs go by chunks the parent lacks, when delta transfer is on here.
         self.delta = DeltaPusher(reg, parent, state) if reg.settings.delta else None
         self._blob_slots = trio.CapacityLimiter(parallel_blobs)
+        self.parked = ParkedOutbox(reg.meta)
 
     def pending(self, limit: int = 500) -> list[Change]:
         cursor = self.state.cursor(UP_CURSOR) or 0
@@ -60,9 +65,27 @@ class Pusher:
             if len(batch) < 10_000:
                 return out
 
+    def has_work(self) -> bool:
+        return bool(self.pending(1) or self.parked.due())
+
+    async def wait_for_work(self, head: int, timeout: float) -> None:
+        """Return on a change past `head` in the log, re-queued parked entries, or `timeout`."""
+        with trio.move_on_after(timeout):
+            async with trio.open_nursery() as nursery:
+                async def first(wait, *args) -> None:
+                    await wait(*args)
+                    nursery.cancel_scope.cancel()
+                nursery.start_soon(first, self.reg.meta.wait_for_change, head, timeout)
+                nursery.start_soon(first, self.parked.wait_requeued)
+
     async def push_all(self, stop_at: float | None = None) -> int:
-        """Send pending changes in order; return how many were acknowledged."""
+        """Send re-queued parked entries, then the outbox, in order; return how many the
+        parent acknowledged. Entries it refuses for good are parked, the others go on."""
         sent = 0
+        for entry in self.parked.due():
+            if stop_at is not None and trio.current_time() >= stop_at:
+                return sent
+            sent += await self._send(entry.change(), entry)
         while True:
             batch = self.pending()
             if not batch:
@@ -70,9 +93,22 @@ class Pusher:
             for change in batch:
                 if stop_at is not None and trio.current_time() >= stop_at:
                     return sent
-                await self.push_change(change)
+                sent += await self._send(change)
                 await self.state.set(UP_CURSOR, str(change.seq))
-                sent += 1
+
+    async def _send(self, change: Change, parked: ParkedChange | None = None) -> int:
+        """1 when the parent acknowledged `change`, 0 when it refused it for good (parked);
+        anything transient propagates (the up loop backs off and sends it again)."""
+        try:
+            await self.push_change(change)
+        except Exception as exc:  # groups included: blobs go up in parallel
+            refusal = permanent_refusal(exc)
+            if refusal is None:
+                raise
+            await self.parked.park(change, refusal, parked)
+            return 0
+        await self.parked.settled(change)
+        return 1
 
     async def push_change(self, change: Change) -> None:
         self.state.current_repo = change.repo
@@ -183,8 +219,12 @@ class Pusher:
         """Apply our move of `tag` at the parent unless the parent moved it too (a conflict,
         settled in the parent's favour). The update is conditional on the tag being where we
         saw it, so a move at the parent between our look and our write is caught as well."""
-        agreed = self.state.get(last_known_key(repo, tag))
         for _ in range(TAG_UPDATE_ATTEMPTS):
+            agreed = self.state.get(last_known_key(repo, tag))
+            if self.reg.meta.resolve_tag(repo, tag) != ours:
+                # Moved here since (the puller applied the parent's move, or a later local
+                # change follows in the outbox): this update is stale.
+                return False
             at_parent = await self.parent.head_manifest(repo, tag)
             if at_parent is not None and at_parent not in (agreed, ours):
                 await self._yield_to_parent(repo, tag, ours, at_parent)
@@ -197,6 +237,5 @@ class Pusher:
         raise ParentUnavailable(f"{repo}:{tag} keeps moving at the parent; retrying later")
 
     async def _yield_to_parent(self, repo: str, tag: str, ours: str | None, theirs: str) -> None:
-        detail = self.state.conflict(repo, tag, ours, theirs)
-        log.warning("%s [%s]", detail.description, detail.correlation_id)
+        self.state.conflict(repo, tag, ours, theirs)
         await self.puller.set_tag(repo, tag, theirs, report_conflict=False)

@@ -1,7 +1,9 @@
 """The parent registry, seen from a child: OCI Distribution calls plus the sync endpoints.
 
-Every call raises `ParentUnavailable` for transport failures and 5xx answers (the caller backs
-off and retries later) and `ParentRefused` for answers that retrying will not change.
+Every call raises `ParentUnavailable` for what is transient (connection errors, timeouts, 5xx,
+429: the caller backs off and retries later) and `ParentRefused` for other 4xx answers, naming
+the request (method, URL), the status and the parent's error code and message. Which refusals
+are about one outbox entry (and park it) and which about the link is `sync/parked.py`'s call.
 """
 
 from __future__ import annotations
@@ -35,14 +37,19 @@ ANY = object()
 
 
 class ParentRefused(Exception):
-    """The parent answered with a definitive error (4xx other than 404/429)."""
+    """The parent answered with a definitive error (4xx other than 429); `method` and `url`
+    name the refused request, so logs and parked outbox entries can say which one."""
 
     def __init__(self, status: int, message: str, code: str | None = None,
-                 detail: object = None):
-        super().__init__(f"HTTP {status}: {message}")
+                 detail: object = None, method: str = "", url: str = ""):
+        request = f"{method} {url} answered " if method else ""
+        super().__init__(f"{request}HTTP {status}{' ' + code if code else ''}: {message}")
         self.status = status
         self.code = code  # the OCI error code, when the body had one
+        self.message = message
         self.detail = detail
+        self.method = method
+        self.url = url
 
 
 class UploadOutOfStep(Exception):
@@ -70,13 +77,19 @@ def _error(resp: httpx.Response) -> dict:
 
 
 def _message(resp: httpx.Response) -> str:
-    return _error(resp).get("message") or resp.reason_phrase
+    message = _error(resp).get("message")
+    if message:
+        return message
+    if resp.request.method == "HEAD":
+        return "(HEAD: no body)"  # the parent's reason is in the body a HEAD answer lacks
+    return resp.reason_phrase or "(no message)"
 
 
 def _refused(resp: httpx.Response) -> ParentRefused:
     entry = _error(resp)
-    return ParentRefused(resp.status_code, entry.get("message") or resp.reason_phrase,
-                         entry.get("code"), entry.get("detail"))
+    return ParentRefused(resp.status_code, _message(resp), entry.get("code"),
+                         entry.get("detail"), method=resp.request.method,
+                         url=str(resp.request.url))
 
 
 class ParentClient:
@@ -200,7 +213,7 @@ class ParentClient:
                     raise ParentUnavailable(f"GET blob {digest}: HTTP {resp.status_code}")
                 if resp.status_code not in (200, 206):
                     await resp.aread()
-                    raise ParentRefused(resp.status_code, _message(resp))
+                    raise _refused(resp)
                 if offset and resp.status_code == 200:
                     raise ParentRefused(200, "parent ignored the Range header")
                 async for chunk in resp.aiter_raw(1 << 20):

@@ -227,16 +227,23 @@ class SyncService:
                 await trio.sleep(5.0)
 
     async def _up_loop(self) -> None:
+        # Entries parked with 403 are sent again once per (re)start if our set covers them
+        # now: the set may have grown while this node was down (sync/parked.py).
+        await self.pusher.parked.requeue_refused(self._covers)
         while True:
             head = self.reg.meta.change_bounds()[1]
-            if self.pusher.pending(1):
+            if self.pusher.has_work():
                 self.state.connection_state = "Syncing"
                 sent = await self.pusher.push_all()
                 self._online()
                 if sent:
                     log.info("pushed %d change(s) to the parent", sent)
                     self._synced()
-            await self.reg.meta.wait_for_change(head, 10.0)
+            await self.pusher.wait_for_work(head, 10.0)
+
+    def _covers(self, repo: str) -> bool:
+        """Whether this node synchronizes `repo` (an empty set means everything)."""
+        return self.config.wants(repo) or not self.config.repositories
 
     async def _status_loop(self) -> None:
         while True:
@@ -276,6 +283,7 @@ class SyncService:
         added = set(self.config.repositories) - set(previous.repositories)
         if added:
             self._reconcile_needed = True
+            await self.pusher.parked.requeue_refused(self._covers)
         if removed and self.config.read_only:
             await self.purge_unwanted()
 

@@ -1,0 +1,75 @@
+"""This node's parked outbox entries over HTTP (admin only), for `connreg sync parked`:
+
+    GET  /connreg/v1/sync/parked          {"parked": [entry, …], "count": N}
+    POST /connreg/v1/sync/parked/retry    {"seqs": [17, 18]} or {"all": true} → {"requeued": n}
+    POST /connreg/v1/sync/parked/drop     {"seqs": [17, 18]} or {"all": true} → {"dropped": n}
+
+Unlike the management API's resource endpoints (root only), these answer on connected
+registries: the entries are the node's own. A retry wakes the running pusher at once.
+"""
+
+from __future__ import annotations
+
+from quart import Blueprint, Response, current_app, request
+
+from connreg import errors
+from connreg.api.http import json_response
+from connreg.errors import RegistryError
+from connreg.sync.parked import ParkedOutbox
+
+bp = Blueprint("sync_parked", __name__, url_prefix="/connreg/v1/sync/parked")
+MAX_LISTED = 10_000
+
+
+async def _admin() -> None:
+    authz = current_app.extensions["authorizer"]
+    if not authz.enabled:
+        return
+    principal = await authz.caller()
+    if principal is None or principal.kind == "anonymous":
+        raise authz.unauthorized(message="parked outbox entries need the admin's credentials")
+    if principal.kind != "admin":
+        raise RegistryError(errors.DENIED, message=f"{principal.name} may not manage parked "
+                            "outbox entries: that needs this node's admin")
+
+
+def _outbox() -> ParkedOutbox:
+    """The running pusher's (so a retry wakes it), else one over the metadata store."""
+    service = current_app.extensions.get("sync")
+    if service is not None:
+        return service.pusher.parked
+    return ParkedOutbox(current_app.extensions["registry"].meta)
+
+
+async def _selection() -> list[int] | None:
+    """The `seqs` the body names, or None for `"all": true`."""
+    doc = await request.get_json(force=True, silent=True)
+    if isinstance(doc, dict) and doc.get("all") is True:
+        return None
+    seqs = doc.get("seqs") if isinstance(doc, dict) else None
+    if not isinstance(seqs, list) or not seqs or not all(
+            isinstance(s, int) and not isinstance(s, bool) for s in seqs):
+        raise RegistryError(errors.INVALID_BODY, message='expected {"seqs": [<entry seq>, …]} '
+                            'or {"all": true}')
+    return seqs
+
+
+@bp.route("", methods=["GET"])
+async def list_parked() -> Response:
+    await _admin()
+    meta = current_app.extensions["registry"].meta
+    entries = meta.parked_changes(limit=MAX_LISTED)
+    return json_response({"parked": [e.to_json() for e in entries],
+                          "count": meta.parked_count()})
+
+
+@bp.route("/retry", methods=["POST"])
+async def retry_parked() -> Response:
+    await _admin()
+    return json_response({"requeued": await _outbox().requeue(await _selection())})
+
+
+@bp.route("/drop", methods=["POST"])
+async def drop_parked() -> Response:
+    await _admin()
+    return json_response({"dropped": await _outbox().drop(await _selection())})

@@ -163,6 +163,16 @@ def test_sqlite_out_of_space_is_507_and_writes_resume_when_space_returns(small_d
         assert c.delete(f"/v2/shop/doomed/manifests/{doomed.digest}").status_code == 202
         assert not (mount / "reserve").exists()
 
+    # A restart on the full disk: the node comes up and serves (it used to stay bricked).
+    node.restart()
+    with httpx.Client(base_url=node.url, auth=node.admin, timeout=60) as c:
+        assert c.get("/v2/shop/kept/manifests/v1",
+                     headers={"Accept": OCI_MANIFEST}).status_code == 200
+        r = c.put("/v2/shop/kept/manifests/full", content=kept.manifest,
+                  headers={"Content-Type": OCI_MANIFEST})
+        if r.status_code != 201:  # the shutdown's checkpoint may have freed a page or two
+            storage_full(r)
+
         # Space returns: every kind of write works again, no restart.
         filler.unlink()
         r = c.put("/v2/shop/kept/manifests/after", content=kept.manifest,

@@ -24,6 +24,7 @@ from connreg.control.sqlite_store import SqliteControlStore
 from connreg.errors import RegistryError
 from connreg.references import check_name
 from connreg.registry import Registry
+from connreg.storage.budget import StorageFull, find_out_of_space
 from connreg.delta import endpoints as delta_endpoints
 from connreg.delta import receive as delta_receive
 from connreg.sync import endpoints as sync_endpoints
@@ -119,8 +120,18 @@ def create_app(settings: Settings) -> StreamingQuart:
                                     exc.name.lower())
         return _error_response(RegistryError(code, detail={"path": request.path[:300]}))
 
+    @app.errorhandler(StorageFull)
+    async def storage_full(exc: StorageFull) -> Response:
+        log.warning("%s %s: %s", request.method, request.path, exc.message)
+        return _error_response(registry.budget.refusal(exc))
+
     @app.errorhandler(Exception)
     async def unexpected(exc: Exception) -> Response:
+        # Out of space where nobody caught it (ENOSPC, SQLITE_FULL): still 507, never 500.
+        full = find_out_of_space(exc)
+        if full is not None:
+            log.warning("%s %s: out of space: %s", request.method, request.path, full)
+            return _error_response(registry.budget.refusal(full))
         log.exception("unhandled error on %s %s", request.method, request.path)
         return _error_response(RegistryError(errors.INTERNAL))
 

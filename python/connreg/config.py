@@ -33,6 +33,13 @@ class Settings:
     # Bytes of manifests kept in memory; they are immutable by digest, so caching is safe.
     manifest_cache_bytes: int = 32 * MiB
 
+    # --- disk budget (docs/architecture.md, "Disk budget") -------------------------------------
+    # Free space always left on the data dir's filesystem (SQLite, logs and the system need it);
+    # writes that would eat into it answer 507. -1: 5 % of the filesystem, at most 1 GiB; 0: none.
+    min_free_bytes: int = -1
+    # Cap on the blob store (blobs + unfinished uploads), for a disk shared with others; 0: none.
+    max_store_bytes: int = 0
+
     # --- auth (docs/auth.md) ----------------------------------------------------------------
     # Off only for an open test registry (`--no-auth`); every real deployment keeps it on.
     auth: bool = True

@@ -13,6 +13,8 @@ import trio
 from connreg import _core
 from connreg.config import Settings
 from connreg.delta.index import ChunkIndex
+from connreg.storage.budget import StorageBudget
+from connreg.storage.budgeted import BudgetedBlobStore
 from connreg.storage.sqlite_metadata import SqliteMetadataStore
 from connreg.upload_sessions import UploadSessions
 
@@ -46,8 +48,13 @@ class Registry:
         self.settings = settings
         data = settings.data_dir
         data.mkdir(parents=True, exist_ok=True)
-        self.blobs = _core.BlobStore(str(data / "store"))
+        # Every write is held to the disk budget (storage/budget.py); deletes give bytes back.
+        store = _core.BlobStore(str(data / "store"))
+        self.budget = StorageBudget(data, data / "store", settings.min_free_bytes,
+                                    settings.max_store_bytes)
+        self.blobs = BudgetedBlobStore(store, self.budget)
         self.meta = SqliteMetadataStore(data / "metadata.sqlite")
+        self.meta.release_headroom = self.budget.release_reserve
         self.manifest_cache = ManifestCache(settings.manifest_cache_bytes)
         self.chunk_index = ChunkIndex(self.blobs, self.meta, settings)
         # Upload sessions: handles, per-session locks, caps, idle descriptors, TTL purge.

@@ -1,6 +1,6 @@
 """The disk budget: how many more bytes this node may take, and headroom for deletes.
 
-Two limits (docs/operations.md, "Disk budget"):
+Two limits (docs/architecture.md, "Disk budget"):
 - `min_free_bytes`: free space kept on the data dir's filesystem (default 5 % of it, at most
   1 GiB), so the node never fills the disk it shares with SQLite, logs and the system;
 - `max_store_bytes`: a cap on the blob store (`store/`: blobs, unfinished uploads, staging).

@@ -27,6 +27,7 @@ from connreg.registry import Registry
 from connreg.storage.budget import StorageFull, find_out_of_space
 from connreg.delta import endpoints as delta_endpoints
 from connreg.delta import receive as delta_receive
+from connreg.gc import service as gc_service
 from connreg.sync import endpoints as sync_endpoints
 from connreg.sync import parked_api as sync_parked_api
 from connreg.sync.endpoints import sync_child
@@ -82,6 +83,7 @@ def create_app(settings: Settings) -> StreamingQuart:
     app.register_blueprint(sync_parked_api.bp)  # this node's parked outbox entries
     app.register_blueprint(delta_endpoints.bp)
     app.register_blueprint(delta_receive.bp)
+    gc_service.install(app, registry, settings, state)  # garbage collection (docs/gc.md)
     if settings.test_min_sync_window_seconds:
         control_validation.MIN_SYNC_WINDOW_SECONDS = settings.test_min_sync_window_seconds
 
@@ -93,6 +95,7 @@ def create_app(settings: Settings) -> StreamingQuart:
         # Sync with the parent (connected registries) and change-log pruning (every node).
         app.extensions["sync"] = await run_node_tasks(settings, registry, control_store, state,
                                                       app.nursery)
+        await gc_service.start(app, settings, app.nursery)  # on the node's GC schedule
 
     @app.after_serving
     async def close() -> None:

@@ -40,6 +40,17 @@ class Settings:
     # Cap on the blob store (blobs + unfinished uploads), for a disk shared with others; 0: none.
     max_store_bytes: int = 0
 
+    # --- garbage collection (docs/gc.md) ------------------------------------------------------
+    # When the root collects garbage by itself (cron, UTC; "" = only on demand). Connected
+    # registries follow their resource's gcEnabled/gcSchedule instead. Daily by default, like
+    # the resource's default, so an unattended node gives space back.
+    gc_schedule: str = "0 0 * * *"
+    # Blobs linked or uploaded this recently are never collected: a push uploads its blobs
+    # before the manifest that references them, and may take this long to get there.
+    gc_grace_seconds: float = 3600
+    # Untagged manifests (and their blobs) are kept this long; 0: GC never deletes manifests.
+    gc_untagged_retention_seconds: float = 7 * 24 * 3600
+
     # --- auth (docs/auth.md) ----------------------------------------------------------------
     # Off only for an open test registry (`--no-auth`); every real deployment keeps it on.
     auth: bool = True

@@ -17,6 +17,7 @@ from connreg.errors import RegistryError
 from connreg.references import check_digest, check_tag, is_digest
 from connreg.registry import Registry
 from connreg.storage import ManifestRecord, TagPrecondition, TagPreconditionFailed
+from connreg.storage.interfaces import BlobGone, ReferencesGone
 
 OCI_MANIFEST = "application/vnd.oci.image.manifest.v1+json"
 OCI_INDEX = "application/vnd.oci.image.index.v1+json"
@@ -148,15 +149,26 @@ async def store_manifest(reg: Registry, name: str, reference: str, body: bytes,
         # a digest names immutable content: only its existence can differ
         _check_precondition(precondition, reference,
                             digest if reg.meta.get_manifest(name, digest) else None)
-    await trio.to_thread.run_sync(reg.blobs.put_bytes, body, digest)
     record = ManifestRecord(name, digest, media_type, len(body), subject, artifact_type,
                             json.dumps(annotations) if annotations else None)
     references = [d["digest"] for d in blobs] + [d["digest"] for d in children]
-    try:
-        await reg.meta.put_manifest(record, references, tag, origin,
-                                    precondition if tag is not None else None)
-    except TagPreconditionFailed as exc:
-        raise _precondition_failed(reference, exc.current) from exc
+    for attempt in (1, 2):
+        await trio.to_thread.run_sync(reg.blobs.put_bytes, body, digest)
+        try:
+            await reg.meta.put_manifest(record, references, tag, origin,
+                                        precondition if tag is not None else None)
+            break
+        except TagPreconditionFailed as exc:
+            raise _precondition_failed(reference, exc.current) from exc
+        except ReferencesGone as exc:  # garbage-collected since we validated them
+            raise RegistryError(errors.MANIFEST_BLOB_UNKNOWN,
+                                detail={"blobs": exc.missing, "manifests": []}) from exc
+        except BlobGone:
+            # GC removed an identical, unreferenced copy of these bytes after put_bytes
+            # found it: store them again (fresh bytes are protected by the grace period; only
+            # a zero grace period can take them a second time, and then the client retries)
+            if attempt == 2:
+                raise
     reg.manifest_cache.put(digest, body)
     return digest, subject
 

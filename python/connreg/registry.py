@@ -53,7 +53,7 @@ class Registry:
         self.budget = StorageBudget(data, data / "store", settings.min_free_bytes,
                                     settings.max_store_bytes)
         self.blobs = BudgetedBlobStore(store, self.budget)
-        self.meta = SqliteMetadataStore(data / "metadata.sqlite")
+        self.meta = SqliteMetadataStore(data / "metadata.sqlite", blob_present=self.blobs.exists)
         self.meta.release_headroom = self.budget.release_reserve
         self.manifest_cache = ManifestCache(settings.manifest_cache_bytes)
         self.chunk_index = ChunkIndex(self.blobs, self.meta, settings)

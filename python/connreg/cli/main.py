@@ -7,7 +7,7 @@ import sys
 from pathlib import Path
 
 from connreg import __version__
-from connreg.cli import connected_registry, login, maintenance, scope_map, sync, token
+from connreg.cli import connected_registry, gc, login, maintenance, scope_map, sync, token
 from connreg.config import Settings
 
 
@@ -68,7 +68,7 @@ def build_parser() -> argparse.ArgumentParser:
                        "connection string's (env CONNREG_PARENT_ENDPOINT)")
     serve.set_defaults(func=_serve)
 
-    for module in (login, scope_map, token, connected_registry, maintenance, sync):
+    for module in (login, scope_map, token, connected_registry, maintenance, sync, gc):
         module.register(sub)
     return parser
 

@@ -4,6 +4,7 @@ or alongside it; SQLite WAL lets both write)."""
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from pathlib import Path
 
@@ -28,6 +29,51 @@ def _reindex(args: argparse.Namespace) -> int:
     return 0
 
 
+def _gc(args: argparse.Namespace) -> int:
+    """Offline GC: no grace period (nothing is being pushed), untagged retention as set."""
+    import json
+    import logging
+
+    from connreg.control import activation
+    from connreg.gc import DataDirBusy
+    from connreg.gc.lock import hold_exclusively
+    from connreg.gc.service import collector_for
+    from connreg.registry import Registry
+
+    settings = Settings.load(config_file=args.config, overrides={"data_dir": args.data_dir})
+    if not (settings.data_dir / "metadata.sqlite").exists():
+        print(f"connreg: error: no registry data in {settings.data_dir}", file=sys.stderr)
+        return 1
+    retention = (settings.gc_untagged_retention_seconds if args.untagged_retention is None
+                 else args.untagged_retention)
+    if retention < 0:
+        print("connreg: error: --untagged-retention must be 0 or more", file=sys.stderr)
+        return 2
+    try:
+        lock = hold_exclusively(settings.data_dir)
+    except DataDirBusy as exc:
+        print(f"connreg: error: {exc}", file=sys.stderr)
+        return 1
+    logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING,
+                        format="%(levelname)s %(name)s: %(message)s")
+    registry = Registry(settings)
+    try:
+        collector = collector_for(registry, activation.load_state(settings.data_dir))
+        report = trio.run(lambda: collector.collect(0.0, retention, dry_run=args.dry_run,
+                                                    node_running=False))
+    finally:
+        registry.close()
+        os.close(lock)
+    if args.output == "json":
+        print(json.dumps(report.to_json(), indent=2))
+    else:
+        for m in report.manifests:
+            print(f"{'would delete' if args.dry_run else 'deleted'} manifest "
+                  f"{m['repository']}@{m['digest']}: {m['reason']}")
+        print(f"{settings.data_dir}: {report.summary()}")
+    return 0
+
+
 def register(sub: argparse._SubParsersAction) -> None:
     group = sub.add_parser("maintenance", help="offline upkeep of a node's data dir")
     actions = group.add_subparsers(dest="action", required=True)
@@ -36,3 +82,18 @@ def register(sub: argparse._SubParsersAction) -> None:
     reindex.add_argument("--data-dir", type=Path, help="the node's data dir (default ./data)")
     reindex.add_argument("--config", type=Path, help="TOML settings (chunk sizes)")
     reindex.set_defaults(func=_reindex)
+    gc = actions.add_parser(
+        "gc", help="collect garbage in a stopped node's data dir (docs/gc.md)",
+        description="Delete what nothing needs any more: blobs of deleted images, untagged "
+        "manifests older than the retention, upload leftovers. The node must be stopped (no "
+        "grace period applies); for a running node use `connreg gc run`.")
+    gc.add_argument("--data-dir", type=Path, help="the node's data dir (default ./data)")
+    gc.add_argument("--config", type=Path, help="TOML settings (gc_untagged_retention_seconds)")
+    gc.add_argument("--dry-run", action="store_true", help="report what would go, delete nothing")
+    gc.add_argument("--untagged-retention", type=float, metavar="SECONDS",
+                    help="keep untagged manifests this long (default: the setting "
+                    "gc_untagged_retention_seconds, 7 days; 0: keep them all)")
+    gc.add_argument("--output", "-o", choices=("table", "json"), default="table",
+                    help="a summary for people (default) or the report as JSON")
+    gc.add_argument("--verbose", "-v", action="store_true", help="log every deletion")
+    gc.set_defaults(func=_gc)

@@ -118,12 +118,25 @@ def activate(settings: Settings, timeout: float = 30.0) -> dict:
     doc = resp.json()
     state = {k: doc.get(k) for k in ("name", "mode", "parent", "repositories", "instanceId",
                                      "syncSchedule", "syncWindow", "messageTtl", "logLevel",
-                                     "bandwidthLimit")}
+                                     "bandwidthLimit", "gcEnabled", "gcSchedule")}
     path = settings.data_dir / STATE_FILE
     tmp = path.with_suffix(".tmp")
     tmp.write_text(json.dumps(state, indent=2))
     os.replace(tmp, path)
     return state
+
+
+def remember_repositories(data_dir: Path, repositories: list[str]) -> None:
+    """Record the repository set the parent changed at runtime, so a start without the parent
+    (which serves the recorded state) refuses and accepts writes by the current set."""
+    state = load_state(data_dir)
+    if state is None or state.get("repositories") == repositories:
+        return
+    state["repositories"] = repositories
+    path = data_dir / STATE_FILE
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(json.dumps(state, indent=2))
+    os.replace(tmp, path)
 
 
 async def relay_activation(settings: Settings, name: str, authorization: str | None,

@@ -131,6 +131,38 @@ class TagPreconditionFailed(Exception):
         self.current = current
 
 
+class BlobGone(Exception):
+    """A blob's file vanished (garbage collection) between a caller's look and its write, so
+    linking it or recording a manifest stored as it would leave a dangling row; nothing was
+    written. The caller stores the bytes again (or asks its client to)."""
+
+    def __init__(self, digest: str):
+        super().__init__(f"blob {digest} was removed by garbage collection meanwhile")
+        self.digest = digest
+
+
+class ReferencesGone(Exception):
+    """Blobs or child manifests a manifest references were removed (garbage collection) after
+    it was validated; nothing was written."""
+
+    def __init__(self, missing: list[str]):
+        super().__init__(f"referenced content removed meanwhile: {', '.join(missing)}")
+        self.missing = missing
+
+
+@dataclass(frozen=True)
+class GcSnapshot:
+    """One consistent view of what garbage collection decides on (rows as plain tuples)."""
+
+    manifests: list[tuple[str, str, float, str | None]]  # repo, digest, created, subject
+    tags: list[tuple[str, str]]  # repo, digest
+    refs: list[tuple[str, str, str]]  # repo, manifest digest, referenced digest
+    links: list[tuple[str, str, int, float]]  # repo, digest, size, linked (0: before tracking)
+    uploads: list[tuple[str, float]]  # upload session id, created
+    chunked: list[tuple[str, int]]  # digests the chunk index has a list for, rows each
+    outbox: list[tuple[str, str]]  # repo, digest of manifests not yet acknowledged upstream
+
+
 class BlobStore(Protocol):
     """Content-addressed bytes. Implemented natively by `connreg._core.BlobStore`."""
 
@@ -218,5 +250,14 @@ class MetadataStore(Protocol):
     def upload_ids(self) -> set[str]: ...
     async def touch_uploads(self, touched: dict[str, float]) -> None: ...  # id → last activity
     def expired_uploads(self, untouched_since: float) -> list[str]: ...
+
+    # garbage collection (gc/): a snapshot to decide on, then deletions that re-check each
+    # decision in their own transaction and never enter the change log
+    def gc_snapshot(self, outbox_cursor_key: str | None, parent_origin: str) -> GcSnapshot: ...
+    async def gc_delete_manifests(self, repo: str, candidates: dict[str, float]) -> list[str]: ...
+    async def gc_unlink_blobs(self, repo: str, digests: list[str], cut: float) -> list[str]: ...
+    async def gc_delete_blobs(self, digests: list[str], remove) -> list[tuple[str, int, int]]: ...
+    async def gc_drop_chunk_lists(self, digests: list[str]) -> int: ...
+    async def gc_delete_upload_rows(self, upload_ids: list[str]) -> int: ...
 
     def close(self) -> None: ...

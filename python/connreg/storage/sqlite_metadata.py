@@ -19,6 +19,7 @@ from connreg.storage.budget import StorageFull, is_sqlite_full
 from connreg.storage.interfaces import (Change, ManifestRecord, ParkedChange, Referrer,
                                          TagPrecondition, TagPreconditionFailed,
                                          UploadSessionLimit)
+from connreg.storage.interfaces import BlobGone, GcSnapshot, ReferencesGone
 
 T = TypeVar("T")
 
@@ -130,6 +131,22 @@ def _connect(path: Path) -> sqlite3.Connection:
     return conn
 
 
+def _migrate(conn: sqlite3.Connection) -> None:
+    """Bring a database created by an older version up to this schema (idempotent)."""
+    columns = {row[1] for row in conn.execute("PRAGMA table_info(repo_blobs)")}
+    if "linked" not in columns:
+        # When a blob was last linked (garbage collection's grace period); NULL for links
+        # made before this column existed, which count as old.
+        try:
+            conn.execute("ALTER TABLE repo_blobs ADD COLUMN linked REAL")
+        except sqlite3.OperationalError as exc:  # another process added it a moment ago
+            if "duplicate column" not in str(exc):
+                raise
+    # Garbage collection asks "does anything still reference this digest?" across repositories.
+    conn.execute("CREATE INDEX IF NOT EXISTS manifest_refs_child ON manifest_refs (child, repo)")
+    conn.execute("CREATE INDEX IF NOT EXISTS manifests_digest ON manifests (digest)")
+
+
 def _migrate_uploads(conn: sqlite3.Connection) -> None:
     """Give an uploads table from before session caps its `owner` and `touched` columns (in
     one transaction, so no row is ever left with touched = 0, which would read as expired)."""
@@ -149,12 +166,18 @@ def _migrate_uploads(conn: sqlite3.Connection) -> None:
 
 
 class SqliteMetadataStore:
-    def __init__(self, path: Path):
+    def __init__(self, path: Path, blob_present: Callable[[str], bool] | None = None):
         path.parent.mkdir(parents=True, exist_ok=True)
+        self._path = path
         self._writer = _connect(path)
         self._writer.executescript(SCHEMA)
+        _migrate(self._writer)
         _migrate_uploads(self._writer)
         self._reader = _connect(path)
+        # Whether a blob's file exists. Links and manifest rows are written only after checking
+        # it inside their transaction, where garbage collection also deletes files, so a
+        # deduplicated upload racing the sweep can never leave a row without its bytes.
+        self._blob_present = blob_present
         self._write_limiter = trio.CapacityLimiter(1)
         # Set by the Registry to the disk budget's `release_reserve`: frees headroom for deletes.
         self.release_headroom: Callable[[], bool] | None = None
@@ -239,9 +262,11 @@ class SqliteMetadataStore:
 
     async def link_blob(self, repo: str, digest: str, size: int) -> None:
         def fn(conn):
+            if self._blob_present is not None and not self._blob_present(digest):
+                raise BlobGone(digest)
             self._ensure_repo(conn, repo)
-            conn.execute("INSERT OR REPLACE INTO repo_blobs (repo, digest, size) VALUES (?, ?, ?)",
-                         (repo, digest, size))
+            conn.execute("INSERT OR REPLACE INTO repo_blobs (repo, digest, size, linked)"
+                         " VALUES (?, ?, ?, ?)", (repo, digest, size, time.time()))
         await self._write(fn)
 
     async def unlink_blob(self, repo: str, digest: str) -> bool:
@@ -287,6 +312,7 @@ class SqliteMetadataStore:
                     raise TagPreconditionFailed(tag, prev)
             if known and (tag is None or prev == record.digest):
                 return  # nothing changed: no log entry, so re-pushes do not echo around
+            self._check_still_stored(conn, record, references)
 
             self._ensure_repo(conn, record.repo)
             conn.execute(
@@ -303,6 +329,19 @@ class SqliteMetadataStore:
                     (record.repo, tag, record.digest, now))
             self._log(conn, record.repo, "manifest", record.digest, tag, prev, origin, now)
         await self._write(fn)
+
+    def _check_still_stored(self, conn, record: ManifestRecord, references: list[str]) -> None:
+        """Inside the manifest's write transaction: its bytes and everything it references are
+        still here. The caller validated them earlier; garbage collection may have removed
+        them since (it deletes in its own transactions), and then nothing may be written."""
+        if self._blob_present is not None and not self._blob_present(record.digest):
+            raise BlobGone(record.digest)
+        missing = [d for d in references if conn.execute(
+            "SELECT 1 FROM repo_blobs WHERE repo = ? AND digest = ?"
+            " UNION ALL SELECT 1 FROM manifests WHERE repo = ? AND digest = ? LIMIT 1",
+            (record.repo, d, record.repo, d)).fetchone() is None]
+        if missing:
+            raise ReferencesGone(missing)
 
     async def delete_manifest(self, repo: str, digest: str, origin: str = "local") -> bool:
         def fn(conn):
@@ -542,3 +581,140 @@ class SqliteMetadataStore:
     def expired_uploads(self, untouched_since: float) -> list[str]:
         return [row[0] for row in self._reader.execute(
             "SELECT id FROM uploads WHERE touched < ?", (untouched_since,))]
+
+    # --- garbage collection (gc/) --------------------------------------------------------
+    # The collector decides on a snapshot; every deletion below re-checks its reason inside
+    # its own write transaction (pushes commit in between), and none writes the change log:
+    # collecting garbage is local housekeeping, never a change to send up or down.
+
+    def gc_snapshot(self, outbox_cursor_key: str | None, parent_origin: str) -> GcSnapshot:
+        """Everything the mark phase needs, read in one read transaction on a private
+        connection (a consistent view that leaves the event loop's reader alone). Blocking:
+        run it in a worker thread. With `outbox_cursor_key`, manifests in change-log entries
+        past that cursor (and parked ones) that did not come from the parent are listed as
+        the outbox."""
+        conn = sqlite3.connect(self._path, timeout=30)
+        try:
+            conn.execute("BEGIN")
+            manifests = conn.execute(
+                "SELECT repo, digest, created, subject FROM manifests").fetchall()
+            tags = conn.execute("SELECT DISTINCT repo, digest FROM tags").fetchall()
+            refs = conn.execute("SELECT repo, digest, child FROM manifest_refs").fetchall()
+            links = conn.execute(
+                "SELECT repo, digest, size, COALESCE(linked, 0) FROM repo_blobs").fetchall()
+            uploads = conn.execute("SELECT id, created FROM uploads").fetchall()
+            chunked = conn.execute(
+                "SELECT k.digest, (SELECT COUNT(*) FROM chunks c WHERE c.digest = k.digest)"
+                " FROM chunked k").fetchall()
+            outbox: list[tuple[str, str]] = []
+            if outbox_cursor_key is not None:
+                row = conn.execute("SELECT value FROM sync_state WHERE key = ?",
+                                   (outbox_cursor_key,)).fetchone()
+                outbox = conn.execute(
+                    "SELECT repo, digest FROM changes WHERE seq > ? AND origin != ?"
+                    " AND op = 'manifest' AND digest IS NOT NULL",
+                    (int(row[0]) if row else 0, parent_origin)).fetchall()
+                has_parked = conn.execute("SELECT 1 FROM sqlite_master WHERE type = 'table'"
+                                          " AND name = 'parked'").fetchone()
+                if has_parked:
+                    outbox += conn.execute(
+                        "SELECT repo, digest FROM parked WHERE op = 'manifest'"
+                        " AND digest IS NOT NULL").fetchall()
+            conn.execute("COMMIT")
+        finally:
+            conn.close()
+        return GcSnapshot(manifests, tags, refs, links, uploads, chunked, outbox)
+
+    async def gc_delete_manifests(self, repo: str, candidates: dict[str, float]) -> list[str]:
+        """Delete those of `candidates` (digest → `created` as seen in the snapshot) that are
+        still unneeded; return the digests deleted. A candidate is kept when it was replaced
+        meanwhile, is tagged, or is needed by a manifest that stays: an index listing it, a
+        referrer of it, or its own subject (referrers live and die with their subject)."""
+        def fn(conn):
+            batch = {d for d, created in candidates.items() if conn.execute(
+                "SELECT 1 FROM manifests WHERE repo = ? AND digest = ? AND created = ?",
+                (repo, d, created)).fetchone()}
+            changed = True
+            while changed:  # keeping one may keep others: settle to a fixed point
+                changed = False
+                for digest in sorted(batch):
+                    if self._gc_needed(conn, repo, digest, batch):
+                        batch.discard(digest)
+                        changed = True
+            for digest in batch:
+                conn.execute("DELETE FROM manifests WHERE repo = ? AND digest = ?", (repo, digest))
+                conn.execute("DELETE FROM manifest_refs WHERE repo = ? AND digest = ?",
+                             (repo, digest))
+            return sorted(batch)
+        return await self._write(fn, frees=True)
+
+    @staticmethod
+    def _gc_needed(conn, repo: str, digest: str, batch: set[str]) -> bool:
+        if conn.execute("SELECT 1 FROM tags WHERE repo = ? AND digest = ? LIMIT 1",
+                        (repo, digest)).fetchone():
+            return True
+        holders = conn.execute(
+            "SELECT digest FROM manifest_refs WHERE repo = ? AND child = ?"
+            " UNION SELECT digest FROM manifests WHERE repo = ? AND subject = ?",
+            (repo, digest, repo, digest)).fetchall()
+        if any(h[0] not in batch for h in holders):
+            return True
+        subject = conn.execute(
+            "SELECT s.digest FROM manifests m JOIN manifests s"
+            " ON s.repo = m.repo AND s.digest = m.subject WHERE m.repo = ? AND m.digest = ?",
+            (repo, digest)).fetchone()
+        return subject is not None and subject[0] not in batch
+
+    async def gc_unlink_blobs(self, repo: str, digests: list[str], cut: float) -> list[str]:
+        """Remove `repo`'s links to `digests` that are still referenced by no manifest of the
+        repository and were last linked before `cut`; return the digests unlinked."""
+        def fn(conn):
+            return [d for d in digests if conn.execute(
+                "DELETE FROM repo_blobs WHERE repo = ? AND digest = ?"
+                " AND COALESCE(linked, 0) < ? AND NOT EXISTS"
+                " (SELECT 1 FROM manifest_refs WHERE repo = ? AND child = ?)",
+                (repo, d, cut, repo, d)).rowcount]
+        return await self._write(fn, frees=True)
+
+    async def gc_delete_blobs(self, digests: list[str], remove: Callable[[str], int | None]
+                              ) -> list[tuple[str, int, int]]:
+        """For each digest that no repository links and no manifest is or references any
+        more, call `remove(digest)` (deletes the file and returns its size, or None to keep
+        it) and drop its chunk-index rows. Runs in one write transaction, so a link or
+        manifest committed meanwhile either came first (and keeps the blob) or checks the
+        file after it is gone. Returns (digest, bytes freed, chunk rows dropped)."""
+        def fn(conn):
+            freed = []
+            for d in digests:
+                if conn.execute(
+                        "SELECT 1 FROM repo_blobs WHERE digest = ?"
+                        " UNION ALL SELECT 1 FROM manifest_refs WHERE child = ?"
+                        " UNION ALL SELECT 1 FROM manifests WHERE digest = ? LIMIT 1",
+                        (d, d, d)).fetchone():
+                    continue
+                size = remove(d)
+                if size is None:
+                    continue
+                rows = conn.execute("DELETE FROM chunks WHERE digest = ?", (d,)).rowcount
+                conn.execute("DELETE FROM chunked WHERE digest = ?", (d,))
+                freed.append((d, size, rows))
+            return freed
+        return await self._write(fn, frees=True)
+
+    async def gc_drop_chunk_lists(self, digests: list[str]) -> int:
+        """Drop chunk-index rows of blobs whose file is gone; return the rows dropped."""
+        def fn(conn):
+            rows = 0
+            for d in digests:
+                if self._blob_present is not None and self._blob_present(d):
+                    continue  # stored again since the snapshot
+                rows += conn.execute("DELETE FROM chunks WHERE digest = ?", (d,)).rowcount
+                conn.execute("DELETE FROM chunked WHERE digest = ?", (d,))
+            return rows
+        return await self._write(fn, frees=True)
+
+    async def gc_delete_upload_rows(self, upload_ids: list[str]) -> int:
+        def fn(conn):
+            return sum(conn.execute("DELETE FROM uploads WHERE id = ?", (u,)).rowcount
+                       for u in upload_ids)
+        return await self._write(fn, frees=True)

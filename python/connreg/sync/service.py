@@ -69,6 +69,8 @@ class NodeConfig:
     resync_requested_at: str | None = None
     bandwidth_limit: int | None = None  # bytes/s for all sync traffic, both directions
     log_level: str | None = None  # Debug, Information, Warning, Error, None (§2)
+    gc_enabled: bool = True  # garbage collection on gc_schedule (docs/gc.md)
+    gc_schedule: str | None = "0 0 * * *"
 
     @classmethod
     def from_json(cls, doc: dict) -> "NodeConfig":
@@ -78,7 +80,9 @@ class NodeConfig:
                    message_ttl=doc.get("messageTtl") or "P2D",
                    resync_requested_at=doc.get("resyncRequestedAt"),
                    bandwidth_limit=doc.get("bandwidthLimit"),
-                   log_level=doc.get("logLevel"))
+                   log_level=doc.get("logLevel"),
+                   gc_enabled=doc.get("gcEnabled") is not False,
+                   gc_schedule=doc.get("gcSchedule") or "0 0 * * *")
 
     @property
     def read_only(self) -> bool:

@@ -253,3 +253,43 @@ def test_child_that_cannot_store_reports_disk_full_and_catches_up(tmp_path):
         wait_for(lambda: not disk_full(), 60, 0.5, "DISK_FULL cleared at the root")
     finally:
         h.stop_all()
+
+
+def test_filesystem_refusing_the_store_itself_is_507_with_nothing_left_behind(small_disk):
+    """Out of inodes: the budget (bytes) says yes, the filesystem says ENOSPC to the Rust store."""
+    mount, nodes = small_disk
+    subprocess.run(["mount", "-o", "remount,nr_inodes=200", str(mount)], check=True)
+    node = start_node(mount, args=["--no-auth"])
+    nodes.append(node)
+    image = make_image([10_000])
+    stuffing = mount / "inodes"
+    stuffing.mkdir()
+    with httpx.Client(base_url=node.url, timeout=60) as c:
+        for blob in image.blobs():
+            r = c.post("/v2/ino/app/blobs/uploads/", params={"digest": sha256(blob)}, content=blob)
+            assert r.status_code == 201, r.text
+        n = 0
+        while True:  # someone else uses up every inode
+            try:
+                (stuffing / str(n)).touch()
+            except OSError as exc:
+                assert exc.errno == errno.ENOSPC
+                break
+            n += 1
+        data = b"no inode for me"
+        error = storage_full(c.post("/v2/ino/app/blobs/uploads/", params={"digest": sha256(data)},
+                                    content=data))
+        assert "storage full" in error["message"] and "no inodes left" in error["message"]
+        error = storage_full(c.put("/v2/ino/app/manifests/v1", content=image.manifest,
+                                   headers={"Content-Type": OCI_MANIFEST}))
+        assert "storage full" in error["message"]
+        assert files_under(mount / "store" / "uploads") == {}
+        assert files_under(mount / "store" / "tmp") == {}
+        assert c.get(f"/v2/ino/app/blobs/{sha256(image.config)}").content == image.config
+
+        for child in stuffing.iterdir():
+            child.unlink()
+        push_image(c, "ino/app", image, "v1")
+        r = c.post("/v2/ino/app/blobs/uploads/", params={"digest": sha256(data)}, content=data)
+        assert r.status_code == 201, r.text
+    assert node.proc.poll() is None

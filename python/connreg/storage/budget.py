@@ -183,10 +183,12 @@ class StorageBudget:
 
     def out_of_space(self, what: str, needed: int | None = None) -> StorageFull:
         """The StorageFull for a write the filesystem itself refused (ENOSPC, SQLITE_FULL)."""
+        fs = os.statvfs(self.data_dir)
+        inodes = ", no inodes left" if fs.f_files and not fs.f_favail else ""
         return StorageFull(
             f"storage full: no space left on the data dir's filesystem {what} "
-            f"({size_text(self.free_bytes())} free, min_free_bytes {size_text(self.min_free)})",
-            self.snapshot(needed))
+            f"({size_text(fs.f_bavail * fs.f_frsize)} free{inodes}, min_free_bytes "
+            f"{size_text(self.min_free)})", self.snapshot(needed))
 
     def refusal(self, exc: BaseException) -> RegistryError:
         """The 507 OCI error body for an out-of-space error of any origin."""

@@ -32,6 +32,12 @@ class BudgetedBlobStore:
     def __repr__(self) -> str:
         return f"Budgeted({self._inner!r})"
 
+    @property
+    def unbudgeted(self) -> _core.BlobStore:
+        """The wrapped store itself, for the Rust functions that take a `_core.BlobStore`
+        argument (`encode_chunks`); they only read."""
+        return self._inner
+
     def put_bytes(self, data: bytes, expected_digest: str | None = None) -> str:
         digest = expected_digest or _core.digest_bytes(data)
         if self._inner.exists(digest):  # verifies, writes nothing
@@ -53,7 +59,10 @@ class BudgetedBlobStore:
         return removed
 
     def upload(self, upload_id: str) -> "BudgetedUpload":
-        return BudgetedUpload(self._inner.upload(upload_id), self)
+        try:
+            return BudgetedUpload(self._inner.upload(upload_id), self)
+        except _core.StorageFull:  # no room even for the empty file (or no inode left)
+            raise self.budget.out_of_space("opening an upload file") from None
 
     def abort_upload(self, upload_id: str) -> None:
         self.discard_upload(upload_id)

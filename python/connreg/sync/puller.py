@@ -64,6 +64,10 @@ class Puller:
     async def _fetch(self, repo: str, digest: str, size: int) -> None:
         """Large blobs by chunks (only what this node lacks), small ones whole; a parent that
         cannot serve chunks gets the whole-blob request."""
+        # A blob that cannot fit the disk budget is not fetched at all (on a metered link the
+        # bytes would only be thrown away); what a resumable fetch holds already counts.
+        held = self.reg.blobs.upload_size("sync-" + digest.replace(":", "-")) or 0
+        self.reg.budget.check(max(size - held, 0), f"blob {digest[:19]} ({repo})", holding=held)
         if size >= self.delta_threshold:
             try:
                 await self.delta.fetch(repo, digest)

@@ -418,3 +418,50 @@ def test_edge_gc_follows_its_resource_and_keeps_its_unpushed_outbox(hierarchy):
         report = gc(c, gracePeriodSeconds=0, untaggedRetentionSeconds=1)
         assert report["manifests"] == 0, report
         assert_pullable(c, "team/app", image.digest)
+
+
+def test_root_collects_on_its_gc_schedule(tmp_path):
+    # Every minute, with the node's clock placed a few seconds before a minute starts (the
+    # test-only clock offset), so the first scheduled run comes soon after the delete below.
+    now = time.time()
+    offset = 60 - (now % 60) - 10
+    node = start_node(tmp_path / "node", args=["--no-auth"], env={
+        "CONNREG_GC_SCHEDULE": "* * * * *", "CONNREG_GC_GRACE_SECONDS": "0",
+        "CONNREG_TEST_CLOCK_OFFSET_SECONDS": str(offset)})
+    try:
+        with httpx.Client(base_url=node.url, timeout=60) as c:
+            image = make_image([2500])
+            push_image(c, "team/app", image, "v1")
+            assert c.delete(f"/v2/team/app/manifests/{image.digest}").status_code == 202
+            layer = blob_file(node, sha256(image.layers[0]))
+            assert layer.exists()
+            wait_for(lambda: not layer.exists(), 150, interval=0.5,
+                     message="a scheduled run to collect the deleted image's layer")
+            last = c.get("/connreg/v1/gc").json()
+            assert last["schedule"] == "* * * * *" and last["lastRun"]["blobs"] >= 1, last
+    finally:
+        node.stop()
+
+
+async def test_links_from_before_the_linked_column_count_as_old(tmp_path):
+    import sqlite3
+
+    from connreg.storage.sqlite_metadata import SqliteMetadataStore
+
+    path = tmp_path / "metadata.sqlite"
+    old = sqlite3.connect(path)  # the repo_blobs table as earlier versions created it
+    old.executescript("""
+        CREATE TABLE repo_blobs (repo TEXT NOT NULL, digest TEXT NOT NULL, size INTEGER NOT NULL,
+                                 PRIMARY KEY (repo, digest)) WITHOUT ROWID;
+        INSERT INTO repo_blobs VALUES ('r', 'sha256:' || hex(randomblob(32)), 5);""")
+    old.commit()
+    old.close()
+    meta = SqliteMetadataStore(path)
+    try:
+        snap = meta.gc_snapshot(None, "parent")
+        assert [(repo, size, linked) for repo, _, size, linked in snap.links] == [("r", 5, 0)]
+        digest = snap.links[0][1]
+        assert await meta.gc_unlink_blobs("r", [digest], time.time() - 3600) == [digest]
+    finally:
+        meta.close()
+    SqliteMetadataStore(path).close()  # opening it again is a no-op

@@ -8,6 +8,7 @@ change log the same way; only `origin` differs.
 from __future__ import annotations
 
 import json
+import logging
 from typing import Any
 
 import trio
@@ -18,6 +19,8 @@ from connreg.references import check_digest, check_tag, is_digest
 from connreg.registry import Registry
 from connreg.storage import ManifestRecord, TagPrecondition, TagPreconditionFailed
 from connreg.storage.interfaces import BlobGone, ReferencesGone
+
+log = logging.getLogger("connreg")
 
 OCI_MANIFEST = "application/vnd.oci.image.manifest.v1+json"
 OCI_INDEX = "application/vnd.oci.image.index.v1+json"
@@ -161,9 +164,13 @@ async def store_manifest(reg: Registry, name: str, reference: str, body: bytes,
         except TagPreconditionFailed as exc:
             raise _precondition_failed(reference, exc.current) from exc
         except ReferencesGone as exc:  # garbage-collected since we validated them
+            log.info("manifest %s@%s not stored: garbage collection removed %s after it was "
+                     "validated", name, digest, ", ".join(exc.missing))
             raise RegistryError(errors.MANIFEST_BLOB_UNKNOWN,
                                 detail={"blobs": exc.missing, "manifests": []}) from exc
         except BlobGone:
+            log.info("manifest %s@%s: garbage collection removed its stored bytes meanwhile; "
+                     "storing them again", name, digest)
             # GC removed an identical, unreferenced copy of these bytes after put_bytes
             # found it: store them again (fresh bytes are protected by the grace period; only
             # a zero grace period can take them a second time, and then the client retries)

@@ -11,6 +11,7 @@ A run started while another is in progress waits for it, then runs.
 from __future__ import annotations
 
 import json
+import logging
 import math
 
 from quart import Blueprint, Response, current_app, request
@@ -21,6 +22,7 @@ from connreg.errors import RegistryError
 from connreg.gc.collector import GarbageCollector
 from connreg.storage.interfaces import BlobGone
 
+log = logging.getLogger("connreg.gc")
 bp = Blueprint("gc", __name__, url_prefix="/connreg/v1/gc")
 MAX_BODY = 64 * 1024
 
@@ -116,6 +118,8 @@ async def status() -> Response:
 async def blob_gone(exc: BlobGone) -> Response:
     """A push lost a race with the sweep (possible only for a blob unreferenced for longer than
     the grace period): nothing was written, and sending the blob again succeeds."""
+    log.info("%s %s refused: blob %s was removed by garbage collection while it was stored",
+             request.method, request.path, exc.digest)
     err = RegistryError(errors.BLOB_UPLOAD_INVALID, detail={"digest": exc.digest},
                         message=f"blob {exc.digest} was removed by garbage collection while "
                         "this request stored it; upload it again")

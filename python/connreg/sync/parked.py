@@ -86,8 +86,10 @@ def describe(entry: ParkedChange) -> str:
 class ParkedOutbox:
     """The parked entries of one node, and what settles them."""
 
-    def __init__(self, meta: MetadataStore):
+    def __init__(self, meta: MetadataStore, explain=None):
         self.meta = meta
+        # `explain(url)`: the parent's (code, message) for a URL whose HEAD it refused
+        self.explain = explain
         self._requeued = trio.Event()  # set when entries were re-queued here: wake the pusher
 
     def due(self) -> list[ParkedChange]:
@@ -96,11 +98,17 @@ class ParkedOutbox:
 
     async def park(self, change: Change, refusal: ParentRefused,
                    previous: ParkedChange | None = None) -> ParkedChange:
+        code, message = refusal.code, refusal.message
+        if refusal.method == "HEAD" and code is None and self.explain is not None:
+            # A HEAD answer has no body: ask once more with GET for the parent's reason.
+            said_code, said = await self.explain(refusal.url)
+            if said:
+                code, message = said_code, f"{message}; GET says: {said}"
         entry = ParkedChange(
             seq=change.seq, repo=change.repo, op=change.op, tag=change.tag,
             digest=change.prev if change.op == "delete_tag" else change.digest,
             origin=change.origin, method=refusal.method or "?", url=refusal.url or "?",
-            status=refusal.status, code=refusal.code, message=refusal.message,
+            status=refusal.status, code=code, message=message,
             parked_at=time.time(), attempts=previous.attempts + 1 if previous else 1)
         await self.meta.park_change(entry)
         log.warning("parked outbox entry %d, %s: the parent refused it (%s); later changes go "

@@ -51,7 +51,7 @@ class Pusher:
         # Large blobs go by chunks the parent lacks, when delta transfer is on here.
         self.delta = DeltaPusher(reg, parent, state) if reg.settings.delta else None
         self._blob_slots = trio.CapacityLimiter(parallel_blobs)
-        self.parked = ParkedOutbox(reg.meta)
+        self.parked = ParkedOutbox(reg.meta, explain=parent.explain_refusal)
 
     def pending(self, limit: int = 500) -> list[Change]:
         cursor = self.state.cursor(UP_CURSOR) or 0

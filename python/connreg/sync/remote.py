@@ -138,6 +138,27 @@ class ParentClient:
     async def config(self) -> dict:
         return (await self._request("GET", "/connreg/v1/sync/config")).json()
 
+    async def explain_refusal(self, url: str) -> tuple[str | None, str | None]:
+        """The parent's error code and message for `url`, asked with GET after a HEAD there was
+        refused (a HEAD answer carries no body). (None, None) when the GET says nothing more;
+        a body is read only from an error answer, and at most 64 KiB of it."""
+        try:
+            async with self._client.stream("GET", url) as resp:
+                if resp.status_code < 400:
+                    return None, None
+                body = b""
+                async for piece in resp.aiter_raw(1 << 14):
+                    body += piece
+                    if len(body) >= 1 << 16:
+                        break
+        except httpx.HTTPError:
+            return None, None
+        try:
+            entry = json.loads(body)["errors"][0]
+            return entry.get("code"), entry.get("message")
+        except (ValueError, KeyError, IndexError, TypeError, AttributeError):
+            return None, None
+
     # --- OCI reads ----------------------------------------------------------------------------
     async def get_manifest(self, repo: str, reference: str) -> Manifest | None:
         resp = await self._request("GET", f"/v2/{repo}/manifests/{reference}", ok=(200, 404),

@@ -21,6 +21,7 @@ import trio
 
 from connreg import __version__
 from connreg.auth.actions import repo_matches
+from connreg.control import activation
 from connreg.registry import Registry
 from connreg.storage.budget import find_out_of_space
 from connreg.sync.puller import PARENT, Puller
@@ -275,7 +276,12 @@ class SyncService:
                   None)
         if me is None:
             return
-        self.config = NodeConfig.from_json(me)
+        config = NodeConfig.from_json(me)
+        if config.repositories != previous.repositories:
+            # Recorded before it applies: a start without the parent checks writes against it.
+            await trio.to_thread.run_sync(activation.remember_repositories,
+                                          self.reg.settings.data_dir, config.repositories)
+        self.config = config
         if self.parent.meter is not None:
             self.parent.meter.set_rate(self.config.bandwidth_limit)
         if self.config.log_level != previous.log_level:

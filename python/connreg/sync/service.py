@@ -190,7 +190,7 @@ class SyncService:
     def _disk_full_description(self, name: str, full: BaseException) -> str:
         refusal = self.reg.budget.refusal(full)
         numbers = ", ".join(f"{k}={v}" for k, v in refusal.detail.items())
-        return f"{name} sync cannot store what it received: {refusal.message} ({numbers})"
+        return f"{name} sync stopped by a full disk: {refusal.message} ({numbers})"
 
     def _online(self) -> None:
         if self.state.connection_state in ("Offline", "Unhealthy"):

@@ -293,3 +293,47 @@ def test_filesystem_refusing_the_store_itself_is_507_with_nothing_left_behind(sm
         r = c.post("/v2/ino/app/blobs/uploads/", params={"digest": sha256(data)}, content=data)
         assert r.status_code == 201, r.text
     assert node.proc.poll() is None
+
+
+def test_running_total_follows_every_write_and_delete(tmp_path):
+    """The store's size is kept as a running total; after each kind of write and delete it must
+    equal what a fresh walk of store/ counts."""
+    from connreg import _core
+    from connreg.storage.budget import StorageBudget, StorageFull
+    from connreg.storage.budgeted import BudgetedBlobStore
+
+    budget = StorageBudget(tmp_path, tmp_path / "store", min_free_bytes=0, max_store_bytes=MiB)
+    blobs = BudgetedBlobStore(_core.BlobStore(str(tmp_path / "store")), budget)
+
+    def agrees() -> bool:
+        counted = budget.used_bytes
+        return counted == budget.recount()
+
+    a, b = os.urandom(100_000), os.urandom(200_000)
+    blobs.put_bytes(a, sha256(a))
+    blobs.put_bytes(a, sha256(a))  # deduplicated: nothing added
+    assert budget.used_bytes == len(a) and agrees()
+    up = blobs.upload("one")
+    up.write(b[:150_000])
+    up.copy_from(sha256(a), 0, 1_000)
+    assert agrees()
+    up.abort()
+    assert agrees() and budget.used_bytes == len(a)
+    up = blobs.upload("two")
+    up.write(b)
+    up.commit(sha256(b))
+    dup = blobs.upload("three")
+    dup.write(b)
+    dup.commit(sha256(b))  # the blob exists: the upload's bytes are given back
+    assert agrees() and budget.used_bytes == len(a) + len(b)
+    blobs.upload("four").write(b"x" * 1000)
+    blobs.abort_upload("four")
+    assert agrees()
+    # Crossing max_store_bytes midway: refused, the upload discarded, its bytes given back.
+    big = blobs.upload("five")
+    big.write(os.urandom(600_000))
+    with pytest.raises(StorageFull, match="discarded"):
+        big.write(os.urandom(200_000))
+    assert blobs.upload_size("five") is None and agrees()
+    assert blobs.delete(sha256(b)) and agrees()
+    assert budget.used_bytes == len(a)

@@ -48,8 +48,11 @@ class StorageFull(Exception):
 
     def __init__(self, message: str, detail: dict[str, Any] | None = None):
         super().__init__(message)
-        self.message = message
+        self.message = message  # callers may add what they undid ("; … discarded")
         self.detail = detail
+
+    def __str__(self) -> str:
+        return self.message
 
 
 def is_sqlite_full(exc: BaseException) -> bool:

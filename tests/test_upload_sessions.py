@@ -15,8 +15,9 @@ from pathlib import Path
 
 import httpx
 
+from connreg.control.activation import parse_connection_string
 from connreg.testing import Node, start_node
-from connreg.testing.hierarchy import wait_for
+from connreg.testing.hierarchy import Hierarchy, wait_for
 from connreg.testing.oci import make_image, sha256
 
 from helpers import error_codes, push_image
@@ -316,3 +317,34 @@ def test_a_monolithic_upload_cut_midway_leaves_no_session(tmp_path):
             assert c.head(f"/v2/cut/app/blobs/{sha256(data)}").status_code == 404
     finally:
         node.stop()
+
+
+def test_sessions_leaked_by_a_child_do_not_lock_its_sync_out(tmp_path):
+    """A child's pusher that lost sessions at the parent (cut links) and sits at its cap: the
+    parent ends the child's idle sessions to make room (upload_reclaim_idle_seconds), so the
+    next push arrives instead of waiting a whole TTL behind 429s."""
+    h = Hierarchy(tmp_path, env=settings_env(max_upload_sessions_per_identity=4,
+                                             upload_reclaim_idle_seconds=3))
+    try:
+        root = h.start_root()
+        h.create("edge1", "ReadWrite", ["team/*"])
+        edge = h.start_child("edge1")
+        sync_token = parse_connection_string(edge.env["CONNREG_CONNECTION_STRING"])
+        with httpx.Client(base_url=root.url, timeout=60,
+                          auth=(sync_token.token, sync_token.password)) as c:
+            leaked = [c.post("/v2/team/app/blobs/uploads/") for _ in range(4)]
+            assert [r.status_code for r in leaked] == [202] * 4
+            r = c.post("/v2/team/app/blobs/uploads/")
+            assert r.status_code == 429, r.text
+            assert sync_token.token in r.json()["errors"][0]["message"]
+        image = make_image([150_000, 60_000, 9_000])
+        with httpx.Client(base_url=edge.url, auth=edge.admin, timeout=60) as c:
+            push_image(c, "team/app", image, "v1")
+        with httpx.Client(base_url=root.url, auth=root.admin, timeout=60) as c:
+            wait_for(lambda: c.head("/v2/team/app/manifests/v1").headers.get(
+                "Docker-Content-Digest") == image.digest, timeout=90,
+                message="the edge's push to arrive at the root")
+        assert not set(session_id(r) for r in leaked) & set(upload_rows(root))
+        assert "to make room for a new one" in root.log()
+    finally:
+        h.stop_all()

@@ -30,6 +30,10 @@ class Settings:
     # Open sessions per identity and in total; one more answers 429. 0: no cap.
     max_upload_sessions_per_identity: int = 100
     max_upload_sessions: int = 1000
+    # An identity at its cap gets its least recently used session ended to make room if that
+    # one has been idle this long (abandoned by a cut link, say), so a client that leaked
+    # sessions (a child's pusher too) is not locked out for a whole TTL. 0: never.
+    upload_reclaim_idle_seconds: float = 600.0
     # Bytes of manifests kept in memory; they are immutable by digest, so caching is safe.
     manifest_cache_bytes: int = 32 * MiB
 

@@ -9,7 +9,10 @@ clients that start sessions and never finish them, so:
   the hash state of a closed one, so its next request reopens the file without re-reading it.
   The same applies to the uploads sync fetches keep for resuming.
 - number: `max_upload_sessions_per_identity` and `max_upload_sessions` open sessions; one more
-  raises `UploadSessionLimit` (HTTP 429, api/uploads.py).
+  raises `UploadSessionLimit` (HTTP 429, api/uploads.py). An identity at its cap whose least
+  recently used session has been idle for `upload_reclaim_idle_seconds` gets that one ended
+  instead: sessions leaked by cut links must not lock a client (a child's pusher) out for a
+  whole TTL.
 - time: sessions without activity for `upload_ttl_seconds` are purged while running, row and
   file, with upload files that have no row (older than the TTL) and rows whose file is gone.
 
@@ -47,12 +50,24 @@ class UploadSessions:
         self._activity: dict[str, float] = {}
 
     async def create(self, upload_id: str, repo: str, owner: str) -> None:
-        """Record a new session of `owner`; raises UploadSessionLimit beyond a cap."""
+        """Record a new session of `owner`; raises UploadSessionLimit beyond a cap.
+
+        At its own cap, `owner`'s least recently used session is ended to make room if it has
+        been idle for `upload_reclaim_idle_seconds` (never one in use)."""
         s = self.settings
-        await self.meta.create_upload(
-            upload_id, repo, owner,
-            max_per_owner=s.max_upload_sessions_per_identity or None,
-            max_total=s.max_upload_sessions or None)
+        age = s.upload_reclaim_idle_seconds
+        idle_before = time.time() - age if age > 0 else None
+        # In use, or active since the store last heard of it: never reclaimed.
+        keep = frozenset(i for i, lock in self._locks.items() if lock.locked()) | frozenset(
+            i for i, when in self._activity.items() if idle_before and when >= idle_before)
+        reclaimed = await self.meta.create_upload(
+            upload_id, repo, owner, max_per_owner=s.max_upload_sessions_per_identity or None,
+            max_total=s.max_upload_sessions or None, reclaim_idle_before=idle_before, keep=keep)
+        if reclaimed is not None:
+            await trio.to_thread.run_sync(self.blobs.abort_upload, reclaimed)
+            self.forget(reclaimed)
+            log.info("ended upload session %s of %s, idle for over %gs, to make room for a new "
+                     "one (max_upload_sessions_per_identity)", reclaimed, owner, age)
 
     def handle(self, upload_id: str) -> _core.Upload:
         """The session's upload (creating its file if absent), noted as activity. Opening it may

@@ -542,23 +542,39 @@ class SqliteMetadataStore:
         return row[0] if row else None
 
     async def create_upload(self, upload_id: str, repo: str, owner: str = "",
-                            max_per_owner: int | None = None,
-                            max_total: int | None = None) -> None:
+                            max_per_owner: int | None = None, max_total: int | None = None,
+                            reclaim_idle_before: float | None = None,
+                            keep: frozenset[str] = frozenset()) -> str | None:
         def fn(conn):
             # Counted in the inserting transaction, so concurrent starts cannot overshoot.
             if max_total is not None:
                 (total,) = conn.execute("SELECT COUNT(*) FROM uploads").fetchone()
                 if total >= max_total:
                     raise UploadSessionLimit("total", owner, max_total)
+            reclaimed = None
             if max_per_owner is not None:
                 (mine,) = conn.execute("SELECT COUNT(*) FROM uploads WHERE owner = ?",
                                        (owner,)).fetchone()
                 if mine >= max_per_owner:
-                    raise UploadSessionLimit("identity", owner, max_per_owner)
+                    reclaimed = self._reclaimable(conn, owner, reclaim_idle_before, keep)
+                    if reclaimed is None:
+                        raise UploadSessionLimit("identity", owner, max_per_owner)
+                    conn.execute("DELETE FROM uploads WHERE id = ?", (reclaimed,))
             now = time.time()
             conn.execute("INSERT INTO uploads (id, repo, created, owner, touched)"
                          " VALUES (?, ?, ?, ?, ?)", (upload_id, repo, now, owner, now))
-        await self._write(fn)
+            return reclaimed
+        return await self._write(fn)
+
+    @staticmethod
+    def _reclaimable(conn, owner: str, idle_before: float | None,
+                     keep: frozenset[str]) -> str | None:
+        """`owner`'s least recently active session idle since `idle_before`, not in `keep`."""
+        if idle_before is None:
+            return None
+        rows = conn.execute("SELECT id FROM uploads WHERE owner = ? AND touched < ?"
+                            " ORDER BY touched", (owner, idle_before))
+        return next((upload_id for (upload_id,) in rows if upload_id not in keep), None)
 
     async def delete_upload(self, upload_id: str) -> None:
         await self.delete_uploads([upload_id])

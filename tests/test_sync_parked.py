@@ -4,7 +4,8 @@ Real processes: a root and one ReadWrite edge (set `team/*`, `lab/*`). The tests
 and share the pair: a stray push refused at the edge; entries the parent refuses for good
 (their repository left the edge's set while they waited in its outbox) parked while later
 pushes climb within seconds; parked entries surviving kill -9, retried, and delivered once the
-repository is back in the set.
+repository is back in the set. Then, without the hierarchy: which answers park an entry, and a
+later change of a tag superseding its parked entry.
 """
 
 from __future__ import annotations
@@ -18,6 +19,15 @@ import time
 import httpx
 import pytest
 
+from connreg.config import Settings
+from connreg.content import store_manifest
+from connreg.registry import Registry
+from connreg.sync.parked import permanent_refusal
+from connreg.sync.puller import Puller
+from connreg.sync.pusher import Pusher
+from connreg.sync.remote import ParentClient, ParentRefused, ParentUnavailable
+from connreg.sync.state import SyncState
+from connreg.testing import start_node
 from connreg.testing.hierarchy import Hierarchy, cli, wait_for
 from connreg.testing.oci import OCI_MANIFEST, make_image, sha256
 from helpers import push_image
@@ -185,6 +195,11 @@ def test_b_refused_entries_are_parked_and_later_pushes_go_on(pair):
     assert any("lab/x:v1" in d["description"] and kept.digest in d["description"]
                and "403" in d["description"] for d in details)
 
+    # The endpoints behind the CLI are the node admin's only.
+    with httpx.Client(base_url=edge.url, timeout=30) as anonymous:
+        assert anonymous.get("/connreg/v1/sync/parked").status_code == 401
+        assert anonymous.post("/connreg/v1/sync/parked/drop", json={"all": True}).status_code \
+            == 401
     dropped = pair.edge_cli("drop", "--seq", str(v2["seq"]), str(deleted["seq"]))
     assert dropped == {"dropped": 2}
     assert [p["seq"] for p in pair.edge_cli("list")["parked"]] == [v1["seq"]]
@@ -216,3 +231,67 @@ def test_c_a_parked_entry_survives_kill_9_and_is_delivered_when_the_set_grows(pa
     wait_for(lambda: pair.refused_at_root() == [], 30, interval=0.5,
              message="no SYNC_REFUSED at root")
     assert pair.digest(root, "lab/x", "v2") is None  # the dropped entries stayed dropped
+
+
+def test_which_refusals_park_an_entry():
+    def refused(status, code=None):
+        return ParentRefused(status, "no", code, method="PUT", url="http://parent/v2/a/b")
+
+    for status, code in ((403, "DENIED"), (400, "MANIFEST_INVALID"), (404, "NAME_UNKNOWN"),
+                         (413, "SIZE_INVALID"), (400, "MANIFEST_BLOB_UNKNOWN")):
+        assert permanent_refusal(refused(status, code)) is not None
+    for status, code in ((401, "UNAUTHORIZED"), (429, "TOOMANYREQUESTS"), (408, None),
+                         (404, "BLOB_UPLOAD_UNKNOWN")):
+        assert permanent_refusal(refused(status, code)) is None
+    assert permanent_refusal(ParentUnavailable("HTTP 503")) is None
+    # Blobs go up in parallel: park only when every failure in the group is permanent.
+    both = ExceptionGroup("blobs", [refused(403, "DENIED"), refused(400, "DIGEST_INVALID")])
+    assert permanent_refusal(both).status == 403
+    mixed = ExceptionGroup("blobs", [refused(403, "DENIED"), ParentUnavailable("reset")])
+    assert permanent_refusal(mixed) is None
+    assert permanent_refusal(ExceptionGroup("x", [refused(403), KeyError("bug")])) is None
+
+
+async def test_a_later_change_of_the_tag_supersedes_the_parked_one(tmp_path):
+    """Order per tag: while `big` is parked (the parent's manifest limit refuses it), a later
+    move of the same tag goes through and drops it; a parked entry of another tag stays."""
+    parent_node = start_node(tmp_path / "parent", args=["--no-auth"],
+                             env={"CONNREG_MAX_MANIFEST_BYTES": "1000"})
+    reg = Registry(Settings(data_dir=tmp_path / "child"))
+    parent = ParentClient(parent_node.url, auth=None)
+    try:
+        state = SyncState(reg.meta)
+        pusher = Pusher(reg, parent, state, Puller(reg, parent, state))
+        big, other, small = make_image([100] * 8), make_image([101] * 8), make_image([100])
+        for image, tag in ((big, "v1"), (other, "v9"), (small, "v1")):
+            for blob in image.blobs():
+                digest = reg.blobs.put_bytes(blob)
+                await reg.meta.link_blob("lab/app", digest, len(blob))
+            if image is not small:
+                await store_manifest(reg, "lab/app", tag, image.manifest, OCI_MANIFEST)
+
+        assert await pusher.push_all() == 0
+        parked = reg.meta.parked_changes()
+        assert [(p.tag, p.digest, p.status, p.code) for p in parked] == \
+            [("v1", big.digest, 413, "SIZE_INVALID"), ("v9", other.digest, 413, "SIZE_INVALID")]
+        assert parked[0].method == "PUT" and f"/v2/lab/app/manifests/{big.digest}" in \
+            parked[0].url
+        details = [d for d in state.to_json()["statusDetails"] if d["code"] == "SYNC_REFUSED"]
+        assert len(details) == 2 and "lab/app:v1" in details[0]["description"]
+
+        # Sent again on request: refused again, one more attempt.
+        assert await pusher.parked.requeue([parked[1].seq]) == 1
+        assert await pusher.push_all() == 0
+        assert reg.meta.parked_changes()[1].attempts == 2
+
+        await store_manifest(reg, "lab/app", "v1", small.manifest, OCI_MANIFEST)
+        assert await pusher.push_all() == 1
+        assert await parent.head_manifest("lab/app", "v1") == small.digest
+        assert [p.tag for p in reg.meta.parked_changes()] == ["v9"]  # v1's was superseded
+        assert await pusher.parked.drop() == 1
+        assert reg.meta.parked_changes() == []
+        assert state.to_json()["statusDetails"] == []
+    finally:
+        await parent.aclose()
+        reg.close()
+        parent_node.stop()

@@ -19,8 +19,8 @@ parked too, both stay parked, and a retry sends them in their original order.
 Settling: `retry` re-queues entries (the pusher sends them again, in order, before the
 outbox; refused again, they are parked again with one more attempt); `drop` forgets them (the
 local content stays, by digest). Entries refused with 403 (the parent's set lacks the
-repository) are re-queued automatically when this node's repository set grows, and at start,
-when the set covers their repository.
+repository) are re-queued automatically when this node's repository set grows, and at start and
+then hourly when the set covers their repository.
 """
 
 from __future__ import annotations
@@ -38,6 +38,9 @@ log = logging.getLogger("connreg.sync")
 # Statuses about the link or the credentials rather than one entry (401: a rotation the parent
 # has not seen yet; 408: a request timeout): retried like 5xx.
 NOT_ABOUT_THE_ENTRY = (401, 408, 429)
+# How often entries refused with 403 are sent again when our set covers their repository: the
+# parent's set may grow without ours changing (a pattern re-added above us).
+RECHECK_REFUSED_SECONDS = 3600.0
 # Error codes about a transfer in flight rather than the entry: an upload session the parent
 # forgot (restart, TTL purge) is started afresh on the next attempt.
 TRANSFER_CODES = ("BLOB_UPLOAD_UNKNOWN",)
@@ -91,6 +94,7 @@ class ParkedOutbox:
         # `explain(url)`: the parent's (code, message) for a URL whose HEAD it refused
         self.explain = explain
         self._requeued = trio.Event()  # set when entries were re-queued here: wake the pusher
+        self._rechecked_at: float | None = None
 
     def due(self) -> list[ParkedChange]:
         """Re-queued entries, in their original order."""
@@ -154,6 +158,14 @@ class ParkedOutbox:
         log.info("re-queueing %d parked outbox entr%s refused with 403: the repository set "
                  "now covers them", len(seqs), "y" if len(seqs) == 1 else "ies")
         return await self.requeue(seqs)
+
+    async def recheck_refused(self, wanted: Callable[[str], bool]) -> int:
+        """`requeue_refused` at the first call, then at most every RECHECK_REFUSED_SECONDS."""
+        now = trio.current_time()
+        if self._rechecked_at is not None and now - self._rechecked_at < RECHECK_REFUSED_SECONDS:
+            return 0
+        self._rechecked_at = now
+        return await self.requeue_refused(wanted)
 
     async def drop(self, seqs: list[int] | None = None) -> int:
         count = await self.meta.drop_parked(seqs)

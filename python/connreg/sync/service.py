@@ -232,10 +232,10 @@ class SyncService:
                 await trio.sleep(5.0)
 
     async def _up_loop(self) -> None:
-        # Entries parked with 403 are sent again once per (re)start if our set covers them
-        # now: the set may have grown while this node was down (sync/parked.py).
-        await self.pusher.parked.requeue_refused(self._covers)
         while True:
+            # Entries parked with 403 that our set covers are sent again at start and then
+            # hourly: the set, or the parent's, may have grown meanwhile (sync/parked.py).
+            await self.pusher.parked.recheck_refused(self._covers)
             head = self.reg.meta.change_bounds()[1]
             if self.pusher.has_work():
                 self.state.connection_state = "Syncing"
@@ -270,18 +270,25 @@ class SyncService:
     async def _sync_config(self) -> None:
         doc = await self.parent.config()
         previous = self.config
-        await self.on_config(doc)
-        self._config_version = doc.get("version")
         me = next((r for r in doc.get("connectedRegistries", []) if r["name"] == self.config.name),
                   None)
+        if me is not None:
+            config = NodeConfig.from_json(me)
+            if config.repositories != previous.repositories:
+                # Recorded before it applies: a start without the parent checks writes by it.
+                await trio.to_thread.run_sync(activation.remember_repositories,
+                                              self.reg.settings.data_dir, config.repositories)
+            # Our set first, our children's documents second: a child that learns its wider
+            # set from us finds this node already accepting its pushes there.
+            self.config = config
+        try:
+            await self.on_config(doc)
+        except BaseException:
+            self.config = previous  # applied again, in full, on the next attempt
+            raise
+        self._config_version = doc.get("version")
         if me is None:
             return
-        config = NodeConfig.from_json(me)
-        if config.repositories != previous.repositories:
-            # Recorded before it applies: a start without the parent checks writes against it.
-            await trio.to_thread.run_sync(activation.remember_repositories,
-                                          self.reg.settings.data_dir, config.repositories)
-        self.config = config
         if self.parent.meter is not None:
             self.parent.meter.set_rate(self.config.bandwidth_limit)
         if self.config.log_level != previous.log_level:

@@ -113,7 +113,8 @@ async def chunk_batch() -> Response:
                                                          f"{MAX_BATCH_BYTES} bytes")
     reg = current_app.extensions["registry"]
     level = current_app.config["CONNREG_SETTINGS"].zstd_level
-    frame = await trio.to_thread.run_sync(_core.encode_chunks, reg.blobs, items, level)
+    frame = await trio.to_thread.run_sync(_core.encode_chunks, reg.blobs.unbudgeted, items,
+                                          level)
     frame = _maybe_corrupt(frame)
     if child:
         TRAFFIC_BYTES[child] += len(frame)

@@ -235,7 +235,8 @@ class DeltaPusher:
     def _fill(self, job: _Push, entries: list, literals: list, refs: list) -> list:
         """Replace the LITERAL and REF placeholders by their entries (worker thread): literal
         bytes framed (zstd where it shrinks), refs with the BLAKE3 of our own bytes."""
-        frame = _core.encode_chunks(self.reg.blobs, literals, self.reg.settings.zstd_level) \
+        frame = _core.encode_chunks(self.reg.blobs.unbudgeted, literals,
+                                    self.reg.settings.zstd_level) \
             if literals else b""
         data = iter(plan.split_batch(frame))
         ref_iter = iter(refs)

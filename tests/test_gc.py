@@ -318,6 +318,17 @@ def test_gc_api_needs_the_admin(node):
                      auth=node.admin)
     assert bad.status_code == 400 and "gracePeriodSeconds" in bad.text
 
+    # `connreg gc run|status` call the same API as the node's admin
+    env = {k: v for k, v in os.environ.items() if not k.startswith("CONNREG_")}
+    env.update(CONNREG_REGISTRY=node.url, CONNREG_USERNAME="admin", CONNREG_PASSWORD=PASSWORD)
+    run = subprocess.run([sys.executable, "-m", "connreg", "gc", "run", "--dry-run", "-o", "json"],
+                         env=env, capture_output=True, text=True, timeout=60)
+    assert run.returncode == 0 and json.loads(run.stdout)["dryRun"] is True, run.stderr
+    status = subprocess.run([sys.executable, "-m", "connreg", "gc", "status"], env=env,
+                            capture_output=True, text=True, timeout=60)
+    assert status.returncode == 0 and "0 0 * * *" in status.stdout, status.stderr
+    assert "Last run" in status.stdout
+
 
 # --- the two races, step by step (in process, deterministic) ------------------------------------
 
@@ -465,3 +476,21 @@ async def test_links_from_before_the_linked_column_count_as_old(tmp_path):
     finally:
         meta.close()
     SqliteMetadataStore(path).close()  # opening it again is a no-op
+
+
+def test_space_freed_by_gc_is_given_back_to_the_disk_budget(tmp_path):
+    node = start_node(tmp_path / "node", args=["--no-auth"],
+                      env={"CONNREG_MAX_STORE_BYTES": str(400_000)})
+    try:
+        with httpx.Client(base_url=node.url, timeout=60) as c:
+            old, new = make_image([250_000]), make_image([250_000])
+            push_image(c, "team/app", old, "v1")
+            assert c.delete(f"/v2/team/app/manifests/{old.digest}").status_code == 202
+            full = c.post("/v2/team/app/blobs/uploads/", params={"digest": sha256(new.layers[0])},
+                          content=new.layers[0])
+            assert full.status_code == 507, full.text  # the deleted image still holds the space
+            assert gc(c, gracePeriodSeconds=0)["bytes"] >= 250_000
+            push_image(c, "team/app", new, "v2")  # accepted again, no restart
+            assert_pullable(c, "team/app", "v2")
+    finally:
+        node.stop()

@@ -70,20 +70,19 @@ def permanent_refusal(exc: BaseException) -> ParentRefused | None:
     return None
 
 
-def supersede_key(repo: str, op: str, tag: str | None, digest: str | None) -> tuple:
+def supersede_key(repo: str, tag: str | None, digest: str | None) -> tuple:
+    """What a later change must touch to supersede a parked one: its tag, else its digest."""
     return (repo, "tag", tag) if tag else (repo, "digest", digest)
 
 
 def describe(entry: ParkedChange) -> str:
     """What the parked change would have done, naming repository, tag and digest."""
     if entry.op == "manifest":
-        what = (f"push of {entry.repo}:{entry.tag} ({entry.digest})" if entry.tag
+        return (f"push of {entry.repo}:{entry.tag} ({entry.digest})" if entry.tag
                 else f"push of {entry.repo}@{entry.digest}")
-    elif entry.op == "delete_tag":
-        what = f"deletion of tag {entry.repo}:{entry.tag} (was {entry.digest or 'unknown'})"
-    else:
-        what = f"deletion of {entry.repo}@{entry.digest}"
-    return what
+    if entry.op == "delete_tag":
+        return f"deletion of tag {entry.repo}:{entry.tag} (was {entry.digest or 'unknown'})"
+    return f"deletion of {entry.repo}@{entry.digest}"
 
 
 class ParkedOutbox:
@@ -102,6 +101,11 @@ class ParkedOutbox:
 
     async def park(self, change: Change, refusal: ParentRefused,
                    previous: ParkedChange | None = None) -> ParkedChange:
+        if previous is not None and all(
+                p.seq != change.seq for p in self.meta.parked_changes(repo=change.repo)):
+            log.info("outbox entry %d, %s: refused again, but dropped meanwhile; not parked",
+                     change.seq, describe(previous))
+            return previous
         code, message = refusal.code, refusal.message
         if refusal.method == "HEAD" and code is None and self.explain is not None:
             # A HEAD answer has no body: ask once more with GET for the parent's reason.
@@ -125,11 +129,10 @@ class ParkedOutbox:
         of the same tag (or digest) it supersedes."""
         if not self.meta.parked_count():
             return
-        key = supersede_key(change.repo, change.op, change.tag,
-                            change.prev if change.op == "delete_tag" else change.digest)
+        key = supersede_key(change.repo, change.tag, change.digest)
         done = [p for p in self.meta.parked_changes(repo=change.repo)
                 if p.seq == change.seq or
-                (p.seq < change.seq and supersede_key(p.repo, p.op, p.tag, p.digest) == key)]
+                (p.seq < change.seq and supersede_key(p.repo, p.tag, p.digest) == key)]
         if done:
             await self.meta.drop_parked([p.seq for p in done])
         for p in done:

@@ -120,6 +120,8 @@ def test_gc_frees_a_deleted_images_blobs_and_keeps_shared_ones(node, client):
     assert blob_file(node, sha256(shared)).exists()
     assert_pullable(client, "team/b", "v1")
     assert client.get(f"/v2/team/a/blobs/{sha256(only_a)}").status_code == 404
+    assert report["repositories"] == ["team/a", "team/c"]  # nothing left in them
+    assert client.get("/v2/_catalog").json()["repositories"] == ["team/b"]
 
     # local housekeeping: GC wrote nothing to the change feed (children, outbox)
     assert change_feed(client) == feed_before

@@ -68,6 +68,7 @@ class GcReport:
     blobs: int = 0
     bytes: int = 0
     chunk_rows: int = 0
+    repositories: list[str] = field(default_factory=list)  # emptied and forgotten
     upload_rows: int = 0
     upload_files: int = 0
     tmp_files: int = 0
@@ -83,6 +84,7 @@ class GcReport:
             "blobs": self.blobs, "bytes": self.bytes, "chunkRows": self.chunk_rows,
             "uploadRows": self.upload_rows, "uploadFiles": self.upload_files,
             "tmpFiles": self.tmp_files, "uploadBytes": self.upload_bytes,
+            "repositories": self.repositories,
             "deletedManifests": self.manifests,
         }
 
@@ -90,7 +92,8 @@ class GcReport:
         verb = "would free" if self.dry_run else "freed"
         return (f"{verb} {self.blobs} blob(s) ({size_text(self.bytes)}), "
                 f"{self.manifest_count} manifest(s), {self.blob_links} blob link(s), "
-                f"{self.chunk_rows} chunk-index row(s), "
+                f"{self.chunk_rows} chunk-index row(s), {len(self.repositories)} empty "
+                f"repositor{'y' if len(self.repositories) == 1 else 'ies'}, "
                 f"{self.upload_rows + self.upload_files} upload leftover(s) and "
                 f"{self.tmp_files} staging file(s) ({size_text(self.upload_bytes)}) "
                 f"in {self.duration:.2f} s")
@@ -180,6 +183,7 @@ class GarbageCollector:
         report.blobs = len(plan.blobs)
         report.bytes = sum(plan.blobs.values())
         report.chunk_rows = sum(plan.chunk_rows.values()) + sum(plan.orphan_chunk_lists.values())
+        report.repositories = plan.repositories
 
     async def _sweep(self, plan: GcPlan, cut: float, report: GcReport) -> None:
         meta = self.reg.meta
@@ -222,6 +226,10 @@ class GarbageCollector:
                 report.chunk_rows += rows
         if plan.orphan_chunk_lists:
             report.chunk_rows += await meta.gc_drop_chunk_lists(list(plan.orphan_chunk_lists))
+        if plan.repositories:
+            report.repositories = await meta.gc_drop_empty_repositories(plan.repositories)
+            for repo in report.repositories:
+                log.info("gc: forgot repository %s: nothing is left in it", repo)
 
     async def _sweep_uploads(self, sessions: list[tuple[str, float]], cut: float, dry_run: bool,
                              report: GcReport) -> None:

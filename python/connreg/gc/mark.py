@@ -10,6 +10,7 @@ Pure (no I/O), so every rule is visible here and testable on its own. Per reposi
   garbage. An untagged retention of 0 keeps every manifest.
 - Blob links. A repository's link to a blob is garbage when no manifest of that repository
   that stays references it, and it was last linked before the grace cut.
+- Repositories left with no manifest, tag or blob link are forgotten (catalog, tag list).
 - Blob files. A file is garbage when, once the above is gone, no repository links it, no
   manifest anywhere references it and none is stored as it (a manifest's own bytes), and it
   was written before the grace cut. The chunk index never keeps a blob: its rows go with it.
@@ -40,6 +41,7 @@ class GcPlan:
     blobs: dict[str, int] = field(default_factory=dict)  # digest → size of files to delete
     chunk_rows: dict[str, int] = field(default_factory=dict)  # digest → rows, of those blobs
     orphan_chunk_lists: dict[str, int] = field(default_factory=dict)  # file already gone
+    repositories: list[str] = field(default_factory=list)  # left with nothing in them
 
     @property
     def manifest_count(self) -> int:
@@ -136,4 +138,10 @@ def mark(snap: GcSnapshot, stored: dict[str, StoredBlob], now: float, grace: flo
             if digest in chunk_rows:
                 plan.chunk_rows[digest] = chunk_rows[digest]
     plan.orphan_chunk_lists = {d: n for d, n in chunk_rows.items() if d not in stored}
+
+    occupied = {repo for repo, d, _, _ in snap.manifests if (repo, d) not in doomed}
+    occupied.update(repo for repo, _ in snap.tags)
+    occupied.update(repo for repo, digest, _, _ in snap.links
+                    if digest not in plan.links.get(repo, ()))
+    plan.repositories = sorted(set(snap.repositories) - occupied)
     return plan

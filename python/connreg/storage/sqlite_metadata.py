@@ -636,10 +636,11 @@ class SqliteMetadataStore:
                     outbox += conn.execute(
                         "SELECT repo, digest FROM parked WHERE op = 'manifest'"
                         " AND digest IS NOT NULL").fetchall()
+            repositories = [r[0] for r in conn.execute("SELECT name FROM repositories")]
             conn.execute("COMMIT")
         finally:
             conn.close()
-        return GcSnapshot(manifests, tags, refs, links, uploads, chunked, outbox)
+        return GcSnapshot(manifests, tags, refs, links, uploads, chunked, outbox, repositories)
 
     async def gc_delete_manifests(self, repo: str, candidates: dict[str, float]) -> list[str]:
         """Delete those of `candidates` (digest → `created` as seen in the snapshot) that are
@@ -733,4 +734,16 @@ class SqliteMetadataStore:
         def fn(conn):
             return sum(conn.execute("DELETE FROM uploads WHERE id = ?", (u,)).rowcount
                        for u in upload_ids)
+        return await self._write(fn, frees=True)
+
+    async def gc_drop_empty_repositories(self, names: list[str]) -> list[str]:
+        """Forget those of `names` still left with no manifest, tag or blob link; return them.
+        (A write that puts something in one re-creates it in its own transaction.)"""
+        def fn(conn):
+            return [n for n in names if conn.execute(
+                "DELETE FROM repositories WHERE name = ?"
+                " AND NOT EXISTS (SELECT 1 FROM manifests WHERE repo = ?)"
+                " AND NOT EXISTS (SELECT 1 FROM repo_blobs WHERE repo = ?)"
+                " AND NOT EXISTS (SELECT 1 FROM tags WHERE repo = ?)",
+                (n, n, n, n)).rowcount]
         return await self._write(fn, frees=True)

@@ -39,7 +39,13 @@ def _serve(args: argparse.Namespace) -> int:
         if state.get("offline"):
             print(f"connreg: warning: {state['offline']}; serving as connected registry "
                   f"{state.get('name')} with what is stored", file=sys.stderr)
-    serve.main(settings)
+    from connreg.gc import DataDirBusy
+
+    try:
+        serve.main(settings)
+    except DataDirBusy as exc:  # an offline garbage collection holds the data dir
+        print(f"connreg: error: {exc}", file=sys.stderr)
+        return 1
     return 0
 
 

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import secrets
 from collections import OrderedDict
+from contextlib import AbstractAsyncContextManager
 
 import trio
 
@@ -70,7 +71,7 @@ class Registry:
     def upload_handle(self, upload_id: str) -> _core.Upload:
         return self.uploads.handle(upload_id)
 
-    def upload_lock(self, upload_id: str) -> trio.Lock:
+    def upload_lock(self, upload_id: str) -> AbstractAsyncContextManager[None]:
         """Serializes the requests of one upload session (PATCHes, PUT, DELETE)."""
         return self.uploads.lock(upload_id)
 

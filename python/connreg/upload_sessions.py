@@ -24,6 +24,8 @@ from __future__ import annotations
 
 import logging
 import time
+from contextlib import asynccontextmanager
+from typing import AsyncIterator
 
 import trio
 
@@ -43,9 +45,9 @@ class UploadSessions:
         self.blobs = blobs
         self.meta = meta
         self.settings = settings
-        # One lock per session serializes its requests; a locked session is "in use" and is
-        # never purged.
-        self._locks: dict[str, trio.Lock] = {}
+        # One lock per session serializes its requests, [lock, holders and waiters]; present
+        # only while someone holds or waits for it. Such a session is "in use": never purged.
+        self._locks: dict[str, list] = {}
         # Last request per session since the last purge pass (written to the store there).
         self._activity: dict[str, float] = {}
 
@@ -58,7 +60,7 @@ class UploadSessions:
         age = s.upload_reclaim_idle_seconds
         idle_before = time.time() - age if age > 0 else None
         # In use, or active since the store last heard of it: never reclaimed.
-        keep = frozenset(i for i, lock in self._locks.items() if lock.locked()) | frozenset(
+        keep = frozenset(self._locks) | frozenset(
             i for i, when in self._activity.items() if idle_before and when >= idle_before)
         reclaimed = await self.meta.create_upload(
             upload_id, repo, owner, max_per_owner=s.max_upload_sessions_per_identity or None,
@@ -77,20 +79,28 @@ class UploadSessions:
         self._close_idle_files()
         return upload
 
-    def lock(self, upload_id: str) -> trio.Lock:
-        lock = self._locks.get(upload_id)
-        if lock is None:
-            lock = self._locks[upload_id] = trio.Lock()
-        return lock
+    @asynccontextmanager
+    async def lock(self, upload_id: str) -> AsyncIterator[None]:
+        """Hold the session's lock. Kept only while held or awaited, so requests naming
+        sessions that do not exist leave nothing behind."""
+        entry = self._locks.get(upload_id)
+        if entry is None:
+            entry = self._locks[upload_id] = [trio.Lock(), 0]
+        entry[1] += 1
+        try:
+            async with entry[0]:
+                yield
+        finally:
+            entry[1] -= 1
+            if entry[1] == 0:
+                del self._locks[upload_id]
 
     def forget(self, upload_id: str) -> None:
         """The session ended (committed or discarded): drop what is kept in memory for it."""
-        self._locks.pop(upload_id, None)
         self._activity.pop(upload_id, None)
 
     def _in_use(self, upload_id: str) -> bool:
-        lock = self._locks.get(upload_id)
-        return lock is not None and lock.locked()
+        return upload_id in self._locks
 
     def _close_idle_files(self) -> int:
         return self.blobs.release_idle_uploads(self.settings.upload_idle_close_seconds,
@@ -125,11 +135,6 @@ class UploadSessions:
             self.forget(upload_id)
         if ended:
             await self.meta.delete_uploads(sorted(ended))
-        # Locks taken for requests naming unknown sessions would otherwise stay forever.
-        live = rows - ended
-        for upload_id in [i for i, lock in self._locks.items()
-                          if i not in live and not lock.locked()]:
-            del self._locks[upload_id]
         if ended or orphans:
             log.info("purged %d upload sessions (idle longer than %gs or without a file) and "
                      "%d upload files without a session", len(ended), ttl, len(orphans))

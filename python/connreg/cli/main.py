@@ -14,6 +14,7 @@ from connreg.config import Settings
 def _serve(args: argparse.Namespace) -> int:
     from connreg import serve
     from connreg.control import activation
+    from connreg.gc.schedule import check_schedule
 
     try:
         settings = Settings.load(
@@ -27,6 +28,7 @@ def _serve(args: argparse.Namespace) -> int:
         )
         if settings.is_connected_registry:
             activation.connection(settings)  # validates the connection string early
+        check_schedule(settings.gc_schedule, "gc_schedule")
     except (OSError, ValueError) as exc:
         print(f"connreg: error: {exc}", file=sys.stderr)
         return 2

@@ -27,6 +27,16 @@ def next_run(cron: str, now: float) -> float:
     return croniter(cron, datetime.fromtimestamp(now, tz=timezone.utc)).get_next(float)
 
 
+def check_schedule(cron: str, name: str) -> None:
+    """ValueError naming the setting unless `cron` is empty or a valid cron expression."""
+    if cron.strip():
+        try:
+            next_run(cron.strip(), 0.0)
+        except (ValueError, KeyError) as exc:
+            raise ValueError(f"setting {name}: {cron!r} is not a cron expression "
+                             f"(minute hour day month weekday, e.g. '0 0 * * *'): {exc}") from None
+
+
 async def run_on_schedule(expression: Callable[[], str | None], collect: Callable[[], Awaitable],
                           clock: Clock, task_status=trio.TASK_STATUS_IGNORED) -> None:
     """Run `collect()` at every time `expression()` names; never raises (a failed run is

@@ -10,8 +10,10 @@ run is refined: the parent cuts just that range into ~4 KiB sub-chunks, the chil
 stretch the same way, and only the sub-chunks it lacks cross the link (a 26 KiB edit then costs
 about 26 KiB plus two sub-chunks, not the two or three 64 KiB chunks around it).
 
-An interrupted fetch leaves a verified prefix in the upload (whole chunks, or part of one); the
-next attempt continues exactly where it ends. The commit verifies the SHA-256 of the whole
+Batches are read as a stream and each chunk is appended as soon as it has arrived and been
+verified, so an interrupted fetch (a window's end, a cut link) leaves every chunk received in
+the upload: a verified prefix (whole chunks, or part of one); the next attempt continues
+exactly where it ends. The commit verifies the SHA-256 of the whole
 before the blob becomes visible, and the chunk list is then recorded in the local index, so the
 next version finds these chunks here.
 """
@@ -19,7 +21,9 @@ next version finds these chunks here.
 from __future__ import annotations
 
 import logging
+from contextlib import aclosing
 from dataclasses import dataclass
+from typing import AsyncIterator
 
 import trio
 
@@ -30,6 +34,11 @@ from connreg.sync.remote import ParentClient, ParentUnavailable
 log = logging.getLogger("connreg.delta")
 BATCH_BYTES = 2 * 1024 * 1024
 BATCH_CHUNKS = 128
+# Under a bandwidth cap, batches shrink towards a quarter second of traffic, down to this.
+MIN_CAPPED_BATCH_BYTES = 256 * 1024
+# Frame entries: id (32) | codec (1) | payload length (u32 LE) | payload (docs/delta.md).
+ENTRY_HEADER = 32 + 1 + 4
+MAX_ENTRY_BYTES = 16 * 1024 * 1024
 # Sub-chunks for refining a missing run (cut identically by parent and child).
 REFINE_PARAMS = _core.ChunkParams(1024, 4096, 16384)
 REFINE_MAX_RUN = 8 * 1024 * 1024  # the parent's limit for one range list
@@ -212,38 +221,77 @@ class DeltaFetcher:
             await trio.to_thread.run_sync(job.upload.copy_many, held)
             job.copied += sum(n for _, _, n in held)
 
+    def _batch_bytes(self) -> int:
+        """Bytes per chunk batch: 2 MiB, or about a quarter second of traffic under a
+        bandwidth cap, so a window that closes mid-batch leaves little requested but unread."""
+        rate = self.parent.meter.rate if self.parent.meter is not None else None
+        if not rate:
+            return BATCH_BYTES
+        return max(MIN_CAPPED_BATCH_BYTES, min(BATCH_BYTES, int(rate) // 4))
+
     async def _fetch_missing(self, job: _Assembly, items: list) -> None:
         """Fetch and append `items` ((offset, length, id or None) of the parent's blob) in
         batches; an id is checked against what arrives, None takes the parent's word for it
         (the commit's SHA-256 check still covers those bytes)."""
         i = 0
+        limit = self._batch_bytes()
         while i < len(items):
             batch, size = [], 0
-            while i < len(items) and len(batch) < BATCH_CHUNKS and (not batch or size < BATCH_BYTES):
+            while i < len(items) and len(batch) < BATCH_CHUNKS and (
+                    not batch or size + items[i][1] <= limit):
                 batch.append(items[i])
                 size += items[i][1]
                 i += 1
-            for data in await self._fetch_batch(job.repo, job.digest, batch):
-                await trio.to_thread.run_sync(job.upload.write, data)
-            job.fetched += size
-            if self.stats:
-                self.stats.progress_bytes(size)
+            await self._fetch_batch(job, batch)
 
-    async def _fetch_batch(self, repo: str, digest: str, batch: list) -> list[bytes]:
-        """The batch's bytes in order, each verified by BLAKE3; refetched once if corrupt."""
+    async def _fetch_batch(self, job: _Assembly, batch: list) -> None:
+        """Append the batch's chunks in order, each written as soon as it has arrived and
+        matched its BLAKE3 id, so an interruption (a window's end, a cut link) keeps every
+        chunk already received. What arrives corrupt is requested once more, from the first
+        chunk not yet written."""
         for attempt in (1, 2):
-            frame = await self.parent.fetch_chunks(repo, digest, [[o, n] for o, n, _ in batch])
+            ranges = [[o, n] for o, n, _ in batch]
             try:
-                decoded = await trio.to_thread.run_sync(_core.decode_chunks, frame)
+                pieces = self.parent.stream_chunks(job.repo, job.digest, ranges)
+                async with aclosing(pieces), aclosing(frame_entries(pieces)) as entries:
+                    async for chunk_id, data in entries:
+                        want = batch[0][2]
+                        if want is not None and chunk_id != want or len(data) != batch[0][1]:
+                            raise _core.CorruptChunk(f"got chunk {chunk_id[:12]} of {len(data)}"
+                                                     f" bytes where {want} was asked")
+                        await trio.to_thread.run_sync(job.upload.write, data)
+                        job.fetched += len(data)
+                        if self.stats:
+                            self.stats.progress_bytes(len(data))
+                        batch = batch[1:]
+                        if not batch:
+                            break
             except _core.CorruptChunk as exc:
                 log.warning("corrupt chunk batch for %s from parent (%s); fetching again",
-                            digest[:19], exc)
+                            job.digest[:19], exc)
                 continue
-            if len(decoded) != len(batch) or any(
-                    want is not None and got != want
-                    for (got, _), (_, _, want) in zip(decoded, batch)):
-                log.warning("chunk batch for %s does not match the list; fetching again",
-                            digest[:19])
-                continue
-            return [data for _, data in decoded]
-        raise ParentUnavailable(f"chunks of {digest} arrived corrupt twice")
+            if not batch:
+                return
+            log.warning("chunk batch for %s ended %d chunk(s) early; fetching again",
+                        job.digest[:19], len(batch))
+        raise ParentUnavailable(f"chunks of {job.digest} arrived corrupt twice")
+
+
+async def frame_entries(pieces) -> AsyncIterator[tuple[str, bytes]]:
+    """(BLAKE3 hex, bytes) of each frame entry (`id | codec | length | payload`) as soon as
+    it is complete in the stream of `pieces`, verified against its id."""
+    buffer = bytearray()
+    async for piece in pieces:
+        buffer += piece
+        while len(buffer) >= ENTRY_HEADER:
+            end = ENTRY_HEADER + int.from_bytes(buffer[ENTRY_HEADER - 4:ENTRY_HEADER], "little")
+            if end > ENTRY_HEADER + MAX_ENTRY_BYTES:
+                raise _core.CorruptChunk(f"frame entry of {end} bytes")
+            if len(buffer) < end:
+                break
+            entry = bytes(buffer[:end])
+            del buffer[:end]
+            for decoded in await trio.to_thread.run_sync(_core.decode_chunks, entry):
+                yield decoded
+    if buffer:
+        raise _core.CorruptChunk(f"frame ends inside an entry ({len(buffer)} bytes left)")

@@ -238,9 +238,11 @@ class ParentClient:
                 if offset and resp.status_code == 200:
                     raise ParentRefused(200, "parent ignored the Range header")
                 async for chunk in resp.aiter_raw(1 << 20):
+                    yield chunk
+                    # Metered after the caller stored it: a window closing while the cap
+                    # makes us wait must not lose bytes that already arrived.
                     if self.meter:
                         await self.meter.account(len(chunk))
-                    yield chunk
         except httpx.HTTPError as exc:
             raise ParentUnavailable(f"GET blob {digest}: {type(exc).__name__}") from exc
 
@@ -264,13 +266,28 @@ class ParentClient:
             await self.meter.account(len(resp.content))
         return resp.json()
 
-    async def fetch_chunks(self, repo: str, digest: str, ranges: list[list[int]]) -> bytes:
-        resp = await self._request("POST", "/connreg/v1/sync/chunks",
-                                   params={"repo": repo, "digest": digest},
-                                   json={"ranges": ranges})
-        if self.meter:
-            await self.meter.account(len(resp.content))
-        return resp.content
+    async def stream_chunks(self, repo: str, digest: str, ranges: list[list[int]],
+                            piece: int = 64 * 1024) -> AsyncIterator[bytes]:
+        """A chunk batch frame (`POST /connreg/v1/sync/chunks`, docs/delta.md) as it arrives,
+        in pieces of at most `piece` bytes: the caller keeps each chunk as soon as it is
+        complete, so an interruption loses at most the one in flight. Each piece is metered
+        after the caller has handled it."""
+        try:
+            async with self._client.stream("POST", "/connreg/v1/sync/chunks",
+                                           params={"repo": repo, "digest": digest},
+                                           json={"ranges": ranges}) as resp:
+                if resp.status_code != 200:
+                    await resp.aread()
+                    if resp.status_code >= 500 or resp.status_code == 429:
+                        raise ParentUnavailable(f"POST chunks of {digest}: HTTP "
+                                                f"{resp.status_code}")
+                    raise _refused(resp)
+                async for data in resp.aiter_raw(piece):
+                    yield data
+                    if self.meter:
+                        await self.meter.account(len(data))
+        except httpx.HTTPError as exc:
+            raise ParentUnavailable(f"POST chunks of {digest}: {type(exc).__name__}") from exc
 
     async def known_chunks(self, repo: str, params: str, ids: list[str]) -> list[bool] | None:
         """Which chunks the parent can copy itself for a push to `repo`; None when it cannot

@@ -11,6 +11,8 @@ from __future__ import annotations
 import json
 import os
 import sqlite3
+import subprocess
+import sys
 import time
 from concurrent.futures import ThreadPoolExecutor
 
@@ -148,6 +150,21 @@ def test_image_withdrawn_while_edges_were_away_is_gone_after_they_return(hierarc
              message="edgero1's tags")
     assert tags(rw, "vuln/app") == tags(root, "vuln/app") == ["local", "multi", "v2"]
     assert status(rw, "vuln/app", local.digest) == 200
+
+    # With the manifest gone, garbage collection frees the withdrawn image's blobs there.
+    ro.stop()
+    gc = subprocess.run([sys.executable, "-m", "connreg", "maintenance", "gc", "--data-dir",
+                         str(ro.data_dir)], capture_output=True, text=True, timeout=120)
+    assert gc.returncode == 0, gc.stderr
+    for blob in content.withdrawn.blobs():
+        assert not blob_file(ro, blob).exists()
+    for blob in content.kept.blobs():
+        assert blob_file(ro, blob).exists()
+
+
+def blob_file(node, data: bytes):
+    hex_digest = sha256(data).removeprefix("sha256:")
+    return node.data_dir / "store" / "blobs" / "sha256" / hex_digest[:2] / hex_digest
 
 
 def test_resync_removes_manifests_the_parent_no_longer_has(hierarchy):

@@ -496,3 +496,40 @@ def test_space_freed_by_gc_is_given_back_to_the_disk_budget(tmp_path):
             assert_pullable(c, "team/app", "v2")
     finally:
         node.stop()
+
+
+async def test_manifests_spread_over_many_transactions_all_go_in_one_run(tmp_path, monkeypatch):
+    """Indexes go before what they list and referrers with their subject, however the
+    deletions are split into transactions."""
+    import trio
+
+    from connreg.config import Settings
+    from connreg.content import store_manifest
+    from connreg.gc import collector
+    from connreg.registry import Registry
+
+    monkeypatch.setattr(collector, "MANIFESTS_PER_TRANSACTION", 2)
+    reg = Registry(Settings(data_dir=tmp_path / "node"))
+    try:
+        config = reg.blobs.put_bytes(b"{}")
+        await reg.meta.link_blob("r", config, 2)
+
+        async def put(doc: dict, media_type: str = OCI_MANIFEST) -> str:
+            body = json.dumps({"schemaVersion": 2, "mediaType": media_type, **doc}).encode()
+            return (await store_manifest(reg, "r", sha256(body), body, media_type))[0]
+
+        images = [await put({"config": descriptor(OCI_CONFIG, b"{}"), "layers": [],
+                             "annotations": {"n": str(i)}}) for i in range(4)]
+        index_type = "application/vnd.oci.image.index.v1+json"
+        index = await put({"manifests": [{"mediaType": OCI_MANIFEST, "digest": d, "size": 1}
+                                         for d in images[:3]]}, index_type)
+        subject = {"mediaType": OCI_MANIFEST, "digest": images[3], "size": 1}
+        referrers = [await put({"config": descriptor(OCI_CONFIG, b"{}"), "layers": [],
+                                "subject": subject, "annotations": {"r": str(i)}})
+                     for i in range(3)]
+        await trio.sleep(0.05)
+        report = await collector.GarbageCollector(reg).collect(0.0, 0.01)
+        assert report.manifest_count == 8, report.to_json()
+        assert all(reg.meta.get_manifest("r", d) is None for d in [*images, index, *referrers])
+    finally:
+        reg.close()

@@ -40,8 +40,8 @@ log = logging.getLogger("connreg.gc")
 # notice, long enough that a large sweep does not take a transaction per file.
 BLOBS_PER_TRANSACTION = 200
 LINKS_PER_TRANSACTION = 500
-# Manifests considered per repository and run (one transaction); the rest waits for the next run.
-MANIFESTS_PER_RUN = 5000
+# Manifests deleted per write transaction (a subject and its referrers always share one).
+MANIFESTS_PER_TRANSACTION = 1000
 # A running node's upload leftovers must be at least this old (rows come just before files).
 UPLOAD_LEFTOVER_MIN_AGE = 15 * 60
 SYNC_FETCH_PREFIX = "sync-"
@@ -97,6 +97,17 @@ class GcReport:
                 f"{self.upload_rows + self.upload_files} upload leftover(s) and "
                 f"{self.tmp_files} staging file(s) ({size_text(self.upload_bytes)}) "
                 f"in {self.duration:.2f} s")
+
+
+def _batches(groups: list[list[str]], size: int) -> list[list[str]]:
+    """Consecutive groups packed into batches of about `size`, never splitting a group."""
+    batches: list[list[str]] = []
+    for group in groups:
+        if batches and len(batches[-1]) + len(group) <= size:
+            batches[-1].extend(group)
+        else:
+            batches.append(list(group))
+    return batches
 
 
 def _stored_blobs(blobs) -> dict[str, StoredBlob]:
@@ -158,7 +169,8 @@ class GarbageCollector:
             snap = await trio.to_thread.run_sync(self.reg.meta.gc_snapshot,
                                                  self.outbox_cursor_key, self.parent_origin)
             stored = await trio.to_thread.run_sync(_stored_blobs, self.reg.blobs)
-            plan = mark(snap, stored, now, grace_seconds, untagged_retention_seconds)
+            plan = await trio.to_thread.run_sync(mark, snap, stored, now, grace_seconds,
+                                                 untagged_retention_seconds)
             if dry_run:
                 self._report_plan(plan, report)
             else:
@@ -186,16 +198,23 @@ class GarbageCollector:
         report.repositories = plan.repositories
 
     async def _sweep(self, plan: GcPlan, cut: float, report: GcReport) -> None:
-        meta = self.reg.meta
+        await self._sweep_manifests(plan, report)
+        await self._sweep_blobs(plan, cut, report)
+
+    async def _sweep_manifests(self, plan: GcPlan, report: GcReport) -> None:
         for repo, manifests in plan.manifests.items():
-            candidates = dict(list(manifests.items())[:MANIFESTS_PER_RUN])
-            for digest in await meta.gc_delete_manifests(repo, candidates):
-                reason = plan.reasons[(repo, digest)]
-                log.info("gc: deleted manifest %s@%s: %s", repo, digest, reason)
-                report.manifest_count += 1
-                if len(report.manifests) < MANIFESTS_LISTED:
-                    report.manifests.append({"repository": repo, "digest": digest,
-                                             "reason": reason})
+            for batch in _batches(plan.manifest_groups[repo], MANIFESTS_PER_TRANSACTION):
+                candidates = {d: manifests[d] for d in batch}
+                for digest in await self.reg.meta.gc_delete_manifests(repo, candidates):
+                    reason = plan.reasons[(repo, digest)]
+                    log.info("gc: deleted manifest %s@%s: %s", repo, digest, reason)
+                    report.manifest_count += 1
+                    if len(report.manifests) < MANIFESTS_LISTED:
+                        report.manifests.append({"repository": repo, "digest": digest,
+                                                 "reason": reason})
+
+    async def _sweep_blobs(self, plan: GcPlan, cut: float, report: GcReport) -> None:
+        meta = self.reg.meta
         for repo, digests in plan.links.items():
             for i in range(0, len(digests), LINKS_PER_TRANSACTION):
                 unlinked = await meta.gc_unlink_blobs(repo, digests[i:i + LINKS_PER_TRANSACTION],

@@ -36,6 +36,8 @@ class StoredBlob:
 class GcPlan:
     # repo → digest → `created` as seen (the sweep deletes only if unchanged)
     manifests: dict[str, dict[str, float]] = field(default_factory=dict)
+    # repo → those digests in the groups and order the sweep deletes them (see _deletion_groups)
+    manifest_groups: dict[str, list[list[str]]] = field(default_factory=dict)
     reasons: dict[tuple[str, str], str] = field(default_factory=dict)
     links: dict[str, list[str]] = field(default_factory=dict)  # repo → digests to unlink
     blobs: dict[str, int] = field(default_factory=dict)  # digest → size of files to delete
@@ -69,6 +71,34 @@ def _kept_manifests(manifests: dict[str, tuple[float, str | None]], roots: set[s
         if subject is not None and subject in manifests:
             todo.append(subject)
     return kept
+
+
+def _deletion_groups(doomed: set[str], manifests: dict[str, tuple[float, str | None]],
+                     children: dict[str, list[str]]) -> list[list[str]]:
+    """`doomed` in groups the sweep deletes together or in order: a subject with its
+    referrers (each keeps the other while present), and indexes before the manifests they
+    list (a listed manifest is deletable once its index is gone)."""
+    def group_root(digest: str) -> str:
+        seen = {digest}
+        while (subject := manifests[digest][1]) in doomed and subject not in seen:
+            digest = subject
+            seen.add(digest)
+        return digest
+
+    rank = dict.fromkeys(doomed, 0)  # how many doomed indexes stand above a manifest
+    for _ in range(8):  # index nesting is shallow; stop early once settled
+        changed = False
+        for parent in doomed:
+            for child in children.get(parent, ()):
+                if child in doomed and rank[child] <= rank[parent]:
+                    rank[child] = rank[parent] + 1
+                    changed = True
+        if not changed:
+            break
+    groups: dict[str, list[str]] = {}
+    for digest in sorted(doomed):
+        groups.setdefault(group_root(digest), []).append(digest)
+    return sorted(groups.values(), key=lambda g: (max(rank[d] for d in g), g[0]))
 
 
 def _reason(digest: str, manifests: dict[str, tuple[float, str | None]], retention: float) -> str:
@@ -113,9 +143,12 @@ def mark(snap: GcSnapshot, stored: dict[str, StoredBlob], now: float, grace: flo
                         or (age < retention and not orphan)):
                     roots.add(digest)
             kept = _kept_manifests(manifests, roots, children, referrers)
-            for digest in manifests.keys() - kept:
+            groups = _deletion_groups(manifests.keys() - kept, manifests, children)
+            if groups:
+                plan.manifest_groups[repo] = groups
+                plan.manifests[repo] = {d: manifests[d][0] for group in groups for d in group}
+            for digest in plan.manifests.get(repo, ()):
                 doomed.add((repo, digest))
-                plan.manifests.setdefault(repo, {})[digest] = manifests[digest][0]
                 plan.reasons[(repo, digest)] = _reason(digest, manifests, retention)
 
     referenced: set[tuple[str, str]] = set()  # (repo, digest) a staying manifest references

@@ -27,6 +27,7 @@ from connreg.testing.oci import (OCI_CONFIG, OCI_LAYER_GZIP, OCI_MANIFEST, descr
 from helpers import push_blob, push_image
 
 PASSWORD = "gc-test-admin-password-0123456789"
+RACE_SECONDS = 3.0
 
 
 def blob_file(node, digest: str) -> Path:
@@ -218,8 +219,13 @@ def _race(node, pool: list[bytes], pushers: int = 3, images: int = 8
                 time.sleep(random.uniform(0, 0.25))
 
     def push(worker: int):
+        # at least `images` images, and for at least RACE_SECONDS, so GC runs many times
+        # during the pushes however fast this machine is
+        until = time.monotonic() + RACE_SECONDS
         with httpx.Client(base_url=node.url, timeout=60) as c:
-            for i in range(images):
+            for i in range(images * 5):
+                if i >= images and time.monotonic() >= until:
+                    break
                 repo, tag = f"race/w{worker}", f"v{i}"
                 layers = [pool[(worker + i) % len(pool)], pool[(worker * 3 + i) % len(pool)],
                           random_layer(1000 + i)]

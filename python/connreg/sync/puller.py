@@ -19,6 +19,7 @@ from connreg.content import INDEX_TYPES, delete_reference, store_manifest
 from connreg.delta.fetch import DeltaFetcher, DeltaUnavailable
 from connreg.errors import RegistryError
 from connreg.registry import Registry
+from connreg.sync.parked import exception_leaves
 from connreg.sync.remote import ParentClient, ParentRefused, ParentUnavailable
 from connreg.sync.state import SyncState, last_known_key
 
@@ -197,12 +198,14 @@ class Puller:
         for repo in unlisted:
             try:
                 await self._reconcile_repository(repo, outbox)
-            except ParentRefused as exc:
-                if exc.status != 403:
+            except Exception as exc:  # the HEADs run in a nursery: maybe a group
+                denied = next((e for e in exception_leaves(exc)
+                               if isinstance(e, ParentRefused) and e.status == 403), None)
+                if denied is None:
                     raise
                 # The parent denies us this repository (its own set may lack it): nothing of
-                # it is removed here on that answer, and the others still reconcile.
-                log.warning("reconciliation of %s skipped: %s", repo, exc)
+                # it is removed on that answer, and the others still reconcile.
+                log.warning("reconciliation of %s skipped: %s", repo, denied)
 
     async def _reconcile_repository(
             self, repo: str,

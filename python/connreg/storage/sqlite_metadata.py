@@ -410,9 +410,16 @@ class SqliteMetadataStore:
         head_seq = head[0] if head else 0
         return (first if first is not None else head_seq + 1), head_seq
 
-    async def prune_changes(self, older_than: float) -> int:
+    async def prune_changes(self, older_than: float, keep_from: int | None = None) -> int:
+        """Drop entries older than `older_than`, but none from `keep_from` on (a ReadWrite
+        node's first unsent outbox entry). The log stays contiguous, so a child's cursor check
+        (oldest retained seq) remains exact."""
         def fn(conn):
-            return conn.execute("DELETE FROM changes WHERE time < ?", (older_than,)).rowcount
+            if keep_from is None:
+                return conn.execute("DELETE FROM changes WHERE time < ?",
+                                    (older_than,)).rowcount
+            return conn.execute("DELETE FROM changes WHERE time < ? AND seq < ?",
+                                (older_than, keep_from)).rowcount
         return await self._write(fn, frees=True)
 
     async def wait_for_change(self, after: int, timeout: float) -> None:

@@ -57,14 +57,6 @@ class Pusher:
         cursor = self.state.cursor(UP_CURSOR) or 0
         return self.reg.meta.changes_since(cursor, limit, exclude_origin=PARENT)
 
-    def pending_tags(self) -> set[tuple[str, str]]:
-        out: set[tuple[str, str]] = set()
-        while True:
-            batch = self.pending(10_000)
-            out.update((c.repo, c.tag) for c in batch if c.tag)
-            if len(batch) < 10_000:
-                return out
-
     def has_work(self) -> bool:
         return bool(self.pending(1) or self.parked.due())
 

@@ -20,6 +20,8 @@ from connreg.sync.control_sync import descendant_statuses, replace_documents
 from connreg.sync.remote import ParentClient
 from connreg.sync.schedule import Clock, parse_duration
 from connreg.sync.service import NodeConfig, SyncService, apply_log_level
+from connreg.sync.puller import PARENT
+from connreg.sync.state import UP_CURSOR
 
 log = logging.getLogger("connreg.sync")
 DEFAULT_TTL = "P2D"
@@ -35,10 +37,18 @@ def retention_seconds(store: ControlStore, me: str | None) -> float:
     return max(ttls, default=parse_duration(DEFAULT_TTL))
 
 
-async def prune_loop(reg: Registry, store: ControlStore, me: str | None, clock: Clock) -> None:
+async def prune_loop(reg: Registry, store: ControlStore, me: str | None, clock: Clock,
+                     keeps_outbox: bool = False) -> None:
+    """`keeps_outbox` on a ReadWrite connected registry: entries its parent has not yet
+    acknowledged are its outbox, kept however long the parent is away (nothing is lost)."""
     while True:
         cutoff = clock.now() - retention_seconds(store, me)
-        pruned = await reg.meta.prune_changes(cutoff)
+        keep_from = None
+        if keeps_outbox:
+            unsent = reg.meta.changes_since(int(reg.meta.get_state(UP_CURSOR) or 0), 1,
+                                            exclude_origin=PARENT)
+            keep_from = unsent[0].seq if unsent else None
+        pruned = await reg.meta.prune_changes(cutoff, keep_from)
         if pruned:
             log.info("pruned %d change-log entries older than the message TTL", pruned)
         await trio.sleep(PRUNE_EVERY)
@@ -60,7 +70,8 @@ async def run_node_tasks(settings: Settings, reg: Registry, store: ControlStore,
                          state: dict | None, nursery: trio.Nursery) -> SyncService | None:
     clock = Clock(settings.test_clock_offset_seconds)
     me = state["name"] if state else None
-    nursery.start_soon(prune_loop, reg, store, me, clock)
+    read_write = state is not None and state.get("mode") != "ReadOnly"
+    nursery.start_soon(prune_loop, reg, store, me, clock, read_write)
     if state is None:
         return None
     service = build_sync_service(settings, reg, store, state, clock)

@@ -11,6 +11,8 @@ from types import SimpleNamespace
 from connreg import _core
 from connreg.delta import plan
 from connreg.delta.push import DeltaPusher, _Push
+from connreg.storage.budget import StorageBudget
+from connreg.storage.budgeted import BudgetedBlobStore
 
 KiB, MiB = 1024, 1024 * 1024
 SUB = _core.ChunkParams(1024, 4096, 16384)
@@ -65,7 +67,9 @@ async def test_plans_rebuild_the_blob_from_any_offset(tmp_path):
         v2[at:at + 3000] = os.urandom(3000)
     v2 = bytes(v2[:10 * KiB]) + os.urandom(5000) + bytes(v2[10 * KiB:])  # a run at the start
     v2 = v2[:-5000] + os.urandom(7000)  # and one at the end
-    blobs = _core.BlobStore(tmp_path)
+    # The node's store as the app builds it: the Rust store under the disk budget.
+    blobs = BudgetedBlobStore(_core.BlobStore(tmp_path / "store"),
+                              StorageBudget(tmp_path, tmp_path / "store"))
     digest = blobs.put_bytes(v2)
     parent = FakeParent(v1)
     reg = SimpleNamespace(blobs=blobs, settings=SimpleNamespace(zstd_level=3))

@@ -75,6 +75,18 @@ class Authorizer:
         return RegistryError(errors.UNAUTHORIZED, message=message, detail=detail,
                              headers=self.challenge(scope, error))
 
+    async def require_node_admin(self, task: str) -> None:
+        """For this node's own upkeep endpoints (GC, parked entries), which answer on every
+        node: 401 without credentials, 403 for anyone but the admin; open with auth off."""
+        if not self.enabled:
+            return
+        principal = await self.caller()
+        if principal is None or principal.kind == "anonymous":
+            raise self.unauthorized(message=f"{task} needs the admin's credentials")
+        if principal.kind != "admin":
+            raise RegistryError(errors.DENIED, message=f"{principal.name} may not use {task}: "
+                                "that needs this node's admin")
+
     async def caller(self, scope: str | None = None) -> Principal | None:
         """The authenticated caller, None without credentials; bad credentials → 401."""
         try:

@@ -28,15 +28,7 @@ MAX_BODY = 64 * 1024
 
 
 async def _admin() -> None:
-    authz = current_app.extensions["authorizer"]
-    if not authz.enabled:
-        return
-    principal = await authz.caller()
-    if principal is None or principal.kind == "anonymous":
-        raise authz.unauthorized(message="garbage collection needs the admin's credentials")
-    if principal.kind != "admin":
-        raise RegistryError(errors.DENIED, message=f"{principal.name} may not run garbage "
-                            "collection: that needs this node's admin")
+    await current_app.extensions["authorizer"].require_node_admin("garbage collection")
 
 
 def _invalid(message: str) -> RegistryError:

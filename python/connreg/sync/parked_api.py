@@ -22,15 +22,7 @@ MAX_LISTED = 10_000
 
 
 async def _admin() -> None:
-    authz = current_app.extensions["authorizer"]
-    if not authz.enabled:
-        return
-    principal = await authz.caller()
-    if principal is None or principal.kind == "anonymous":
-        raise authz.unauthorized(message="parked outbox entries need the admin's credentials")
-    if principal.kind != "admin":
-        raise RegistryError(errors.DENIED, message=f"{principal.name} may not manage parked "
-                            "outbox entries: that needs this node's admin")
+    await current_app.extensions["authorizer"].require_node_admin("parked outbox entries")
 
 
 def _outbox() -> ParkedOutbox:

@@ -59,7 +59,10 @@ def create_app(settings: Settings) -> StreamingQuart:
     authn = None
     if settings.auth:
         tokens = TokenService(settings.data_dir / "auth", settings.auth_service,
-                              settings.token_ttl_seconds, settings.refresh_token_ttl_seconds)
+                              settings.token_ttl_seconds,
+                              settings.refresh_token_ttl_seconds
+                              or settings.refresh_token_max_lifetime_seconds,
+                              clock_offset=settings.test_clock_offset_seconds)
         authn = Authenticator(settings, control_store, tokens)
     state = activation.load_state(settings.data_dir) if settings.is_connected_registry else None
     read_only = state["name"] if state and state.get("mode") == "ReadOnly" else None

@@ -66,10 +66,20 @@ class Settings:
     # `service` of the Bearer challenge and audience of the issued tokens.
     auth_service: str = "connreg"
     token_ttl_seconds: int = 300
-    refresh_token_ttl_seconds: int = 24 * 3600
-    # Failed logins allowed per source address and window before 429 TOOMANYREQUESTS.
+    # A refresh token (docker keeps the one from `docker login`) lives until its password is
+    # regenerated, disabled or expires, but never longer than this after that login.
+    refresh_token_max_lifetime_seconds: int = 90 * 24 * 3600
+    # Deprecated name of the maximum lifetime (it used to be a fixed 24 h); when set (> 0) it
+    # still wins, so an operator's explicit choice keeps meaning what it meant.
+    refresh_token_ttl_seconds: int = 0
+    # Failed logins allowed per (account, source address) and window before that pair gets
+    # 429 TOOMANYREQUESTS for a window; each further lockout doubles, up to the max.
     auth_failure_limit: int = 10
     auth_failure_window_seconds: float = 60.0
+    auth_lockout_max_seconds: float = 900.0
+    # Reverse proxies (CIDRs) whose X-Forwarded-For names the client a login is counted
+    # against; from anyone else the header is ignored. Env/CLI: comma-separated.
+    trusted_proxies: tuple[str, ...] = ()
 
     # --- control plane (docs/management-api.md) ---------------------------------------------
     # host:port this node is reached at by its children (default: `listen`).
@@ -97,7 +107,8 @@ class Settings:
     delta: bool = True
 
     # --- test-only knobs (never set in production; documented in docs/sync.md) ---------------
-    # Shifts this node's clock for sync schedules and change-log retention.
+    # Shifts this node's clock for sync schedules, change-log retention and the token service
+    # (token times, password expiry).
     test_clock_offset_seconds: float = 0.0
     # Lowers the PT1H minimum sync window the root accepts.
     test_min_sync_window_seconds: int = 0
@@ -138,7 +149,13 @@ class Settings:
         for name, raw in values.items():
             default = getattr(settings, name)
             try:
-                value = _parse_bool(raw) if isinstance(default, bool) else type(default)(raw)
+                if isinstance(default, bool):
+                    value = _parse_bool(raw)
+                elif isinstance(default, tuple):  # a list: TOML array or "a,b" from env
+                    items = raw.split(",") if isinstance(raw, str) else list(raw)
+                    value = tuple(str(i).strip() for i in items if str(i).strip())
+                else:
+                    value = type(default)(raw)
             except (TypeError, ValueError) as exc:
                 raise ValueError(f"setting {name}: {raw!r} is not a valid "
                                  f"{type(default).__name__}") from exc

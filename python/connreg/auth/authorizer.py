@@ -12,13 +12,15 @@ from __future__ import annotations
 import logging
 from typing import Callable
 
-from quart import request
+from quart import current_app, request
 
 from connreg import errors
 from connreg.auth.actions import Permissions, repo_matches
 from connreg.auth.identity import Authenticator, Principal
+from connreg.auth.sources import TrustedProxies
 from connreg.config import Settings
 from connreg.errors import RegistryError
+from connreg.references import MAX_NAME_LENGTH, NAME_RE
 
 log = logging.getLogger("connreg.auth")
 
@@ -40,8 +42,22 @@ CHALLENGE_ACTIONS = {"pull": "pull", "push": "pull,push", "delete": "delete"}
 OPEN = Principal("<open>", "open", Permissions(everything=True), via="none")
 
 
+def mount_source(route: str) -> str | None:
+    """The `from` repository of a cross-repository mount (`POST …/uploads/?mount=D&from=R`),
+    when it is a valid name; the mount needs pull on it."""
+    if route != "upload-start" or request.args.get("mount") is None:
+        return None
+    source = request.args.get("from") or ""
+    return source if len(source) <= MAX_NAME_LENGTH and NAME_RE.fullmatch(source) else None
+
+
 def source_address() -> str:
-    return request.remote_addr or "unknown"
+    """Who failed logins are counted against: the peer, or the client behind a trusted
+    reverse proxy (`auth/sources.py`)."""
+    authz = current_app.extensions.get("authorizer")
+    if authz is None:
+        return request.remote_addr or "unknown"
+    return authz.proxies.source(request.remote_addr, request.headers.getlist("X-Forwarded-For"))
 
 
 class Authorizer:
@@ -50,6 +66,7 @@ class Authorizer:
                  synchronized_set: SynchronizedSet | None = None):
         self.settings = settings
         self.authn = authenticator
+        self.proxies = TrustedProxies(settings.trusted_proxies)
         # Set on a ReadOnly connected registry: every write is DENIED naming the mode (§1).
         self.read_only_name = read_only_mode
         # Set on a connected registry: writes outside its current repository set are DENIED
@@ -114,6 +131,9 @@ class Authorizer:
         else:
             repo, action = params["name"], REQUIRED[route][method]
             scope = f"repository:{repo}:{CHALLENGE_ACTIONS[action]}"
+            source = mount_source(route)
+            if source is not None:  # ask for the mount's source too, as distribution does
+                scope += f" repository:{source}:pull"
             principal = await self.caller(scope)
             if principal is None:
                 anonymous = self.authn.anonymous()
@@ -127,6 +147,12 @@ class Authorizer:
                 log.info("denied %s on %s to %s", action, repo, principal.name)
                 raise RegistryError(errors.DENIED, detail={"repository": repo, "action": action},
                                     message=f"{principal.name} may not {action} {repo}")
+            if (source is not None and principal.via == "bearer"
+                    and not principal.can(source, "pull")
+                    and "pull" in principal.perms.docker_actions(source)):
+                # a token narrower than its holder: fetch one covering the source, then mount
+                raise self.unauthorized(scope, error="insufficient_scope",
+                                        message="token does not cover the mount's source")
         if route != "catalog" and self.read_only_name and REQUIRED[route][method] != "pull":
             raise RegistryError(errors.DENIED, message=f"connected registry "
                                 f"{self.read_only_name} is ReadOnly: writes are not accepted")

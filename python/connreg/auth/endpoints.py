@@ -4,6 +4,12 @@ GET  /oauth2/token?service=S&scope=repository:NAME:pull,push[&scope=…][&offlin
 POST /oauth2/token  grant_type=password&username=U&password=P&scope=…[&access_type=offline]
 POST /oauth2/token  grant_type=refresh_token&refresh_token=R&scope=…
 
+Refresh tokens (docker keeps the one from `docker login` as its identity token and uses it for
+every later command) stay valid until the password they were obtained with is regenerated,
+disabled or expires, at most `refresh_token_max_lifetime_seconds` after that login. A bad
+refresh token is not counted as a failed login: it cannot be guessed (Ed25519 signature), and
+counting it would let anyone lock others out.
+
 The token grants, per requested repository, the intersection of the requested actions and the
 caller's permissions (unknown or refused actions are silently left out, as distribution does).
 """
@@ -17,7 +23,7 @@ from quart import Blueprint, Response, current_app, request
 from connreg import errors
 from connreg.api.http import json_response
 from connreg.auth.authorizer import Authorizer, source_address
-from connreg.auth.identity import ANONYMOUS, Principal
+from connreg.auth.identity import Principal
 from connreg.errors import RegistryError
 from connreg.references import MAX_NAME_LENGTH, NAME_RE
 
@@ -64,8 +70,9 @@ def _issue(principal: Principal, scopes: list[str], refresh: bool) -> Response:
             "issued_at": issued.strftime("%Y-%m-%dT%H:%M:%SZ"),
             "scope": " ".join(f"repository:{r}:{','.join(sorted(a))}"
                               for r, a in sorted(granted.items()))}
-    if refresh and principal.name != ANONYMOUS:
-        body["refresh_token"] = authz.authn.tokens.issue_refresh(principal.name)
+    refresh_token = authz.authn.issue_refresh(principal) if refresh else None
+    if refresh_token is not None:
+        body["refresh_token"] = refresh_token
     return json_response(body, headers={"Cache-Control": "no-store"})
 
 
@@ -103,11 +110,10 @@ async def token_post() -> Response:
                                             source_address())
         return _issue(principal, scopes, offline)
     if grant == "refresh_token":
-        subject = authz.authn.tokens.verify_refresh(form.get("refresh_token", ""))
-        principal = authz.authn.principal_for(subject) if subject else None
-        if principal is None:
-            authz.authn.limiter.record_failure(source_address())
-            raise _unauthorized("invalid or expired refresh token")
+        try:
+            principal = authz.authn.refresh_principal(form.get("refresh_token", ""))
+        except RegistryError as exc:
+            raise _unauthorized(exc.message) from None
         return _issue(principal, scopes, True)
     raise RegistryError(errors.ErrorCode("UNSUPPORTED", 400, "unsupported grant_type"),
                         detail={"grant_type": grant[:50]})

@@ -2,9 +2,14 @@
 
 Identities: the admin (`admin`, every permission), tokens (their scope map's actions, while
 enabled and holding a password that has not expired), and, when `anonymous_pull` is on, the
-anonymous caller (pull on every repository). Password checks run scrypt in a worker thread;
-a successful check is remembered for `CACHE_SECONDS` under an HMAC of the credentials with a
-per-process random key, and forgotten as soon as any control-plane resource changes.
+anonymous caller (pull on every repository). Password checks run scrypt in a worker thread,
+always twice (`passwords.match_slot`: no timing oracle); a successful check is remembered for
+`CACHE_SECONDS` under an HMAC of the credentials with a per-process random key, and forgotten as
+soon as any control-plane resource changes. Identical checks running at once share one hash.
+
+Every attempt takes a slot of the (account, source address) limiter before its hash runs
+(`auth/ratelimit.py`); refresh tokens are bound to the password they were obtained with
+(`refresh_principal`).
 """
 
 from __future__ import annotations
@@ -22,7 +27,8 @@ import trio
 
 from connreg import errors
 from connreg.auth.actions import Permissions
-from connreg.auth.passwords import generate_password, hash_password, verify_password
+from connreg.auth.passwords import (PASSWORD_SLOTS, credential_version, generate_password,
+                                    hash_password, match_slot)
 from connreg.auth.ratelimit import FailureLimiter
 from connreg.auth.tokens import TokenService, write_secret_file
 from connreg.config import Settings
@@ -35,8 +41,11 @@ ADMIN = "admin"
 ANONYMOUS = "<anonymous>"
 ADMIN_PASSWORD_FILE = "admin-password"
 CACHE_SECONDS = 60.0
-# Verified against when the user is unknown, so unknown and known names take the same time.
-_DUMMY_HASH = hash_password(secrets.token_urlsafe(16))
+# The password slots of a token, in the order `match_slot` checks them.
+TOKEN_SLOTS = ("password1", "password2")
+assert len(TOKEN_SLOTS) == PASSWORD_SLOTS
+# The admin's one password, as named in refresh tokens.
+ADMIN_SLOT = "admin"
 
 
 @dataclass
@@ -82,16 +91,39 @@ def usable_credentials(token: dict, now: float | None = None) -> list[dict]:
     return out
 
 
+@dataclass(frozen=True)
+class Verified:
+    """A password check that succeeded: who, with which password, valid until when."""
+    subject: str
+    slot: str             # "password1" | "password2" | "admin"
+    version: str          # `credential_version` of the matched hash
+    expiry: float | None  # the password's expiry
+
+
+@dataclass
+class _Check:
+    """A password check in flight; identical attempts arriving meanwhile wait for it."""
+    done: trio.Event = field(default_factory=trio.Event)
+    finished: bool = False
+    result: Verified | None = None
+
+
 class Authenticator:
     def __init__(self, settings: Settings, store: ControlStore, tokens: TokenService):
         self.settings = settings
         self.store = store
         self.tokens = tokens
         self.limiter = FailureLimiter(settings.auth_failure_limit,
-                                      settings.auth_failure_window_seconds)
+                                      settings.auth_failure_window_seconds,
+                                      settings.auth_lockout_max_seconds)
         self._cache_key = secrets.token_bytes(32)
-        self._verified: dict[bytes, tuple[str, int, float]] = {}
+        self._verified: dict[bytes, tuple[Verified, int, float]] = {}
+        self._checks: dict[bytes, _Check] = {}
         self._admin_hash = self._load_admin_hash() if settings.auth else ""
+
+    def now(self) -> float:
+        """Wall-clock time as the token service sees it (shifted by the test-only offset)."""
+        return self.tokens.now()
 
     # --- the admin identity -----------------------------------------------------------------
     def _load_admin_hash(self) -> str:
@@ -125,60 +157,157 @@ class Authenticator:
         if subject == ANONYMOUS:
             return self.anonymous()
         token = self.store.get(TOKEN, subject)
-        if token is None or token.get("status") != "enabled" or not usable_credentials(token):
+        if token is None or token.get("status") != "enabled" or not usable_credentials(
+                token, self.now()):
             return None
         scope_map = self.store.get(SCOPE_MAP, token["scopeMap"]) or {"actions": []}
         return Principal(token["name"], "token", Permissions(scope_map["actions"]))
 
     # --- credentials ----------------------------------------------------------------------------
-    def _check_rate(self, source: str) -> None:
-        wait = self.limiter.retry_after(source)
-        if wait is not None:
-            raise RegistryError(errors.TOO_MANY_REQUESTS,
-                                message="too many failed logins from this address; retry later",
-                                headers={"Retry-After": str(int(wait) + 1)})
+    @staticmethod
+    def _too_many(wait: float) -> RegistryError:
+        return RegistryError(errors.TOO_MANY_REQUESTS,
+                             message="too many failed logins for this account from this "
+                                     "address; retry later",
+                             headers={"Retry-After": str(int(wait) + 1)})
 
-    def _check_password(self, username: str, password: str) -> tuple[str, float | None] | None:
-        """(subject, password expiry) if the password is right; runs scrypt, so call it in a
-        worker thread."""
+    def _check_password(self, username: str, password: str) -> Verified | None:
+        """Which password of `username` this is, if any. Runs scrypt exactly PASSWORD_SLOTS
+        times on every path (unknown name, disabled token, expired or missing password, wrong
+        or right password), so call it in a worker thread."""
         if username == ADMIN:
-            return (ADMIN, None) if verify_password(password, self._admin_hash) else None
+            index = match_slot(password, [self._admin_hash])
+            return None if index is None else Verified(
+                ADMIN, ADMIN_SLOT, credential_version(self._admin_hash), None)
         token = self.store.get(TOKEN, username)
-        creds = usable_credentials(token) if token else []
-        match = None
-        for cred in creds:  # check both passwords whatever the outcome: no timing difference
-            if verify_password(password, cred["hash"]):
-                match = cred
-        if not creds:
-            verify_password(password, _DUMMY_HASH)
-        if match is not None and token.get("status") == "enabled":
-            return token["name"], parse_time(match.get("expiry"))
+        usable = {}
+        if token is not None and token.get("status") == "enabled":
+            usable = {c["name"]: c for c in usable_credentials(token, self.now())}
+        slots = [usable[name]["hash"] if name in usable else None for name in TOKEN_SLOTS]
+        index = match_slot(password, slots)
+        if index is None:
+            return None
+        cred = usable[TOKEN_SLOTS[index]]
+        return Verified(token["name"], cred["name"], credential_version(cred["hash"]),
+                        parse_time(cred.get("expiry")))
+
+    def _cached(self, key: bytes) -> Verified | None:
+        hit = self._verified.get(key)
+        if hit and hit[1] == self.store.generation and hit[2] > time.time():
+            return hit[0]
         return None
+
+    def _remember(self, key: bytes, verified: Verified) -> None:
+        if len(self._verified) > 10_000:
+            self._verified.clear()
+        until = time.time() + CACHE_SECONDS
+        if verified.expiry is not None:  # an expiry on the token service's clock
+            until = min(until, verified.expiry - self.tokens.clock_offset)
+        self._verified[key] = (verified, self.store.generation, until)
+
+    async def _verify(self, username: str, password: str, source: str) -> Verified | None:
+        """The password check behind a login, with its limiter slot; TOOMANYREQUESTS if the
+        (account, address) pair is locked or has every slot in flight."""
+        key = hmac.new(self._cache_key, f"{username}\0{password}".encode(),
+                       hashlib.sha256).digest()
+        while True:
+            wait = self.limiter.retry_after(username, source)
+            if wait is not None:
+                raise self._too_many(wait)
+            cached = self._cached(key)
+            if cached is not None:
+                return cached
+            running = self._checks.get(key)
+            if running is None:
+                break
+            await running.done.wait()  # the same credentials are being checked: share it
+            if running.finished:
+                return running.result
+        refusal = self.limiter.reserve(username, source)
+        if refusal is not None:
+            raise self._too_many(refusal.retry_after)
+        check = self._checks[key] = _Check()
+        found = None
+        try:
+            found = await trio.to_thread.run_sync(self._check_password, username, password)
+            if found is not None and self.principal_for(found.subject) is None:
+                found = None  # e.g. deleted or disabled while the hash ran
+            check.result, check.finished = found, True
+        finally:
+            del self._checks[key]
+            check.done.set()
+            if found is not None:
+                self.limiter.succeeded(username, source)
+                self._remember(key, found)
+            else:
+                locked_for = self.limiter.failed(username, source)
+                if locked_for is not None:
+                    # Once per lockout, not per refused attempt.
+                    log.warning("locked out logins for %r from %s for %d s after %d failed "
+                                "logins", username[:100], source, locked_for,
+                                self.limiter.limit)
+        return found
 
     async def login(self, username: str, password: str, source: str) -> Principal:
         """Check a username/password; UNAUTHORIZED or TOOMANYREQUESTS if refused."""
-        self._check_rate(source)
-        key = hmac.new(self._cache_key, f"{username}\0{password}".encode(), hashlib.sha256).digest()
-        hit = self._verified.get(key)
-        subject = None
-        if hit and hit[1] == self.store.generation and hit[2] > time.time():
-            subject = hit[0]
-        else:
-            found = await trio.to_thread.run_sync(self._check_password, username, password)
-            if found is not None:
-                subject, expiry = found
-                if len(self._verified) > 10_000:
-                    self._verified.clear()
-                until = time.time() + CACHE_SECONDS
-                self._verified[key] = (subject, self.store.generation,
-                                       until if expiry is None else min(until, expiry))
-        principal = self.principal_for(subject) if subject else None
+        found = await self._verify(username, password, source)
+        principal = self.principal_for(found.subject) if found else None
         if principal is None:
-            self.limiter.record_failure(source)
             # The username is not a secret; the password never appears in a log line.
             log.info("failed login for %r from %s", username[:100], source)
             raise RegistryError(errors.UNAUTHORIZED, message="invalid username or password")
+        principal.extra["credential"] = found
         return principal
+
+    # --- refresh tokens -------------------------------------------------------------------------
+    def issue_refresh(self, principal: Principal) -> str | None:
+        """A refresh token bound to the password `principal` signed in with (None if it did
+        not sign in with a password, e.g. the anonymous caller)."""
+        found: Verified | None = principal.extra.get("credential")
+        if found is None:
+            return None
+        return self.tokens.issue_refresh(found.subject, found.slot, found.version,
+                                         principal.extra.get("auth_time"))
+
+    def refresh_principal(self, token: str) -> Principal:
+        """The caller behind a refresh token, while the password it was obtained with is
+        unchanged, enabled and not expired; UNAUTHORIZED naming why otherwise."""
+        claims = self.tokens.verify_refresh(token)
+        if claims is None:
+            raise RegistryError(errors.UNAUTHORIZED, message="invalid or expired refresh token "
+                                "(older than the maximum lifetime, or not issued here); "
+                                "log in again")
+        subject, slot, version = claims["sub"], claims.get("cred"), claims.get("ver")
+        current = None
+        if subject == ADMIN:
+            if slot == ADMIN_SLOT:
+                current = Verified(ADMIN, ADMIN_SLOT, credential_version(self._admin_hash), None)
+        else:
+            doc = self.store.get(TOKEN, subject)
+            if doc is None:
+                raise self._stale(f"token {subject} no longer exists")
+            if doc.get("status") != "enabled":
+                raise self._stale(f"token {doc['name']} is disabled")
+            cred = next((c for c in doc.get("credentials", []) if c.get("name") == slot), None)
+            if cred is not None and cred in usable_credentials(doc, self.now()):
+                current = Verified(doc["name"], slot, credential_version(cred["hash"]),
+                                   parse_time(cred.get("expiry")))
+            elif cred is not None:
+                raise self._stale(f"{slot} of token {doc['name']} has expired")
+        if current is None or not hmac.compare_digest(current.version, str(version or "")):
+            raise self._stale(f"{slot or 'the password'} of {subject} was regenerated since "
+                              "this refresh token was issued")
+        principal = self.principal_for(subject)
+        if principal is None:
+            raise self._stale(f"{subject} may no longer sign in")
+        principal.extra["credential"] = current
+        principal.extra["auth_time"] = claims.get("auth_time")
+        return principal
+
+    @staticmethod
+    def _stale(reason: str) -> RegistryError:
+        return RegistryError(errors.UNAUTHORIZED,
+                             message=f"refresh token no longer valid: {reason}; log in again")
 
     def bearer(self, token: str) -> Principal:
         claims = self.tokens.verify_access(token)

@@ -2,6 +2,10 @@
 
 Format: `scrypt$<n>$<r>$<p>$<salt, base64url>$<hash, base64url>`, so parameters can be raised
 later without breaking stored hashes. Verification compares in constant time.
+
+A login is checked with `match_slot`, which always runs scrypt exactly `PASSWORD_SLOTS` times
+(against a dummy hash for an empty slot), so an unknown name, a disabled token, a token with one
+password and a wrong password all cost the same (docs/auth.md, "No timing oracle").
 """
 
 from __future__ import annotations
@@ -59,3 +63,29 @@ def verify_password(password: str, stored: str) -> bool:
     except (ValueError, TypeError):
         return False
     return hmac.compare_digest(digest, expected_bytes)
+
+
+# Every identity has at most this many passwords (a token's password1 and password2).
+PASSWORD_SLOTS = 2
+# Checked in place of a missing password; nobody knows its password.
+DUMMY_HASH = hash_password(secrets.token_urlsafe(32))
+
+
+def match_slot(password: str, slots: list[str | None]) -> int | None:
+    """The index of the slot whose hash `password` matches, or None. Runs scrypt exactly
+    PASSWORD_SLOTS times whatever the slots hold (None: a dummy), and checks every slot
+    even after a match, so the answer's cost says nothing about the account."""
+    padded = (list(slots) + [None] * PASSWORD_SLOTS)[:PASSWORD_SLOTS]
+    found = None
+    for index, stored in enumerate(padded):
+        ok = verify_password(password, stored or DUMMY_HASH)
+        if ok and stored is not None and found is None:
+            found = index
+    return found
+
+
+def credential_version(stored: str) -> str:
+    """A short fingerprint of one stored hash. Regenerating a password makes a new salt and
+    hash, so the fingerprint changes: refresh tokens carry it to die with their password.
+    It is a hash of a salted hash and says nothing usable about the password."""
+    return _b64(hashlib.sha256(stored.encode()).digest()[:12])

@@ -2,8 +2,14 @@
 
 The signing key is generated on first start into `<data_dir>/auth/token-signing-key.pem` with
 mode 0600 and never leaves the node. Access tokens carry the Docker token-spec `access` claim
-(`[{"type":"repository","name":…,"actions":[…]}]`); refresh tokens carry only the subject and
-are re-checked against the subject's current permissions when used.
+(`[{"type":"repository","name":…,"actions":[…]}]`). Refresh tokens carry the subject and the
+password they were obtained with (`cred`: password1, password2 or admin; `ver`: a fingerprint
+of that password's hash) plus `auth_time`, the password login they descend from; they are valid
+until that password changes or the maximum lifetime after `auth_time` passes
+(`Authenticator.refresh_principal` checks the rest).
+
+Times come from `now()`: the wall clock plus `test_clock_offset_seconds` (test-only), which is
+why PyJWT's own time checks are off and `exp`/`nbf` are checked here.
 """
 
 from __future__ import annotations
@@ -64,7 +70,8 @@ class TokenClaims:
 
 
 class TokenService:
-    def __init__(self, auth_dir: Path, service: str, ttl: int, refresh_ttl: int):
+    def __init__(self, auth_dir: Path, service: str, ttl: int, refresh_max_lifetime: int,
+                 clock_offset: float = 0.0):
         self._key = load_or_create_key(auth_dir)
         self._public = self._key.public_key()
         self._verified: dict[str, TokenClaims] = {}
@@ -72,13 +79,17 @@ class TokenService:
         self.key_id = hashlib.sha256(raw).hexdigest()[:16]
         self.service = service
         self.ttl = ttl
-        self.refresh_ttl = refresh_ttl
+        self.refresh_max_lifetime = refresh_max_lifetime
+        self.clock_offset = clock_offset
+
+    def now(self) -> float:
+        return time.time() + self.clock_offset
 
     def _sign(self, claims: dict) -> str:
         return jwt.encode(claims, self._key, algorithm=ALGORITHM, headers={"kid": self.key_id})
 
     def _base(self, subject: str, ttl: int, typ: str) -> dict:
-        now = int(time.time())
+        now = int(self.now())
         return {"iss": self.service, "aud": self.service, "sub": subject, "iat": now,
                 "nbf": now - 5, "exp": now + ttl, "jti": secrets.token_urlsafe(12), "typ": typ}
 
@@ -91,15 +102,31 @@ class TokenService:
         claims["access"] = entries
         return self._sign(claims), claims
 
-    def issue_refresh(self, subject: str) -> str:
-        return self._sign(self._base(subject, self.refresh_ttl, "refresh"))
+    def issue_refresh(self, subject: str, slot: str, version: str,
+                      auth_time: int | None = None) -> str:
+        """A refresh token for `subject`, bound to its password `slot` at `version`; it expires
+        `refresh_max_lifetime` after `auth_time` (the password login it descends from; now
+        for a fresh login), so refreshing never extends it."""
+        now = int(self.now())
+        auth_time = now if auth_time is None else int(auth_time)
+        claims = self._base(subject, 0, "refresh")
+        claims.update(exp=auth_time + self.refresh_max_lifetime, auth_time=auth_time,
+                      cred=slot, ver=version)
+        return self._sign(claims)
 
     def _decode(self, token: str, typ: str) -> dict | None:
         try:
             claims = jwt.decode(token, self._public, algorithms=[ALGORITHM],
                                 audience=self.service, issuer=self.service,
-                                options={"require": ["exp", "sub", "iat"]})
+                                options={"require": ["exp", "sub", "iat"], "verify_exp": False,
+                                         "verify_nbf": False, "verify_iat": False})
         except jwt.PyJWTError:
+            return None
+        now = self.now()
+        try:
+            if float(claims["exp"]) <= now or float(claims.get("nbf", 0)) > now:
+                return None
+        except (TypeError, ValueError):
             return None
         return claims if claims.get("typ") == typ else None
 
@@ -109,7 +136,7 @@ class TokenService:
         # current permissions are still checked on every request by the caller.)
         cached = self._verified.get(token)
         if cached is not None:
-            if cached.expires_at > time.time():
+            if cached.expires_at > self.now():
                 return cached
             del self._verified[token]
         result = self._verify_access(token)
@@ -132,6 +159,9 @@ class TokenService:
                 catalog = True
         return TokenClaims(claims["sub"], access, catalog, float(claims["exp"]))
 
-    def verify_refresh(self, token: str) -> str | None:
+    def verify_refresh(self, token: str) -> dict | None:
+        """The claims of a genuine, unexpired refresh token, else None."""
         claims = self._decode(token, "refresh")
-        return claims["sub"] if claims else None
+        if claims is None or not isinstance(claims.get("sub"), str):
+            return None
+        return claims

@@ -11,6 +11,8 @@ test: deps build cargo-test pytest
 deps:
 	@command -v skopeo >/dev/null 2>&1 || { \
 	  (apt-get update -qq || true) && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq skopeo; }
+	@command -v podman >/dev/null 2>&1 || { \
+	  (apt-get update -qq || true) && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq podman; }
 
 venv: $(PY)
 $(PY):

@@ -93,6 +93,15 @@ class Settings:
     connection_string: str = field(default="", repr=False)
     # host:port overriding the connection string's ParentGatewayEndpoint.
     parent_endpoint: str = ""
+    # PEM CA bundle an https parent's certificate must verify against ("" = system store).
+    parent_ca_file: str = ""
+
+    # --- TLS (README, "Serving with TLS") -------------------------------------------------------
+    # PEM certificate chain and its unencrypted key; both set serves HTTPS (HTTP/1.1 and h2).
+    tls_cert: str = ""
+    tls_key: str = ""
+    # How often the two files are checked for a rotation (SIGHUP reloads at once); 0: SIGHUP only.
+    tls_reload_check_seconds: float = 5.0
 
     # --- delta transfer (docs/delta.md) -----------------------------------------------------
     # FastCDC chunk sizes; parent and child must agree for chunks to be recognised.

@@ -11,6 +11,7 @@ from hypercorn.trio import serve as hypercorn_serve
 
 from connreg.app import create_app
 from connreg.config import Settings
+from connreg.tls import ServedCertificate
 
 log = logging.getLogger("connreg")
 
@@ -22,7 +23,17 @@ async def _shutdown_on_signal(event: trio.Event) -> None:
             return
 
 
+def _serve_tls(config: HypercornConfig, certificate: ServedCertificate) -> None:
+    """Hypercorn serves its bind addresses with TLS once certfile and keyfile are set; the
+    context it builds is ours instead of its own, so a certificate reload (SIGHUP, file change)
+    reaches every listener. Hypercorn's ALPN list offers h2 first, then http/1.1."""
+    config.certfile, config.keyfile = str(certificate.cert_file), str(certificate.key_file)
+    context = certificate.server_context(config.ciphers, config.alpn_protocols)
+    config.create_ssl_context = lambda: context
+
+
 async def run(settings: Settings) -> None:
+    certificate = ServedCertificate.from_settings(settings.tls_cert, settings.tls_key)
     app = create_app(settings)
     registry = app.extensions["registry"]
     purged = registry.blobs.purge_stale_uploads(settings.upload_ttl_seconds)
@@ -34,12 +45,17 @@ async def run(settings: Settings) -> None:
     config.bind = [f"[{host}]:{port}" if ":" in host else f"{host}:{port}"]
     config.accesslog = None
     config.errorlog = logging.getLogger("hypercorn.error")
+    if certificate is not None:
+        _serve_tls(config, certificate)
     config.keep_alive_timeout = 75
     # Hypercorn's own body cap defaults to 16 MiB per h11 event buffer, not per request; fine.
     shutdown = trio.Event()
     async with trio.open_nursery() as nursery:
         nursery.start_soon(_shutdown_on_signal, shutdown)
-        log.info("connreg listening on %s (data dir %s)", settings.listen, settings.data_dir)
+        if certificate is not None:
+            await nursery.start(certificate.keep_current, settings.tls_reload_check_seconds)
+        log.info("connreg listening on %s://%s (data dir %s)",
+                 "https" if certificate else "http", settings.listen, settings.data_dir)
         await hypercorn_serve(app, config, shutdown_trigger=shutdown.wait)
         nursery.cancel_scope.cancel()
 

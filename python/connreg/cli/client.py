@@ -1,7 +1,8 @@
 """A small HTTP client for the management API, and the errors every CLI command reports.
 
-`connect(args)` resolves where to talk and as whom (flags, then `CONNREG_*` environment, then
-the file `connreg login` wrote) and returns a `Client`. Every failure becomes a `CliError` whose
+`connect(args)` resolves where to talk, as whom and which CA to trust for an https registry
+(flags, then `CONNREG_*` environment, then the file `connreg login` wrote) and returns a
+`Client`. Every failure becomes a `CliError` whose
 message is one line taken from the API's OCI error body; no message ever contains a password.
 """
 
@@ -16,6 +17,7 @@ from urllib.parse import quote, urlsplit, urlunsplit
 import httpx
 
 from connreg.cli import credentials
+from connreg.tls import TrustError, tls_failure, verifying_context
 
 API_PREFIX = "/connreg/v1"
 TIMEOUT_SECONDS = 60.0
@@ -92,12 +94,19 @@ class Client:
     """Calls the management API of one registry, optionally as one identity (HTTP Basic)."""
 
     def __init__(self, registry: str, username: str | None = None, password: str | None = None,
-                 transport: httpx.BaseTransport | None = None):
+                 transport: httpx.BaseTransport | None = None, ca_file: str | None = None):
         self.registry = registry
         self.username = username
+        # An https registry is verified against `ca_file`, else the system trust store.
+        self.ca_file = ca_file
+        try:
+            verify = verifying_context(ca_file)
+        except TrustError as exc:
+            raise UsageError(f"--ca-file: {exc}") from None
         auth = (username, password or "") if username else None
         self._http = httpx.Client(base_url=registry, auth=auth, timeout=TIMEOUT_SECONDS,
-                                  transport=transport, headers={"Accept": "application/json"})
+                                  transport=transport, headers={"Accept": "application/json"},
+                                  verify=verify)
 
     def request(self, method: str, url: str, *, json: Any = None,
                 params: dict[str, str] | None = None) -> Any:
@@ -107,6 +116,10 @@ class Client:
         except httpx.TimeoutException:
             raise CliError(f"{self.registry} did not answer within {TIMEOUT_SECONDS:.0f}s") from None
         except httpx.HTTPError as exc:
+            refused = tls_failure(exc, self.registry, self.ca_file, role="registry")
+            if refused is not None:
+                hint = "" if self.ca_file else " (pass --ca-file or set CONNREG_CA_FILE)"
+                raise CliError(refused + hint) from None
             # httpx messages name the host and the OS reason, never the Authorization header.
             reason = str(exc) or type(exc).__name__
             raise CliError(f"cannot reach {self.registry}: {reason}") from None
@@ -168,4 +181,14 @@ def connect(args) -> Client:
     elif password and not username:
         raise UsageError("a password was given without a user name: pass --username or set "
                          "CONNREG_USERNAME")
-    return Client(registry, username, password)
+    ca_file = ca_file_for(args, saved)
+    return Client(registry, username, password, ca_file=ca_file)
+
+
+def ca_file_for(args, saved: dict | None = None) -> str | None:
+    """The CA file to verify an https registry with: --ca-file, CONNREG_CA_FILE, or the one
+    stored by `connreg login`; None means the system trust store."""
+    given = getattr(args, "ca_file", None) or os.environ.get("CONNREG_CA_FILE")
+    if given:
+        return os.path.abspath(given)
+    return (saved or {}).get("caFile") or None

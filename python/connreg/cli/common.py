@@ -54,6 +54,10 @@ def _global_options() -> argparse.ArgumentParser:
     g.add_argument("--password", "-p", metavar="PASSWORD",
                    help="its password (env CONNREG_PASSWORD; prefer the environment or "
                         "'connreg login', command lines are visible to other users)")
+    g.add_argument("--ca-file", metavar="FILE",
+                   help="PEM CA certificate(s) an https registry must verify against (env "
+                        "CONNREG_CA_FILE; default: from 'connreg login', else the system "
+                        "trust store)")
     g.add_argument("--output", "-o", choices=("table", "json"), default="table",
                    help="table for people (default) or json: the management API's camelCase JSON")
     return parent

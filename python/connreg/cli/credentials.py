@@ -2,8 +2,9 @@
 
 Location: `$CONNREG_CONFIG_DIR/credentials.json`, else `$XDG_CONFIG_HOME/connreg/…`, else
 `~/.config/connreg/credentials.json`. Shape:
-`{"current": URL, "registries": {URL: {"username": U, "password": P}}}`; `current` is the
-registry used when neither `--registry` nor `CONNREG_REGISTRY` is given.
+`{"current": URL, "registries": {URL: {"username": U, "password": P, "caFile": F}}}` (`caFile`
+only when login was given one); `current` is the registry used when neither `--registry` nor
+`CONNREG_REGISTRY` is given.
 """
 
 from __future__ import annotations

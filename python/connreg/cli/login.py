@@ -8,7 +8,7 @@ import os
 import sys
 
 from connreg.cli import credentials, output
-from connreg.cli.client import CliError, Client, UsageError, normalize_url, path
+from connreg.cli.client import CliError, Client, UsageError, ca_file_for, normalize_url, path
 from connreg.cli.common import add_command
 
 
@@ -36,7 +36,8 @@ def _login(args: argparse.Namespace) -> None:
         sys.stderr.flush()
         args.username = sys.stdin.readline().strip()
     password = _read_password(args, registry)
-    client = Client(registry, args.username, password)
+    ca_file = ca_file_for(args)
+    client = Client(registry, args.username, password, ca_file=ca_file)
     limited = None
     try:
         client.get(path("scope-maps"))
@@ -46,8 +47,10 @@ def _login(args: argparse.Namespace) -> None:
                            f"{exc.api_message}") from None
         limited = exc.api_message  # valid credentials that may not use the management API
     data = credentials.load()
-    data.setdefault("registries", {})[registry] = {"username": args.username,
-                                                   "password": password}
+    entry = {"username": args.username, "password": password}
+    if ca_file:
+        entry["caFile"] = ca_file  # later commands verify the registry with it too
+    data.setdefault("registries", {})[registry] = entry
     data["current"] = registry
     where = credentials.save(data)
     print(f"Logged in to {registry} as {args.username}; credentials stored in {where}.")
@@ -84,6 +87,10 @@ def register(sub: argparse._SubParsersAction) -> None:
                         "CONNREG_PASSWORD or the prompt")
     p.add_argument("--password-stdin", action="store_true",
                    help="read the password from the first line of standard input")
+    p.add_argument("--ca-file", metavar="FILE",
+                   help="PEM CA certificate(s) an https registry must verify against (env "
+                        "CONNREG_CA_FILE; default: the system trust store); stored with the "
+                        "credentials")
 
     p = add_command(sub, "logout", _logout, "forget the stored credentials for a registry",
                     global_options=False)

@@ -15,6 +15,7 @@ def _serve(args: argparse.Namespace) -> int:
     from connreg import serve
     from connreg.control import activation
     from connreg.gc.schedule import check_schedule
+    from connreg.tls import ServedCertificate
 
     try:
         settings = Settings.load(
@@ -24,10 +25,16 @@ def _serve(args: argparse.Namespace) -> int:
                        "anonymous_pull": args.anonymous_pull,
                        "advertise_address": args.advertise_address,
                        "connection_string": args.connection_string,
-                       "parent_endpoint": args.parent_endpoint},
+                       "parent_endpoint": args.parent_endpoint,
+                       "parent_ca_file": args.parent_ca_file,
+                       "tls_cert": args.tls_cert, "tls_key": args.tls_key},
         )
         if settings.is_connected_registry:
             activation.connection(settings)  # validates the connection string early
+            activation.parent_trust(settings)  # and the parent's CA file
+        # The files are read again when serving starts; a bad pair must stop us before
+        # activation tells the parent this node is up.
+        ServedCertificate.from_settings(settings.tls_cert, settings.tls_key)
         check_schedule(settings.gc_schedule, "gc_schedule")
     except (OSError, ValueError) as exc:
         print(f"connreg: error: {exc}", file=sys.stderr)
@@ -74,6 +81,14 @@ def build_parser() -> argparse.ArgumentParser:
                        "(env CONNREG_CONNECTION_STRING)")
     serve.add_argument("--parent-endpoint", help="host:port of the parent, overriding the "
                        "connection string's (env CONNREG_PARENT_ENDPOINT)")
+    serve.add_argument("--parent-ca-file", metavar="FILE", help="PEM CA certificate(s) an "
+                       "https parent must verify against (env CONNREG_PARENT_CA_FILE; default: "
+                       "the system trust store)")
+    serve.add_argument("--tls-cert", metavar="FILE", help="serve HTTPS with this PEM "
+                       "certificate chain (env CONNREG_TLS_CERT; needs --tls-key; re-read on "
+                       "SIGHUP or change)")
+    serve.add_argument("--tls-key", metavar="FILE", help="the certificate's unencrypted PEM "
+                       "private key (env CONNREG_TLS_KEY)")
     serve.set_defaults(func=_serve)
 
     for module in (login, scope_map, token, connected_registry, maintenance, sync, gc):

@@ -9,20 +9,26 @@ parent, repositories; never a secret) is kept in `<data_dir>/connected-registry.
 Nested hierarchies: the root is the only source of truth for activation. A CR that receives an
 activate request for a descendant relays it unchanged (same Authorization header, same body) to
 its own parent, and so on up to the root, which checks the descendant's own sync token.
+
+Every call to the parent (activation, the relay, sync and delta transfer through
+`sync/remote.py`) verifies an https parent the same way: `Connection.verify()`, against
+`parent_ca_file` or the system trust store, and says why in `Connection.unreachable()`.
 """
 
 from __future__ import annotations
 
 import json
 import os
+import ssl
 import uuid
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import httpx
 
 from connreg import __version__
 from connreg.config import Settings
+from connreg.tls import TrustError, unreachable_reason, verifying_context
 
 INSTANCE_ID_FILE = "instance-id"
 STATE_FILE = "connected-registry.json"
@@ -41,10 +47,19 @@ class Connection:
     password: str
     endpoint: str
     protocol: str
+    ca_file: str = ""  # what an https parent must verify against; "" = the system store
 
     @property
     def base_url(self) -> str:
         return f"{self.protocol}://{self.endpoint}"
+
+    def verify(self) -> ssl.SSLContext:
+        """httpx's `verify` for every call to the parent."""
+        return verifying_context(self.ca_file)
+
+    def unreachable(self, exc: BaseException) -> str:
+        """Why a call to the parent failed: a TLS refusal in words, else the error's type."""
+        return unreachable_reason(exc, self.endpoint, self.ca_file)
 
     def __repr__(self) -> str:  # never show the password
         return f"Connection(name={self.name!r}, token={self.token!r}, endpoint={self.endpoint!r})"
@@ -72,7 +87,16 @@ def parse_connection_string(text: str, endpoint_override: str = "") -> Connectio
 def connection(settings: Settings) -> Connection | None:
     if not settings.connection_string:
         return None
-    return parse_connection_string(settings.connection_string, settings.parent_endpoint)
+    return replace(parse_connection_string(settings.connection_string, settings.parent_endpoint),
+                   ca_file=settings.parent_ca_file)
+
+
+def parent_trust(settings: Settings) -> None:
+    """Refuse at start a `parent_ca_file` that cannot be used (ValueError, one line)."""
+    try:
+        verifying_context(settings.parent_ca_file)
+    except TrustError as exc:
+        raise ValueError(f"parent_ca_file: {exc}") from None
 
 
 def instance_id(data_dir: Path) -> str:
@@ -104,14 +128,15 @@ def activate(settings: Settings, timeout: float = 30.0) -> dict:
     body = {"instanceId": instance_id(settings.data_dir), "version": __version__}
     url = f"{conn.base_url}/connreg/v1/connected-registries/{conn.name}/activate"
     try:
-        resp = httpx.post(url, json=body, auth=(conn.token, conn.password), timeout=timeout)
+        resp = httpx.post(url, json=body, auth=(conn.token, conn.password), timeout=timeout,
+                          verify=conn.verify())
     except httpx.HTTPError as exc:
         state = load_state(settings.data_dir)
         if state is not None:  # activated before: serve what we have while the parent is away
-            state["offline"] = f"parent {conn.endpoint} unreachable ({type(exc).__name__})"
+            state["offline"] = f"parent {conn.endpoint} unreachable ({conn.unreachable(exc)})"
             return state
         raise ActivationError(f"cannot reach parent {conn.endpoint} to activate connected "
-                              f"registry {conn.name}: {type(exc).__name__}") from None
+                              f"registry {conn.name}: {conn.unreachable(exc)}") from None
     if resp.status_code != 200:
         raise ActivationError(f"parent {conn.endpoint} refused to activate connected registry "
                               f"{conn.name} (HTTP {resp.status_code}): {_message(resp)}")
@@ -147,7 +172,7 @@ async def relay_activation(settings: Settings, name: str, authorization: str | N
     headers = {"Content-Type": "application/json"}
     if authorization:
         headers["Authorization"] = authorization
-    async with httpx.AsyncClient(timeout=30.0) as client:
+    async with httpx.AsyncClient(timeout=30.0, verify=conn.verify()) as client:
         return await client.post(
             f"{conn.base_url}/connreg/v1/connected-registries/{name}/activate",
             content=body, headers=headers)

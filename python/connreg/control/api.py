@@ -229,7 +229,8 @@ async def activate_cr(name: str) -> Response:
         except httpx.HTTPError as exc:
             raise RegistryError(errors.ErrorCode("UNAVAILABLE", 503, "parent unreachable"),
                                 message=f"cannot relay activation to the parent: "
-                                        f"{type(exc).__name__}") from None
+                                        f"{activation.connection(settings).unreachable(exc)}"
+                                ) from None
         return Response(resp.content, status=resp.status_code, content_type="application/json")
     p = await _caller()
     if not (_is_admin(p) or p.perms.allows_gateway(name, "config/write")):

@@ -11,10 +11,12 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass
 from typing import AsyncIterator
+from urllib.parse import urlsplit
 
 import httpx
 
 from connreg.delta.plan import CONTENT_TYPE as PLAN_CONTENT_TYPE
+from connreg.tls import unreachable_reason, verifying_context
 
 MANIFEST_ACCEPT = ", ".join([
     "application/vnd.oci.image.manifest.v1+json",
@@ -94,13 +96,20 @@ def _refused(resp: httpx.Response) -> ParentRefused:
 
 class ParentClient:
     def __init__(self, base_url: str, auth: tuple[str, str] | None,
-                 meter=None, timeout: float = 60.0):
+                 meter=None, timeout: float = 60.0, ca_file: str = ""):
         self.base_url = base_url.rstrip("/")
         # `meter` counts bytes and may throttle them (bandwidth cap); None means unmetered.
         self.meter = meter
+        # An https parent is verified against `ca_file` or the system store (tls/client.py).
+        self.ca_file = ca_file
         self._client = httpx.AsyncClient(base_url=self.base_url, auth=auth,
                                          timeout=httpx.Timeout(timeout, connect=10.0),
-                                         limits=httpx.Limits(max_connections=8))
+                                         limits=httpx.Limits(max_connections=8),
+                                         verify=verifying_context(ca_file))
+
+    def _why(self, exc: httpx.HTTPError) -> str:
+        """The reason in a ParentUnavailable: a refused certificate says so and names the CA."""
+        return unreachable_reason(exc, urlsplit(self.base_url).netloc, self.ca_file)
 
     async def aclose(self) -> None:
         await self._client.aclose()
@@ -109,7 +118,7 @@ class ParentClient:
         try:
             resp = await self._client.request(method, url, **kwargs)
         except httpx.HTTPError as exc:
-            raise ParentUnavailable(f"{method} {url}: {type(exc).__name__}") from exc
+            raise ParentUnavailable(f"{method} {url}: {self._why(exc)}") from exc
         if resp.status_code in ok:
             return resp
         if resp.status_code >= 500 or resp.status_code == 429:
@@ -244,7 +253,7 @@ class ParentClient:
                     if self.meter:
                         await self.meter.account(len(chunk))
         except httpx.HTTPError as exc:
-            raise ParentUnavailable(f"GET blob {digest}: {type(exc).__name__}") from exc
+            raise ParentUnavailable(f"GET blob {digest}: {self._why(exc)}") from exc
 
     # --- delta transfer -------------------------------------------------------------------------
     async def chunk_list(self, repo: str, digest: str) -> dict | None:
@@ -287,7 +296,7 @@ class ParentClient:
                     if self.meter:
                         await self.meter.account(len(data))
         except httpx.HTTPError as exc:
-            raise ParentUnavailable(f"POST chunks of {digest}: {type(exc).__name__}") from exc
+            raise ParentUnavailable(f"POST chunks of {digest}: {self._why(exc)}") from exc
 
     async def known_chunks(self, repo: str, params: str, ids: list[str]) -> list[bool] | None:
         """Which chunks the parent can copy itself for a push to `repo`; None when it cannot

@@ -60,7 +60,8 @@ def build_sync_service(settings: Settings, reg: Registry, store: ControlStore, s
     config = NodeConfig.from_json(state)
     apply_log_level(config.log_level)
     meter = BandwidthMeter(config.bandwidth_limit)
-    parent = ParentClient(conn.base_url, (conn.token, conn.password), meter=meter)
+    parent = ParentClient(conn.base_url, (conn.token, conn.password), meter=meter,
+                          ca_file=conn.ca_file)
     return SyncService(reg, parent, config, clock,
                        descendants=lambda: descendant_statuses(store, config.name),
                        on_config=lambda doc: replace_documents(store, doc))

@@ -24,6 +24,8 @@ def cli(root: Node, *args: str) -> dict | list | None:
     env = {k: v for k, v in os.environ.items() if not k.startswith("CONNREG_")}
     env.update(CONNREG_REGISTRY=root.url, CONNREG_USERNAME="admin",
                CONNREG_PASSWORD=root.admin_password)
+    if root.ca_file:
+        env["CONNREG_CA_FILE"] = str(root.ca_file)
     proc = subprocess.run([sys.executable, "-m", "connreg", *args, "--output", "json"],
                           env=env, capture_output=True, text=True, timeout=60)
     if proc.returncode != 0:
@@ -41,9 +43,12 @@ class Hierarchy:
     def root(self) -> Node:
         return self.nodes["root"]
 
-    def start_root(self) -> Node:
-        node = start_node(self.base / "root", admin_password=ADMIN_PASSWORD,
-                          env={"CONNREG_AUTH_FAILURE_LIMIT": "1000", **self.env})
+    def start_root(self, args: list[str] | None = None, ca_file: Path | None = None) -> Node:
+        """`args` and `ca_file` as `start_node` takes them (a TLS root: --tls-cert/--tls-key
+        and the CA that signed its certificate)."""
+        node = start_node(self.base / "root", admin_password=ADMIN_PASSWORD, args=args,
+                          env={"CONNREG_AUTH_FAILURE_LIMIT": "1000", **self.env},
+                          ca_file=ca_file)
         self.nodes["root"] = node
         return node
 
@@ -55,16 +60,21 @@ class Hierarchy:
             args += ["--parent", parent]
         return cli(self.root, *args)
 
-    def start_child(self, name: str, parent: str = "root", env: dict[str, str] | None = None
-                    ) -> Node:
+    def start_child(self, name: str, parent: str = "root", env: dict[str, str] | None = None,
+                    parent_ca_file: Path | None = None) -> Node:
+        """With `parent_ca_file` the child reaches its parent over https (the parent serves
+        TLS) and verifies it against that file (CONNREG_PARENT_CA_FILE)."""
         parent_node = self.nodes[parent]
-        args = ["connected-registry", "get-settings", "--name", name, "--parent-protocol", "http",
-                "--yes"]
+        protocol = "https" if parent_ca_file else "http"
+        args = ["connected-registry", "get-settings", "--name", name, "--parent-protocol",
+                protocol, "--yes"]
         if parent != "root":
             args += ["--parent-endpoint", parent_node.host]
         settings = cli(self.root, *args)
         node_env = {"CONNREG_CONNECTION_STRING": settings["connectionString"],
                     "CONNREG_AUTH_FAILURE_LIMIT": "1000", **self.env, **(env or {})}
+        if parent_ca_file:
+            node_env.setdefault("CONNREG_PARENT_CA_FILE", str(parent_ca_file))
         node = start_node(self.base / name, env=node_env)
         self.nodes[name] = node
         return node

@@ -9,6 +9,7 @@ from __future__ import annotations
 import os
 import signal
 import socket
+import ssl
 import subprocess
 import sys
 import time
@@ -34,10 +35,13 @@ class Node:
     env: dict[str, str] = field(default_factory=dict)
     proc: subprocess.Popen | None = None
     log_path: Path | None = None
+    # Set for a node serving TLS (its args carry --tls-cert/--tls-key): the CA that signed its
+    # certificate; `url` is then https and the readiness check verifies against it.
+    ca_file: Path | None = None
 
     @property
     def url(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
+        return f"{'https' if self.ca_file else 'http'}://127.0.0.1:{self.port}"
 
     @property
     def host(self) -> str:
@@ -75,13 +79,19 @@ class Node:
             if self.proc.poll() is not None:
                 raise RuntimeError(f"connreg exited with {self.proc.returncode}:\n{self.log()}")
             try:
-                if httpx.get(f"{self.url}/healthz", timeout=1.0).status_code == 200:
+                if httpx.get(f"{self.url}/healthz", timeout=1.0,
+                             verify=self.verify).status_code == 200:
                     return self
             except httpx.HTTPError:
                 pass
             time.sleep(0.05)
         self.stop()
         raise RuntimeError(f"connreg did not become ready in {timeout}s:\n{self.log()}")
+
+    @property
+    def verify(self) -> ssl.SSLContext | bool:
+        """httpx's `verify` for talking to this node."""
+        return ssl.create_default_context(cafile=str(self.ca_file)) if self.ca_file else True
 
     def log(self) -> str:
         return self.log_path.read_text(errors="replace") if self.log_path else ""
@@ -106,12 +116,15 @@ class Node:
 
 
 def start_node(data_dir: Path, port: int | None = None, args: list[str] | None = None,
-               env: dict[str, str] | None = None, admin_password: str | None = None) -> Node:
+               env: dict[str, str] | None = None, admin_password: str | None = None,
+               ca_file: Path | None = None) -> Node:
     """Start a node. Auth is on unless `args` has `--no-auth`; `admin_password` sets
     CONNREG_ADMIN_PASSWORD (otherwise the node generates one, readable as `node.admin_password`).
+    `ca_file`: the node serves TLS (give --tls-cert/--tls-key in `args` or `env`) with a
+    certificate that CA signed.
     """
     env = dict(env or {})
     if admin_password is not None:
         env["CONNREG_ADMIN_PASSWORD"] = admin_password
     return Node(data_dir=data_dir, port=port or free_port(), extra_args=args or [],
-                env=env).start()
+                env=env, ca_file=ca_file).start()

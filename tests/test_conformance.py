@@ -5,9 +5,13 @@ Every test below corresponds to one spec of the official Go/Ginkgo conformance s
 status-code / header / body expectations and the same tolerated alternatives.  The Go suite runs
 its specs in declaration order against ONE registry and ONE repository and passes state from spec
 to spec (upload locations, tag lists, ...); this module does the same: all tests share the
-module-scoped ``shared_node`` and the module-level ``S`` state object, so run the module as a whole
-and in file order (pytest's default).  See tests/CONFORMANCE.md for the spec -> test mapping and
-the configuration knobs.
+module-scoped ``reg`` client (one node) and the module-level ``S`` state object, so run the module
+as a whole and in file order (pytest's default).  See tests/CONFORMANCE.md for the spec -> test
+mapping and the configuration knobs.
+
+The whole suite runs twice (``reg`` is parametrized): ``no-auth`` against an open node, and
+``token-auth`` against a node with auth on, where the client follows the Bearer challenge of
+every request the way the suite's client (reggie) does, with the admin's credentials.
 
 Configuration (environment, same names and meaning as the Go suite; defaults in brackets):
   OCI_NAMESPACE                    repository under test            [myorg/myrepo]
@@ -18,6 +22,7 @@ Configuration (environment, same names and meaning as the Go suite; defaults in 
   OCI_DELETE_MANIFEST_BEFORE_BLOBS teardown deletes manifests before blobs             [1]
   OCI_TEST_PULL / OCI_TEST_PUSH / OCI_TEST_CONTENT_DISCOVERY / OCI_TEST_CONTENT_MANAGEMENT
                                    enable a workflow                                    [1 each]
+  OCI_AUTH_SCOPE                   token-auth: scope asked for instead of the challenged one
   OCI_DEBUG                        print every request/response (run pytest with -s)   [0]
   CONFORMANCE_SEED                 seed for the pseudo-random test blobs  [random per run]
 """
@@ -29,6 +34,7 @@ import hashlib
 import json
 import os
 import random
+import re
 import secrets
 import warnings
 from dataclasses import dataclass, field
@@ -36,6 +42,8 @@ from urllib.parse import urlsplit
 
 import httpx
 import pytest
+
+from connreg.testing import start_node
 
 # --------------------------------------------------------------------------------------------
 # configuration (mirrors the suite's environment variables)
@@ -79,6 +87,7 @@ RUN_AUTOMATIC_CROSSMOUNT_TEST = _AUTO_MOUNT_RAW != "unset"
 AUTOMATIC_CROSSMOUNT_ENABLED = _parse_bool(_AUTO_MOUNT_RAW)
 
 DEBUG = _parse_bool(os.environ.get("OCI_DEBUG", "0"))  # print every exchange (use with -s)
+AUTH_SCOPE = os.environ.get("OCI_AUTH_SCOPE", "")  # token-auth: overrides the challenged scope
 SEED = int(os.environ.get("CONFORMANCE_SEED", str(random.randrange(1, 2**31))))
 
 # --------------------------------------------------------------------------------------------
@@ -323,6 +332,8 @@ class State:
     tag_to_delete: str = ""
     mgmt_num_tags: int = 0
     blob_delete_allowed: bool = True
+    # not the suite's: what the `from=` mount answered (checked by a connreg test at the end)
+    mount_from: httpx.Response | None = None
 
 
 S = State()
@@ -338,8 +349,21 @@ def _log_exchange(resp: httpx.Response) -> None:
           f"{ {k: v for k, v in resp.headers.items() if k.lower() not in ('date', 'server')} }")
 
 
+_CHALLENGE_PARAM = re.compile(r'([a-zA-Z]+)="(.+?)"')
+
+
+@dataclass
+class TokenFetch:
+    """One answered challenge: the request challenged and the scope the token was asked for."""
+
+    request: str
+    scope: str
+
+
 class Registry:
-    def __init__(self, base_url: str):
+    """The suite's client: with `credentials`, a 401 is answered the way reggie does it."""
+
+    def __init__(self, base_url: str, credentials: tuple[str, str] | None = None):
         # the Go client follows redirects (e.g. blob GETs redirected to storage)
         hooks = {"response": [_log_exchange]} if DEBUG else {}
         self.http = httpx.Client(base_url=base_url, follow_redirects=True, timeout=20.0,
@@ -347,20 +371,70 @@ class Registry:
                                  event_hooks=hooks)
         # the Go client sends no Accept header unless a spec sets one
         self.http.headers.pop("Accept", None)
+        self.credentials = credentials
+        self.token_fetches: list[TokenFetch] = []
 
     def do(self, method: str, path: str, *, params: dict | None = None,
            headers: dict | None = None, content=None) -> httpx.Response:
-        return self.http.request(method, path, params=params, headers=headers, content=content)
+        if content is not None and not isinstance(content, bytes):
+            content = list(content)  # a streamed body is sent again after a challenge
+        resp = self.http.request(method, path, params=params, headers=headers, content=content)
+        if resp.status_code == 401 and self.credentials:
+            authorization = self._answer_challenge(resp)
+            if authorization:
+                headers = {**(headers or {}), "Authorization": authorization}
+                resp = self.http.request(method, path, params=params, headers=headers,
+                                         content=content)
+        return resp
+
+    def _answer_challenge(self, resp: httpx.Response) -> str | None:
+        """The Authorization header for the retry (reggie's `retryRequestWithAuth`): every
+        request goes out without credentials first; on 401 a Bearer challenge is answered by
+        a GET of its realm with its service and scope (or OCI_AUTH_SCOPE) and Basic
+        credentials, a Basic challenge by Basic credentials."""
+        challenge = resp.headers.get("WWW-Authenticate", "")
+        scheme = challenge.split(" ", 1)[0].lower()
+        if scheme == "basic":
+            return "Basic " + _b64(":".join(self.credentials).encode())
+        if scheme != "bearer":
+            return None
+        attrs = dict(_CHALLENGE_PARAM.findall(challenge))
+        query = {"service": attrs.get("service", "")}
+        if scope := AUTH_SCOPE or attrs.get("scope", ""):
+            query["scope"] = scope  # one parameter, space-separated scopes and all
+        answer = self.http.get(attrs.get("realm", ""), params=query, auth=self.credentials,
+                               headers={"Accept": "application/json"})
+        assert answer.status_code == 200, f"token request refused\n{describe(answer)}"
+        info = answer.json()
+        token = info.get("token") or info.get("access_token")
+        assert token, f"token answer without a token\n{describe(answer)}"
+        self.token_fetches.append(TokenFetch(f"{resp.request.method} {resp.request.url}", scope))
+        return f"Bearer {token}"
 
     def close(self):
         self.http.close()
 
 
-@pytest.fixture(scope="module")
-def reg(shared_node):
-    r = Registry(shared_node.url)
+NO_AUTH, TOKEN_AUTH = "no-auth", "token-auth"
+
+
+@pytest.fixture(scope="module", params=[NO_AUTH, TOKEN_AUTH])
+def reg(request, tmp_path_factory):
+    """A fresh node per run of the suite: open, or auth on with the admin's credentials."""
+    data_dir = tmp_path_factory.mktemp(f"conformance-{request.param}") / "node"
+    if request.param == NO_AUTH:
+        node, credentials = start_node(data_dir, args=["--no-auth"]), None
+    else:
+        password = secrets.token_urlsafe(18)
+        node, credentials = start_node(data_dir, admin_password=password), ("admin", password)
+    # each run starts like a fresh suite process: new test data, empty state
+    D.__init__()
+    S.__init__()
+    r = Registry(node.url, credentials)
+    r.mode = request.param
     yield r
     r.close()
+    node.stop()
 
 
 def relative_location(resp: httpx.Response) -> str:
@@ -882,7 +956,7 @@ def test_push_crossmount_mount_from_other_repo_201_or_202(reg):
     resp = start_upload(reg, CROSSMOUNT_NAMESPACE,
                         params={"mount": D.blob_a.digest, "from": NAMESPACE})
     expect_status(resp, 201, 202)
-    S.last = resp
+    S.last = S.mount_from = resp
 
 
 def test_push_crossmount_get_digest_in_crossmount_namespace_200(reg):
@@ -1343,3 +1417,35 @@ def test_management_get_deleted_blob_404(reg):
     run_only_if(RUN_CONTENT_MANAGEMENT_SETUP)
     run_only_if(S.blob_delete_allowed, "blob DELETE answered 405")
     expect_status(reg.do("GET", ns_path(f"blobs/{D.configs[3].digest}")), 404)
+
+
+# ============================================================================================
+# Not the suite's: what makes each run count for connreg
+# ============================================================================================
+
+
+def test_connreg_mount_from_is_a_mount(reg):
+    """The suite accepts 202 for the `from=` mount, which would skip the automatic cross-mount
+    spec; connreg mounts, with and without auth (under token auth only because the challenge
+    asks for pull on the source repository too)."""
+    skip_if_disabled(PUSH)
+    assert S.mount_from is not None
+    expect_status(S.mount_from, 201)
+    if reg.mode == TOKEN_AUTH:
+        mount_scopes = [f.scope for f in reg.token_fetches if "mount=" in f.request
+                        and "from=" in f.request]
+        assert mount_scopes, "the mount was never challenged"
+        assert all(f"repository:{NAMESPACE}:pull" in s.split() for s in mount_scopes), \
+            mount_scopes
+
+
+def test_connreg_every_request_went_through_the_token_flow(reg):
+    """token-auth: the node really refused requests without credentials, and every spec above
+    passed only after the client fetched a token; no-auth: nothing was ever challenged."""
+    if reg.mode == NO_AUTH:
+        assert reg.token_fetches == []
+        return
+    assert len(reg.token_fetches) >= 60, len(reg.token_fetches)
+    bare = reg.http.get(ns_path("tags/list"))  # no credentials
+    expect_status(bare, 401)
+    assert bare.headers["WWW-Authenticate"].startswith("Bearer "), describe(bare)

@@ -40,6 +40,8 @@ log = logging.getLogger("connreg.auth")
 ADMIN = "admin"
 ANONYMOUS = "<anonymous>"
 ADMIN_PASSWORD_FILE = "admin-password"
+# The control-store setting holding the hash of CONNREG_ADMIN_PASSWORD when that is given.
+ADMIN_ENV_SETTING = "admin-from-environment"
 CACHE_SECONDS = 60.0
 # The password slots of a token, in the order `match_slot` checks them.
 TOKEN_SLOTS = ("password1", "password2")
@@ -128,7 +130,17 @@ class Authenticator:
     # --- the admin identity -----------------------------------------------------------------
     def _load_admin_hash(self) -> str:
         if self.settings.admin_password:
-            return hash_password(self.settings.admin_password)
+            # Keep the hash of CONNREG_ADMIN_PASSWORD while it still matches, so the admin's
+            # refresh tokens (bound to the hash) survive restarts and die when the operator
+            # changes the password. Its own document: the generated password's stays as it was.
+            env_doc = self.store.get(SETTING, ADMIN_ENV_SETTING)
+            if env_doc and match_slot(self.settings.admin_password,
+                                      [env_doc["passwordHash"]]) == 0:
+                return env_doc["passwordHash"]
+            hashed = hash_password(self.settings.admin_password)
+            self.store.transact_sync(lambda t: t.put(SETTING, {"name": ADMIN_ENV_SETTING,
+                                                               "passwordHash": hashed}))
+            return hashed
         doc = self.store.get(SETTING, "admin")
         if doc:
             return doc["passwordHash"]

@@ -9,9 +9,10 @@ module-scoped ``reg`` client (one node) and the module-level ``S`` state object,
 as a whole and in file order (pytest's default).  See tests/CONFORMANCE.md for the spec -> test
 mapping and the configuration knobs.
 
-The whole suite runs twice (``reg`` is parametrized): ``no-auth`` against an open node, and
+The whole suite runs three times (``reg`` is parametrized): ``no-auth`` against an open node;
 ``token-auth`` against a node with auth on, where the client follows the Bearer challenge of
-every request the way the suite's client (reggie) does, with the admin's credentials.
+every request the way the suite's client (reggie) does, with the admin's credentials; and
+``scoped-token-auth``, the same with a token limited to ``myorg/*`` (automatic cross-mount off).
 
 Configuration (environment, same names and meaning as the Go suite; defaults in brackets):
   OCI_NAMESPACE                    repository under test            [myorg/myrepo]
@@ -415,23 +416,37 @@ class Registry:
         self.http.close()
 
 
-NO_AUTH, TOKEN_AUTH = "no-auth", "token-auth"
+NO_AUTH, TOKEN_AUTH, SCOPED_TOKEN_AUTH = "no-auth", "token-auth", "scoped-token-auth"
+SCOPED_TOKEN_ACTIONS = [f"repositories/{NAMESPACE.split('/')[0]}/*/{verb}" for verb in (
+    "content/read", "content/write", "content/delete", "metadata/read", "metadata/write")]
 
 
-@pytest.fixture(scope="module", params=[NO_AUTH, TOKEN_AUTH])
+def _scoped_token(node) -> tuple[str, str]:
+    """A token that may pull, push and delete under the namespace's first path component."""
+    r = httpx.post(f"{node.url}/connreg/v1/tokens", auth=node.admin, timeout=20.0,
+                   json={"name": "conformance", "actions": SCOPED_TOKEN_ACTIONS})
+    assert r.status_code == 201, r.text
+    return "conformance", r.json()["passwords"][0]["value"]
+
+
+@pytest.fixture(scope="module", params=[NO_AUTH, TOKEN_AUTH, SCOPED_TOKEN_AUTH])
 def reg(request, tmp_path_factory):
-    """A fresh node per run of the suite: open, or auth on with the admin's credentials."""
+    """A fresh node per run of the suite: open; auth on with the admin's credentials; auth on
+    with a token limited to the namespace's prefix (as if run with OCI_AUTOMATIC_CROSSMOUNT=0:
+    connreg keeps automatic mounts for callers who may read everything)."""
     data_dir = tmp_path_factory.mktemp(f"conformance-{request.param}") / "node"
     if request.param == NO_AUTH:
         node, credentials = start_node(data_dir, args=["--no-auth"]), None
     else:
-        password = secrets.token_urlsafe(18)
-        node, credentials = start_node(data_dir, admin_password=password), ("admin", password)
+        node = start_node(data_dir, admin_password=secrets.token_urlsafe(18))
+        credentials = node.admin if request.param == TOKEN_AUTH else _scoped_token(node)
     # each run starts like a fresh suite process: new test data, empty state
     D.__init__()
     S.__init__()
     r = Registry(node.url, credentials)
     r.mode = request.param
+    r.automatic_crossmount = (AUTOMATIC_CROSSMOUNT_ENABLED
+                              and request.param != SCOPED_TOKEN_AUTH)
     yield r
     r.close()
     node.stop()
@@ -987,7 +1002,7 @@ def test_push_crossmount_without_from_automatic_enabled_201(reg):
     run_only_if(RUN_AUTOMATIC_CROSSMOUNT_TEST, "OCI_AUTOMATIC_CROSSMOUNT not set")
     assert S.last is not None
     run_only_if(S.last.status_code == 201, "the mount did not answer 201")
-    run_only_if(AUTOMATIC_CROSSMOUNT_ENABLED, "OCI_AUTOMATIC_CROSSMOUNT is false")
+    run_only_if(reg.automatic_crossmount, "OCI_AUTOMATIC_CROSSMOUNT is false")
     resp = start_upload(reg, CROSSMOUNT_NAMESPACE, params={"mount": D.blob_a.digest})
     expect_status(resp, 201)
 
@@ -999,7 +1014,7 @@ def test_push_crossmount_without_from_automatic_disabled_202(reg):
     run_only_if(RUN_AUTOMATIC_CROSSMOUNT_TEST, "OCI_AUTOMATIC_CROSSMOUNT not set")
     assert S.last is not None
     run_only_if(S.last.status_code == 201, "the mount did not answer 201")
-    run_only_if_not(AUTOMATIC_CROSSMOUNT_ENABLED, "OCI_AUTOMATIC_CROSSMOUNT is true")
+    run_only_if_not(reg.automatic_crossmount, "OCI_AUTOMATIC_CROSSMOUNT is true")
     resp = start_upload(reg, CROSSMOUNT_NAMESPACE, params={"mount": D.blob_a.digest})
     expect_status(resp, 202)
 
@@ -1431,7 +1446,7 @@ def test_connreg_mount_from_is_a_mount(reg):
     skip_if_disabled(PUSH)
     assert S.mount_from is not None
     expect_status(S.mount_from, 201)
-    if reg.mode == TOKEN_AUTH:
+    if reg.mode != NO_AUTH:
         mount_scopes = [f.scope for f in reg.token_fetches if "mount=" in f.request
                         and "from=" in f.request]
         assert mount_scopes, "the mount was never challenged"
@@ -1440,7 +1455,7 @@ def test_connreg_mount_from_is_a_mount(reg):
 
 
 def test_connreg_every_request_went_through_the_token_flow(reg):
-    """token-auth: the node really refused requests without credentials, and every spec above
+    """With auth: the node really refused requests without credentials, and every spec above
     passed only after the client fetched a token; no-auth: nothing was ever challenged."""
     if reg.mode == NO_AUTH:
         assert reg.token_fetches == []

@@ -15,6 +15,7 @@ import trio
 
 from connreg import _core, errors
 from connreg.errors import RegistryError
+from connreg.parsing import INT64_MAX, strict_json
 from connreg.references import check_digest, check_tag, is_digest
 from connreg.registry import Registry
 from connreg.storage import ManifestRecord, TagPrecondition, TagPreconditionFailed
@@ -55,9 +56,24 @@ def _descriptor(value: Any, where: str) -> dict:
     except RegistryError:
         raise _invalid(f"{where}.digest is not a valid digest", {"digest": digest[:200]})
     size = value.get("size")
-    if not isinstance(size, int) or isinstance(size, bool) or size < 0:
-        raise _invalid(f"{where}.size must be a non-negative integer")
+    if type(size) is not int or not 0 <= size <= INT64_MAX:
+        raise _invalid(f"{where}.size must be an integer from 0 to 2^63-1",
+                       {"size": str(size)[:50]})
+    _annotations(value, where)
     return value
+
+
+def _annotations(doc: dict, where: str) -> None:
+    """`annotations`, where present, maps strings to strings (image-spec annotations rules)."""
+    annotations = doc.get("annotations")
+    if annotations is None and "annotations" not in doc:
+        return
+    if not isinstance(annotations, dict):
+        raise _invalid(f"{where}.annotations must be an object")
+    for key, value in annotations.items():
+        if not isinstance(value, str):
+            raise _invalid(f"{where}.annotations values must be strings",
+                           {"key": key[:200], "type": type(value).__name__})
 
 
 def _media_type(doc: dict, content_type: str | None) -> str:
@@ -82,14 +98,14 @@ def _media_type(doc: dict, content_type: str | None) -> str:
 
 def parse_manifest(body: bytes, content_type: str | None) -> tuple[dict, str, list[dict], list[dict]]:
     """Validate the document; return (doc, media type, blob descriptors, child manifests)."""
-    try:
-        doc = json.loads(body)
-    except (ValueError, UnicodeDecodeError):
-        raise _invalid("body is not valid JSON")
+    # UTF-8 only (json.loads would also take UTF-16/32 bytes), bounded depth and numbers
+    doc = strict_json(body, "manifest", errors.MANIFEST_INVALID)
     if not isinstance(doc, dict):
         raise _invalid("body must be a JSON object")
-    if doc.get("schemaVersion") != 2:
-        raise _invalid("schemaVersion must be 2", {"schemaVersion": doc.get("schemaVersion")})
+    version = doc.get("schemaVersion")
+    if type(version) is not int or version != 2:  # not 2.0, "2" or true
+        raise _invalid("schemaVersion must be the integer 2",
+                       {"schemaVersion": str(version)[:50]})
     media_type = _media_type(doc, content_type)
     blobs: list[dict] = []
     children: list[dict] = []
@@ -111,8 +127,7 @@ def parse_manifest(body: bytes, content_type: str | None) -> tuple[dict, str, li
         _descriptor(doc["subject"], "subject")
     if "artifactType" in doc and not isinstance(doc["artifactType"], str):
         raise _invalid("artifactType must be a string")
-    if "annotations" in doc and not isinstance(doc["annotations"], dict):
-        raise _invalid("annotations must be an object")
+    _annotations(doc, "manifest")
     return doc, media_type, blobs, children
 
 
@@ -135,13 +150,20 @@ async def store_manifest(reg: Registry, name: str, reference: str, body: bytes,
     if tag is None and digest != reference:
         raise RegistryError(errors.DIGEST_INVALID, detail={"expected": reference, "actual": digest})
 
-    missing_blobs = [d["digest"] for d in blobs
-                     if reg.meta.linked_blob_size(name, d["digest"]) is None]
-    missing_children = [d["digest"] for d in children
-                        if reg.meta.get_manifest(name, d["digest"]) is None]
+    blob_sizes = {d["digest"]: reg.meta.linked_blob_size(name, d["digest"]) for d in blobs}
+    child_records = {d["digest"]: reg.meta.get_manifest(name, d["digest"]) for d in children}
+    missing_blobs = [digest for digest, size in blob_sizes.items() if size is None]
+    missing_children = [digest for digest, record in child_records.items() if record is None]
     if missing_blobs or missing_children:
         raise RegistryError(errors.MANIFEST_BLOB_UNKNOWN,
                             detail={"blobs": missing_blobs, "manifests": missing_children})
+    # A descriptor's size is part of what it promises: a client trusts it to size downloads.
+    stored_sizes = {**blob_sizes, **{d: r.size for d, r in child_records.items()}}
+    for d in blobs + children:
+        if d["size"] != stored_sizes[d["digest"]]:
+            raise _invalid("a descriptor's size differs from the stored content's size",
+                           {"digest": d["digest"], "size": d["size"],
+                            "storedSize": stored_sizes[d["digest"]]})
 
     subject = doc.get("subject", {}).get("digest")
     artifact_type = doc.get("artifactType")

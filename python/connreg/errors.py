@@ -47,6 +47,9 @@ METHOD_NOT_ALLOWED = _register("UNSUPPORTED", 405, "method not allowed on this e
 STORAGE_FULL = _register("DENIED", 507, "registry storage budget exhausted")
 INVALID_BODY = _register("INVALID", 400, "request body invalid")
 BODY_TOO_LARGE = _register("SIZE_INVALID", 413, "request body exceeds the size limit")
+# A number or other value in a query parameter or header that is malformed or out of range
+# (connreg/parsing.py); ranges of bytes answer RANGE_INVALID (416) instead.
+QUERY_INVALID = _register("INVALID", 400, "request parameter invalid")
 # Delta transfer between nodes (docs/delta.md): the two sides cut chunks differently, or a plan
 # names a chunk this node cannot copy (like MANIFEST_BLOB_UNKNOWN for a manifest's blobs).
 CHUNK_PARAMS_MISMATCH = _register("CHUNK_PARAMS_MISMATCH", 400, "chunking parameters differ from this node's")

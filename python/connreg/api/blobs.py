@@ -12,28 +12,34 @@ from quart.wrappers.response import ResponseBody
 from connreg import errors
 from connreg.api.http import empty
 from connreg.errors import RegistryError
+from connreg.parsing import bounded_int
 from connreg.references import check_digest
 from connreg.registry import Registry
 
 READ_CHUNK = 4 << 20
-_RANGE_RE = re.compile(r"bytes=(\d*)-(\d*)")
+_RANGE_RE = re.compile(r"bytes=([0-9]*)-([0-9]*)")
 
 
 def parse_range(header: str, size: int) -> tuple[int, int]:
     """One `bytes=a-b` / `a-` / `-n` range → inclusive (start, end), or 416."""
     m = _RANGE_RE.fullmatch(header.strip())
-    bad = RegistryError(errors.RANGE_INVALID, detail={"range": header[:100], "size": size},
-                        headers={"Content-Range": f"bytes */{size}"})
+    detail = {"range": header[:100], "size": size}
+    unsatisfiable = {"Content-Range": f"bytes */{size}"}
+    bad = RegistryError(errors.RANGE_INVALID, detail=detail, headers=unsatisfiable)
     if not m or (m.group(1) == "" and m.group(2) == ""):
         raise bad
+
+    def number(text: str, what: str) -> int:
+        return bounded_int(text, what, code=errors.RANGE_INVALID, headers=unsatisfiable)
+
     first, last = m.group(1), m.group(2)
     if first == "":  # suffix range: the last n bytes
-        n = int(last)
+        n = number(last, "range suffix length")
         if n == 0:
             raise bad
         return max(0, size - n), size - 1
-    start = int(first)
-    end = size - 1 if last == "" else min(int(last), size - 1)
+    start = number(first, "range start")
+    end = size - 1 if last == "" else min(number(last, "range end"), size - 1)
     if start >= size or end < start:
         raise bad
     return start, end

@@ -10,6 +10,7 @@ from quart import Response, request
 
 from connreg import errors
 from connreg.errors import RegistryError
+from connreg.parsing import bounded_int, strict_json
 
 MAX_PAGE = 10_000
 
@@ -31,13 +32,8 @@ def pagination() -> tuple[int | None, str | None]:
     raw_n = request.args.get("n")
     n = None
     if raw_n is not None and raw_n != "":
-        try:
-            n = int(raw_n)
-        except ValueError:
-            raise RegistryError(errors.PAGINATION_NUMBER_INVALID, detail={"n": raw_n[:50]})
-        if n < 0:
-            raise RegistryError(errors.PAGINATION_NUMBER_INVALID, detail={"n": n})
-        n = min(n, MAX_PAGE)
+        # any count a client may ask for, served in pages of at most MAX_PAGE
+        n = min(bounded_int(raw_n, "n", code=errors.PAGINATION_NUMBER_INVALID), MAX_PAGE)
     return n, request.args.get("last")
 
 
@@ -59,17 +55,35 @@ def paginate(items_fetcher, path: str) -> tuple[list[str], dict[str, str]]:
     return items, headers
 
 
-async def body_chunks(min_chunk: int = 1 << 20) -> AsyncIterator[bytes]:
+class BodyLengthMismatch(Exception):
+    """The body ran past, or ended short of, the length its request declared."""
+
+    def __init__(self, received: int, expected: int, overflow: bool):
+        super().__init__(f"received {received} bytes, expected {expected}")
+        self.received, self.expected, self.overflow = received, expected, overflow
+
+
+async def body_chunks(min_chunk: int = 1 << 20, exact: int | None = None) -> AsyncIterator[bytes]:
     """The request body re-buffered into chunks of at least `min_chunk` bytes.
 
-    Bigger chunks mean fewer hops to a worker thread for hashing and writing.
+    Bigger chunks mean fewer hops to a worker thread for hashing and writing. With `exact`
+    (a length declared by Content-Range on a chunked-encoding body), every piece is counted as
+    it arrives: the first byte past `exact` raises BodyLengthMismatch at once, and so does an
+    end short of it; the last buffer is held back until the end is confirmed, so a body of at
+    most `min_chunk` bytes is never handed on unless its length is exact.
     """
     buf = bytearray()
+    received = 0
     async for part in request.body:
+        received += len(part)
+        if exact is not None and received > exact:
+            raise BodyLengthMismatch(received, exact, overflow=True)
         buf += part
-        if len(buf) >= min_chunk:
+        if len(buf) >= min_chunk and (exact is None or received < exact):
             yield bytes(buf)
             buf.clear()
+    if exact is not None and received != exact:
+        raise BodyLengthMismatch(received, exact, overflow=False)
     if buf:
         yield bytes(buf)
 
@@ -86,6 +100,18 @@ async def read_body_limited(limit: int, too_large: errors.ErrorCode) -> bytes:
         if len(buf) > limit:
             raise RegistryError(too_large, detail={"limit": limit})
     return bytes(buf)
+
+
+async def read_json_body(limit: int, what: str = "request body",
+                         too_large: errors.ErrorCode = errors.BODY_TOO_LARGE,
+                         invalid: errors.ErrorCode = errors.INVALID_BODY,
+                         empty_as: Any = None) -> Any:
+    """The request's JSON document, size-limited before parsing and depth-limited while
+    parsing (parsing.strict_json); an empty body is `empty_as` when given, else refused."""
+    body = await read_body_limited(limit, too_large)
+    if empty_as is not None and not body.strip():
+        return empty_as
+    return strict_json(body, what, invalid)
 
 
 def request_origin() -> str:

@@ -13,15 +13,16 @@ import trio
 from quart import Response, request
 
 from connreg import _core, errors
-from connreg.api.http import body_chunks, empty
+from connreg.api.http import BodyLengthMismatch, body_chunks, empty
 from connreg.errors import RegistryError
+from connreg.parsing import bounded_int
 from connreg.references import check_digest, check_name
 from connreg.registry import Registry
 from connreg.storage.budget import StorageFull
 from connreg.storage.interfaces import UploadSessionLimit
 
 log = logging.getLogger("connreg")
-_CONTENT_RANGE_RE = re.compile(r"(?:bytes[ =])?(\d+)-(\d+)(?:/\d+|/\*)?")
+_CONTENT_RANGE_RE = re.compile(r"(?:bytes[ =])?([0-9]+)-([0-9]+)(?:/[0-9]+|/\*)?")
 
 
 def session_headers(name: str, upload_id: str, size: int) -> dict[str, str]:
@@ -36,12 +37,33 @@ def _blob_created(name: str, digest: str) -> Response:
     return empty(201, {"Location": f"/v2/{name}/blobs/{digest}", "Docker-Content-Digest": digest})
 
 
+def _content_range(headers: dict[str, str] | None = None) -> tuple[int, int] | None:
+    """The request's Content-Range as inclusive (start, end); None without one; 416 (with
+    `headers`) when it is malformed or its numbers are out of bounds (parsing.bounded_int)."""
+    header = request.headers.get("Content-Range")
+    if header is None:
+        return None
+    m = _CONTENT_RANGE_RE.fullmatch(header.strip())
+    if m:
+        start, end = (bounded_int(g, what, code=errors.RANGE_INVALID, headers=headers)
+                      for g, what in ((m.group(1), "Content-Range start"),
+                                      (m.group(2), "Content-Range end")))
+        if end >= start:
+            return start, end
+    raise RegistryError(errors.RANGE_INVALID, detail={"contentRange": header[:100]},
+                        message="Content-Range must be <start>-<end> with end >= start",
+                        headers=headers)
+
+
 def _declared_length() -> int | None:
     """How many bytes the request says it carries: Content-Length, else its Content-Range."""
     if request.content_length is not None:
         return request.content_length
-    m = _CONTENT_RANGE_RE.fullmatch((request.headers.get("Content-Range") or "").strip())
-    return int(m.group(2)) - int(m.group(1)) + 1 if m else None
+    try:
+        declared = _content_range()
+    except RegistryError:  # refused by the PATCH/PUT check; ignored on a POST, as before
+        return None
+    return declared[1] - declared[0] + 1 if declared else None
 
 
 def _check_budget(reg: Registry, holding: int = 0) -> None:
@@ -52,37 +74,57 @@ def _check_budget(reg: Registry, holding: int = 0) -> None:
         reg.budget.check(declared, "this upload", holding=holding)
 
 
-async def _append_body(reg: Registry, upload: _core.Upload) -> int:
+async def _append_body(reg: Registry, upload: _core.Upload, name: str | None = None,
+                       exact: int | None = None) -> int:
     """Stream the body into `upload`. A stream that crosses the disk budget or fills the disk
     midway (chunked encoding, a wrong length, other writers) is stopped and its whole session
-    discarded: the bytes are given back and nothing can complete it while the disk is full."""
+    discarded: the bytes are given back and nothing can complete it while the disk is full.
+
+    `exact` is the length a Content-Range declared for a body without Content-Length: the body
+    is counted as it streams and stopped at the first byte past it (416). A wrong length never
+    leaves its bytes in the session: up to 1 MiB nothing was written yet and the session stays
+    as it was; past that, the part already written cannot be taken back (uploads are append-
+    only), so the session is discarded, as for a full disk."""
     _check_budget(reg, holding=upload.size)
+    size_before = upload.size
     try:
-        async for chunk in body_chunks():
+        async for chunk in body_chunks(exact=exact):
             await trio.to_thread.run_sync(upload.write, chunk)
     except StorageFull as exc:
         await discard_after_full(reg, upload.upload_id, exc)
         raise
+    except BodyLengthMismatch as exc:
+        message = (f"the body {'ran past' if exc.overflow else 'ended short of'} the "
+                   f"{exc.expected} bytes its Content-Range declares")
+        headers = session_headers(name or "", upload.upload_id, size_before)
+        if upload.size != size_before:
+            await _discard_quietly(reg, upload.upload_id)
+            message += "; the upload session was discarded (its written part cannot be undone)"
+            headers = {}
+        raise RegistryError(errors.RANGE_INVALID, message=message, headers=headers,
+                            detail={"expected": exc.expected, "received": exc.received})
     return upload.size
 
 
-def _check_content_range(upload: _core.Upload, name: str, upload_id: str) -> None:
-    """A chunk must start exactly where the upload ends (resumable uploads rely on it)."""
-    header = request.headers.get("Content-Range")
-    if header is None:
-        return
-    m = _CONTENT_RANGE_RE.fullmatch(header.strip())
-    if not m:
-        raise RegistryError(errors.RANGE_INVALID, detail={"contentRange": header[:100]},
-                            headers=session_headers(name, upload_id, upload.size))
-    start, end = int(m.group(1)), int(m.group(2))
+def _check_content_range(upload: _core.Upload, name: str, upload_id: str) -> int | None:
+    """A chunk must start exactly where the upload ends (resumable uploads rely on it) and
+    carry exactly the bytes its range names. Returns the length a chunked-encoding body must
+    have (checked as it streams), None when Content-Length already fixes it or no range is
+    given."""
+    headers = session_headers(name, upload_id, upload.size)
+    declared = _content_range(headers)
+    if declared is None:
+        return None
+    start, end = declared
     length = request.content_length
-    if start != upload.size or end < start or (length is not None and length != end - start + 1):
+    if start != upload.size or (length is not None and length != end - start + 1):
         raise RegistryError(
             errors.RANGE_INVALID,
-            detail={"contentRange": header[:100], "uploadSize": upload.size},
-            message=f"chunk must start at offset {upload.size}",
-            headers=session_headers(name, upload_id, upload.size))
+            detail={"contentRange": request.headers["Content-Range"][:100],
+                    "uploadSize": upload.size, "contentLength": length},
+            message=f"chunk must start at offset {upload.size} and carry end-start+1 bytes",
+            headers=headers)
+    return end - start + 1 if length is None else None
 
 
 async def _commit(reg: Registry, name: str, upload_id: str, upload: _core.Upload,
@@ -204,8 +246,8 @@ def require_upload(reg: Registry, name: str, upload_id: str) -> _core.Upload:
 async def patch_upload(reg: Registry, name: str, upload_id: str) -> Response:
     async with reg.upload_lock(upload_id):
         upload = require_upload(reg, name, upload_id)
-        _check_content_range(upload, name, upload_id)
-        size = await _append_body(reg, upload)
+        exact = _check_content_range(upload, name, upload_id)
+        size = await _append_body(reg, upload, name, exact)
     return empty(202, session_headers(name, upload_id, size))
 
 
@@ -216,8 +258,8 @@ async def finish_upload(reg: Registry, name: str, upload_id: str) -> Response:
         if digest is None:
             raise RegistryError(errors.DIGEST_INVALID, message="digest query parameter required")
         check_digest(digest)
-        _check_content_range(upload, name, upload_id)
-        await _append_body(reg, upload)
+        exact = _check_content_range(upload, name, upload_id)
+        await _append_body(reg, upload, name, exact)
         return await _commit(reg, name, upload_id, upload, digest)
 
 

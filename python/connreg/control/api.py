@@ -8,13 +8,12 @@ connected registry only `activate` answers: it is relayed to the parent (control
 
 from __future__ import annotations
 
-import json
 
 import httpx
 from quart import Blueprint, Response, current_app, request
 
 from connreg import errors
-from connreg.api.http import empty, json_response
+from connreg.api.http import empty, json_response, read_json_body
 from connreg.auth.actions import Permissions
 from connreg.auth.authorizer import Authorizer
 from connreg.auth.identity import Principal
@@ -66,15 +65,8 @@ def _root_only() -> None:
 
 
 async def _body() -> dict:
-    if (request.content_length or 0) > MAX_BODY:
-        raise invalid(f"request body larger than {MAX_BODY} bytes")
-    raw = await request.get_data()
-    if not raw:
-        return {}
-    try:
-        doc = json.loads(raw)
-    except ValueError:
-        raise invalid("request body is not valid JSON") from None
+    # size-limited before parsing, depth- and number-limited while parsing (413/400)
+    doc = await read_json_body(MAX_BODY, empty_as={})
     if not isinstance(doc, dict):
         raise invalid("request body must be a JSON object")
     return doc

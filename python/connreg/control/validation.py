@@ -21,8 +21,9 @@ RESERVED_NAMES = {"admin"}
 MODES = ("ReadWrite", "ReadOnly")
 LOG_LEVELS = ("Debug", "Information", "Warning", "Error", "None")
 CONTINUOUS = "* * * * *"
-_DURATION_RE = re.compile(r"P(?:(\d+)W)?(?:(\d+)D)?(?:T(?:(\d+)H)?(?:(\d+)M)?(?:(\d+)S)?)?")
-_ENDPOINT_RE = re.compile(r"(?:\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9.-]+):\d{1,5}")
+MAX_EXPIRY_SECONDS = 100 * 365 * 24 * 3600
+_DURATION_RE = re.compile(r"P(?:([0-9]{1,19})W)?(?:([0-9]{1,19})D)?(?:T(?:([0-9]{1,19})H)?(?:([0-9]{1,19})M)?(?:([0-9]{1,19})S)?)?")
+_ENDPOINT_RE = re.compile(r"(?:\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9.-]+):[0-9]{1,5}")
 _NOTIFICATION_RE = re.compile(r"(?:\*|[a-z0-9._/-]+|[a-z0-9._/-]+/\*):(?:\*|[A-Za-z0-9_][A-Za-z0-9._-]{0,127})"
                               r"|[a-z0-9._/-]+@sha256:[a-f0-9]{64}")
 HOUR, DAY = 3600, 86400
@@ -164,7 +165,10 @@ def expiry(value, field: str = "expiry") -> str | None:
     if value is None:
         return None
     if isinstance(value, str) and value.startswith("P"):
-        return iso(time.time() + duration_seconds(value, field))
+        seconds = duration_seconds(value, field)
+        if seconds > MAX_EXPIRY_SECONDS:  # past what a date-time can carry
+            raise invalid(f"{field} must be at most 100 years from now", field)
+        return iso(time.time() + seconds)
     try:
         dt = datetime.fromisoformat(value)
     except (TypeError, ValueError):

@@ -16,15 +16,18 @@ import trio
 from quart import Blueprint, Response, current_app, request
 
 from connreg import _core, errors
-from connreg.api.http import json_response
+from connreg.api.http import json_response, read_json_body
 from connreg.delta.index import params_key
 from connreg.errors import RegistryError
+from connreg.parsing import bounded_int
 from connreg.references import check_digest, check_name
 from connreg.sync.endpoints import TRAFFIC_BYTES, sync_caller
 
 bp = Blueprint("delta", __name__)
 MAX_BATCH_CHUNKS = 256
 MAX_BATCH_BYTES = 32 * 1024 * 1024
+# A batch request names at most MAX_BATCH_CHUNKS [offset, length] pairs: a few KB.
+MAX_BATCH_REQUEST = 64 * 1024
 MAX_REFINE_BYTES = 8 * 1024 * 1024
 MIN_REFINE_AVG = 1024
 FRAME_TYPE = "application/vnd.connreg.chunks.v1"
@@ -57,11 +60,7 @@ async def chunk_list() -> Response:
 
 
 def _int_arg(name: str) -> int:
-    value = request.args.get(name, "")
-    if not value.isdigit():
-        raise RegistryError(errors.INVALID_BODY, message=f"query parameter {name} must be a "
-                                                         "non-negative integer")
-    return int(value)
+    return bounded_int(request.args.get(name), name)
 
 
 async def _range_chunk_list(digest: str, size: int) -> Response:
@@ -92,7 +91,7 @@ async def _range_chunk_list(digest: str, size: int) -> Response:
 @bp.route("/connreg/v1/sync/chunks", methods=["POST"])
 async def chunk_batch() -> Response:
     child, digest, size = await _blob_for_caller()
-    doc = await request.get_json(force=True, silent=True)
+    doc = await read_json_body(MAX_BATCH_REQUEST, "chunk batch request")
     ranges = doc.get("ranges") if isinstance(doc, dict) else None
     if not isinstance(ranges, list) or not ranges or len(ranges) > MAX_BATCH_CHUNKS:
         raise RegistryError(errors.INVALID_BODY,

@@ -32,6 +32,7 @@ from connreg.api.uploads import discard_after_full, require_upload, session_head
 from connreg.delta import plan
 from connreg.delta.endpoints import MIN_REFINE_AVG
 from connreg.errors import RegistryError
+from connreg.parsing import bounded_int, strict_json
 from connreg.references import check_name
 from connreg.storage.budget import StorageFull
 from connreg.sync.endpoints import TRAFFIC_BYTES, sync_caller
@@ -42,7 +43,7 @@ MAX_KNOWN_BODY = 2 * 1024 * 1024
 _CHUNK_ID_RE = re.compile(r"[0-9a-f]{64}")
 # An old stretch much longer than the run is probably not its old version (and costs reading).
 MAX_NEAR_OLD = 16 * 1024 * 1024
-_PARAMS_RE = re.compile(r"fastcdc-blake3:(\d{1,10}):(\d{1,10}):(\d{1,10})")
+_PARAMS_RE = re.compile(r"fastcdc-blake3:([0-9]{1,10}):([0-9]{1,10}):([0-9]{1,10})")
 
 
 async def _caller():
@@ -69,13 +70,10 @@ def _count(child: str | None, n: int) -> None:
 
 
 async def _json_body(child: str | None) -> dict:
-    """The request's JSON object (counted as the child's traffic); {} if it is not one."""
+    """The request's JSON object (counted as the child's traffic); {} for another JSON value."""
     body = await read_body_limited(MAX_KNOWN_BODY, errors.BODY_TOO_LARGE)
     _count(child, len(body))
-    try:
-        doc = json.loads(body)
-    except ValueError:
-        return {}
+    doc = strict_json(body)  # malformed, too deep, or numbers out of range: 400 INVALID
     return doc if isinstance(doc, dict) else {}
 
 
@@ -186,11 +184,8 @@ async def _near(principal, params: _core.ChunkParams, before: str | None, after:
 
 
 def _offset_arg() -> int:
-    raw = request.args.get("offset", "")
-    if not raw.isdigit() or len(raw) > 18:
-        raise RegistryError(errors.BLOB_UPLOAD_INVALID, detail={"offset": raw[:50]},
-                            message="offset query parameter (the session's size) required")
-    return int(raw)
+    """`offset`, the session's size the plan continues from (required)."""
+    return bounded_int(request.args.get("offset"), "offset", code=errors.BLOB_UPLOAD_INVALID)
 
 
 def _decode(entries: list[plan.Data]) -> list[bytes]:

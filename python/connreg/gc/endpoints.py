@@ -10,21 +10,22 @@ A run started while another is in progress waits for it, then runs.
 
 from __future__ import annotations
 
-import json
 import logging
 import math
 
 from quart import Blueprint, Response, current_app, request
 
 from connreg import errors
-from connreg.api.http import json_response
+from connreg.api.http import json_response, read_json_body
 from connreg.errors import RegistryError
+from connreg.parsing import bounded_seconds
 from connreg.gc.collector import GarbageCollector
 from connreg.storage.interfaces import BlobGone
 
 log = logging.getLogger("connreg.gc")
 bp = Blueprint("gc", __name__, url_prefix="/connreg/v1/gc")
 MAX_BODY = 64 * 1024
+MAX_SECONDS = 100 * 365 * 24 * 3600.0  # a grace period or retention beyond a century is a typo
 
 
 async def _admin() -> None:
@@ -37,17 +38,10 @@ def _invalid(message: str) -> RegistryError:
 
 async def _options() -> dict:
     """The body's options, with query parameters as a fallback (`?dryRun=true`)."""
-    if (request.content_length or 0) > MAX_BODY:
-        raise _invalid(f"request body larger than {MAX_BODY} bytes")
-    raw = await request.get_data()
-    doc: dict = {}
-    if raw.strip():
-        try:
-            doc = json.loads(raw)
-        except ValueError:
-            raise _invalid("request body is not valid JSON") from None
-        if not isinstance(doc, dict):
-            raise _invalid("request body must be a JSON object")
+    # size-limited before parsing, depth- and number-limited while parsing (413/400)
+    doc = await read_json_body(MAX_BODY, empty_as={})
+    if not isinstance(doc, dict):
+        raise _invalid("request body must be a JSON object")
     for key in ("dryRun", "gracePeriodSeconds", "untaggedRetentionSeconds"):
         if key not in doc and key in request.args:
             doc[key] = request.args[key]
@@ -63,12 +57,14 @@ def _flag(value, name: str) -> bool:
 
 
 def _seconds(value, name: str) -> float:
+    if isinstance(value, str):  # from the query string: digits with an optional fraction
+        return bounded_seconds(value, name, MAX_SECONDS, code=errors.INVALID_BODY)
     try:
         seconds = float(value)
     except (TypeError, ValueError):
         raise _invalid(f"{name} must be a number of seconds") from None
-    if isinstance(value, bool) or not math.isfinite(seconds) or seconds < 0:
-        raise _invalid(f"{name} must be a number of seconds, 0 or more")
+    if isinstance(value, bool) or not math.isfinite(seconds) or not 0 <= seconds <= MAX_SECONDS:
+        raise _invalid(f"{name} must be a number of seconds from 0 to {MAX_SECONDS:g}")
     return seconds
 
 

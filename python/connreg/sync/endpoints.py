@@ -17,8 +17,9 @@ import trio
 from quart import Blueprint, Response, current_app, request
 
 from connreg import errors
-from connreg.api.http import json_response
+from connreg.api.http import json_response, read_json_body
 from connreg.errors import RegistryError
+from connreg.parsing import INT64_MAX, bounded_int, bounded_seconds
 from connreg.sync.control_sync import config_version, record_statuses, subtree_documents
 
 bp = Blueprint("sync_feed", __name__)
@@ -30,6 +31,8 @@ TRAFFIC_BYTES: Counter[str] = Counter()
 SYNC_TOKEN_SUFFIX = "-sync-token"
 MAX_WAIT = 30.0
 MAX_LIMIT = 1000
+# A status report carries one entry per registry of the subtree: a few KB each at most.
+MAX_STATUS_BODY = 8 * 1024 * 1024
 
 
 def sync_child(principal) -> str | None:
@@ -57,25 +60,21 @@ async def sync_caller(verb: str):
     return principal, child
 
 
-def _int_arg(name: str, default: int, low: int, high: int) -> int:
+def _query_int(name: str, default: int, low: int, high: int = INT64_MAX) -> int:
     raw = request.args.get(name)
-    if raw is None:
-        return default
-    try:
-        value = int(float(raw))
-    except ValueError:
-        raise RegistryError(errors.PAGINATION_NUMBER_INVALID, detail={name: raw[:50]},
-                            message=f"{name} must be a number")
-    return max(low, min(high, value))
+    return default if raw is None else bounded_int(raw, name, low, high)
 
 
 @bp.route("/connreg/v1/sync/changes", methods=["GET"])
 async def changes() -> Response:
     principal, child = await sync_caller("message/read")
     reg = current_app.extensions["registry"]
-    cursor = _int_arg("cursor", 0, 0, 2**62)
-    limit = _int_arg("limit", 500, 1, MAX_LIMIT)
-    wait = _int_arg("wait", 0, 0, int(MAX_WAIT))
+    cursor = _query_int("cursor", 0, 0)
+    limit = min(_query_int("limit", 500, 1), MAX_LIMIT)  # larger asks get full pages
+    raw_wait = request.args.get("wait")
+    # A child may ask to wait longer than this node holds a request: it gets MAX_WAIT.
+    wait = 0.0 if raw_wait is None else min(bounded_seconds(raw_wait, "wait", 24 * 3600),
+                                            MAX_WAIT)
     first, head = reg.meta.change_bounds()
     if request.args.get("peek"):  # where the feed ends now (a reconciliation resumes there)
         return json_response({"changes": [], "cursor": head, "head": head, "expired": False})
@@ -129,8 +128,9 @@ async def config() -> Response:
 async def status() -> Response:
     """A child reports its state and relays its descendants'; stored on our copy."""
     principal, child = await sync_caller("config/write")
-    doc = await request.get_json(force=True, silent=True)
-    if not isinstance(doc, dict) or not isinstance(doc.get("registries"), list):
+    doc = await read_json_body(MAX_STATUS_BODY, "status report")
+    if (not isinstance(doc, dict) or not isinstance(doc.get("registries"), list)
+            or not all(isinstance(entry, dict) for entry in doc["registries"])):
         raise RegistryError(errors.INVALID_BODY, message='expected {"registries": [...]}')
     control = current_app.extensions["control"]
 

@@ -10,15 +10,17 @@ registries: the entries are the node's own. A retry wakes the running pusher at 
 
 from __future__ import annotations
 
-from quart import Blueprint, Response, current_app, request
+from quart import Blueprint, Response, current_app
 
 from connreg import errors
-from connreg.api.http import json_response
+from connreg.api.http import json_response, read_json_body
 from connreg.errors import RegistryError
 from connreg.sync.parked import ParkedOutbox
 
 bp = Blueprint("sync_parked", __name__, url_prefix="/connreg/v1/sync/parked")
 MAX_LISTED = 10_000
+# {"seqs": [...]} naming every listed entry fits easily.
+MAX_SELECTION_BODY = 1024 * 1024
 
 
 async def _admin() -> None:
@@ -35,7 +37,7 @@ def _outbox() -> ParkedOutbox:
 
 async def _selection() -> list[int] | None:
     """The `seqs` the body names, or None for `"all": true`."""
-    doc = await request.get_json(force=True, silent=True)
+    doc = await read_json_body(MAX_SELECTION_BODY, "selection")
     if isinstance(doc, dict) and doc.get("all") is True:
         return None
     seqs = doc.get("seqs") if isinstance(doc, dict) else None

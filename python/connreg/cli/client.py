@@ -17,7 +17,7 @@ from urllib.parse import quote, urlsplit, urlunsplit
 import httpx
 
 from connreg.cli import credentials
-from connreg.tls import TrustError, tls_failure, verifying_context
+from connreg.tls import TrustError, tls_failure, untrusted_certificate, verifying_context
 
 API_PREFIX = "/connreg/v1"
 TIMEOUT_SECONDS = 60.0
@@ -118,7 +118,8 @@ class Client:
         except httpx.HTTPError as exc:
             refused = tls_failure(exc, self.registry, self.ca_file, role="registry")
             if refused is not None:
-                hint = "" if self.ca_file else " (pass --ca-file or set CONNREG_CA_FILE)"
+                hint = "" if self.ca_file or not untrusted_certificate(exc) else \
+                    " (pass --ca-file or set CONNREG_CA_FILE)"
                 raise CliError(refused + hint) from None
             # httpx messages name the host and the OS reason, never the Authorization header.
             reason = str(exc) or type(exc).__name__

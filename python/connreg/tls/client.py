@@ -51,6 +51,11 @@ def tls_failure(exc: BaseException, peer: str, ca_file: str | Path | None = None
     return f"TLS handshake with {role} {peer} failed: {reason}{hint}"
 
 
+def untrusted_certificate(exc: BaseException) -> bool:
+    """True when `exc` comes from a server certificate that did not verify."""
+    return isinstance(_ssl_cause(exc), ssl.SSLCertVerificationError)
+
+
 def unreachable_reason(exc: BaseException, peer: str, ca_file: str | Path | None = None,
                        role: str = "parent") -> str:
     """Why `peer` could not be reached: the TLS failure in words, else the error's type."""

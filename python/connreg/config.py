@@ -37,6 +37,15 @@ class Settings:
     # Bytes of manifests kept in memory; they are immutable by digest, so caching is safe.
     manifest_cache_bytes: int = 32 * MiB
 
+    # --- connections (docs/operations.md, "Connections") --------------------------------------
+    # Idle keep-alive connections are closed after this long; the same timer bounds how long a
+    # request head may take to arrive (slowloris). Below the 90 s idle timeout of Go's default
+    # HTTP transport, so such clients rarely reuse a connection the node is closing.
+    keep_alive_timeout_seconds: float = 75.0
+    # Request line plus headers (and an HTTP/2 header list); larger → 431 and the connection
+    # closed. Room for Bearer tokens that carry many repository scopes.
+    max_request_head_bytes: int = 64 * 1024
+
     # --- disk budget (docs/architecture.md, "Disk budget") -------------------------------------
     # Free space always left on the data dir's filesystem (SQLite, logs and the system need it);
     # writes that would eat into it answer 507. -1: 5 % of the filesystem, at most 1 GiB; 0: none.

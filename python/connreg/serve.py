@@ -9,6 +9,7 @@ import trio
 from hypercorn.config import Config as HypercornConfig
 from hypercorn.trio import serve as hypercorn_serve
 
+from connreg import connections
 from connreg.app import create_app
 from connreg.config import Settings
 from connreg.tls import ServedCertificate
@@ -47,8 +48,7 @@ async def run(settings: Settings) -> None:
     config.errorlog = logging.getLogger("hypercorn.error")
     if certificate is not None:
         _serve_tls(config, certificate)
-    config.keep_alive_timeout = 75
-    # Hypercorn's own body cap defaults to 16 MiB per h11 event buffer, not per request; fine.
+    connections.configure(config, settings)  # timeouts, header limits, closing (#330)
     shutdown = trio.Event()
     async with trio.open_nursery() as nursery:
         nursery.start_soon(_shutdown_on_signal, shutdown)
@@ -60,9 +60,15 @@ async def run(settings: Settings) -> None:
         nursery.cancel_scope.cancel()
 
 
-def main(settings: Settings) -> None:
+def configure_logging(settings: Settings) -> None:
+    """The node's log format; a no-op when done already (the CLI does it before serving, so
+    what happens to the data dir first is logged the same way)."""
     logging.basicConfig(level=settings.log_level.upper(),
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     # One line per request to the parent is noise; sync logs what it does itself.
     logging.getLogger("httpx").setLevel(logging.WARNING)
+
+
+def main(settings: Settings) -> None:
+    configure_logging(settings)
     trio.run(run, settings)

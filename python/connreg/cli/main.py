@@ -12,7 +12,7 @@ from connreg.config import Settings
 
 
 def _serve(args: argparse.Namespace) -> int:
-    from connreg import serve
+    from connreg import datadir, serve
     from connreg.control import activation
     from connreg.gc.schedule import check_schedule
     from connreg.tls import ServedCertificate
@@ -38,6 +38,13 @@ def _serve(args: argparse.Namespace) -> int:
         check_schedule(settings.gc_schedule, "gc_schedule")
     except (OSError, ValueError) as exc:
         print(f"connreg: error: {exc}", file=sys.stderr)
+        return 2
+    # Owner-only before anything (activation state, admin password, databases) is written.
+    serve.configure_logging(settings)
+    try:
+        datadir.make_owner_only(settings.data_dir)
+    except OSError as exc:
+        print(f"connreg: error: data dir {settings.data_dir}: {exc}", file=sys.stderr)
         return 2
     if settings.is_connected_registry:
         try:

@@ -10,6 +10,7 @@ from pathlib import Path
 
 import trio
 
+from connreg import datadir
 from connreg.config import Settings
 
 
@@ -20,6 +21,7 @@ def _reindex(args: argparse.Namespace) -> int:
     if not (settings.data_dir / "metadata.sqlite").exists():
         print(f"connreg: error: no registry data in {settings.data_dir}", file=sys.stderr)
         return 1
+    datadir.make_owner_only(settings.data_dir)  # before SQLite or the store writes a file
     registry = Registry(settings)
     try:
         count = trio.run(registry.chunk_index.reindex)
@@ -54,6 +56,7 @@ def _gc(args: argparse.Namespace) -> int:
     except DataDirBusy as exc:
         print(f"connreg: error: {exc}", file=sys.stderr)
         return 1
+    datadir.make_owner_only(settings.data_dir)  # before SQLite or the store writes a file
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING,
                         format="%(levelname)s %(name)s: %(message)s")
     registry = Registry(settings)

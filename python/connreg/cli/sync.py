@@ -14,6 +14,7 @@ from pathlib import Path
 
 import trio
 
+from connreg import datadir
 from connreg.cli import output
 from connreg.cli.client import CliError, UsageError, connect, path
 from connreg.cli.common import add_command, add_group
@@ -36,6 +37,7 @@ def _store(data_dir: Path):
     database = data_dir / "metadata.sqlite"
     if not database.exists():
         raise CliError(f"no registry data in {data_dir}")
+    datadir.make_owner_only(data_dir)  # SQLite creates its -wal/-shm files next
     return SqliteMetadataStore(database)
 
 

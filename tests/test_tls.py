@@ -31,6 +31,7 @@ from helpers import push_image
 needs_skopeo = pytest.mark.skipif(shutil.which("skopeo") is None, reason="skopeo not installed")
 needs_podman = pytest.mark.skipif(shutil.which("podman") is None, reason="podman not installed")
 CREDS = f"admin:{ADMIN_PASSWORD}"
+MiB = 1024 * 1024
 
 
 class TlsRoot:
@@ -130,6 +131,16 @@ def test_http2_is_negotiated_and_serves_the_registry(tls):
         assert r.status_code == 200 and r.content == image.manifest
         blob = c.get(f"/v2/tls/h2/blobs/{sha256(image.layers[0])}")
         assert blob.http_version == "HTTP/2" and blob.content == image.layers[0]
+        # A streamed upload (PATCH without Content-Length) travels in HTTP/2 DATA frames.
+        data = os.urandom(3 * MiB)
+        started = c.post("/v2/tls/h2/blobs/uploads/")
+        assert started.status_code == 202
+        patched = c.patch(started.headers["Location"],
+                          content=(data[i:i + MiB] for i in range(0, len(data), MiB)),
+                          headers={"Content-Type": "application/octet-stream"})
+        assert patched.status_code == 202 and patched.headers["Range"] == f"0-{len(data) - 1}"
+        done = c.put(patched.headers["Location"], params={"digest": sha256(data)})
+        assert done.status_code == 201 and done.http_version == "HTTP/2"
     with tls.client() as c:  # a client that offers only HTTP/1.1 still gets it
         assert c.get("/v2/").http_version == "HTTP/1.1"
 

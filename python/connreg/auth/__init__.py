@@ -1,9 +1,11 @@
 """Registry auth: password hashing, the §4 action model, the token service and the /v2/ hook.
 
-    passwords   scrypt hashes in a self-describing string, constant-time verification
+    passwords   scrypt hashes in a self-describing string; every check costs two hashes
     actions     action strings, repository patterns, pull/push/delete mapping, Permissions
     tokens      Ed25519-signed JWT access and refresh tokens, the signing key in the data dir
-    identity    credentials (Basic, Bearer) to a Principal; the admin; failed-login limiting
+    identity    credentials (Basic, Bearer, refresh tokens) to a Principal; the admin
+    ratelimit   failed logins per (account, source address), reserved before the hash
+    sources     the source address behind trusted reverse proxies (X-Forwarded-For)
     authorizer  the dispatcher's hook: route + method → required action → 401/403 or go
     endpoints   /oauth2/token (GET and POST form flows)
 """

@@ -527,9 +527,10 @@ async def test_manifests_spread_over_many_transactions_all_go_in_one_run(tmp_pat
         images = [await put({"config": descriptor(OCI_CONFIG, b"{}"), "layers": [],
                              "annotations": {"n": str(i)}}) for i in range(4)]
         index_type = "application/vnd.oci.image.index.v1+json"
-        index = await put({"manifests": [{"mediaType": OCI_MANIFEST, "digest": d, "size": 1}
+        size = {d: reg.meta.get_manifest("r", d).size for d in images}  # descriptors must match
+        index = await put({"manifests": [{"mediaType": OCI_MANIFEST, "digest": d, "size": size[d]}
                                          for d in images[:3]]}, index_type)
-        subject = {"mediaType": OCI_MANIFEST, "digest": images[3], "size": 1}
+        subject = {"mediaType": OCI_MANIFEST, "digest": images[3], "size": size[images[3]]}
         referrers = [await put({"config": descriptor(OCI_CONFIG, b"{}"), "layers": [],
                                 "subject": subject, "annotations": {"r": str(i)}})
                      for i in range(3)]

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import os
 import socket
+import ssl
 import time
 
 import httpx
@@ -14,6 +15,7 @@ import pytest
 from connreg.testing import start_node
 from connreg.testing.hierarchy import wait_for
 from connreg.testing.oci import OCI_MANIFEST, make_image
+from connreg.testing.tls import CertificateAuthority
 from helpers import push_image
 
 OPEN = ["--no-auth"]
@@ -38,8 +40,25 @@ def short_node(tmp_path_factory):
     n.stop()
 
 
+@pytest.fixture(scope="module")
+def tls_node(tmp_path_factory):
+    """A node serving TLS: its close (a TLS close_notify first) runs under the same shield."""
+    base = tmp_path_factory.mktemp("conn-tls")
+    ca = CertificateAuthority(base / "ca")
+    server = ca.issue()
+    n = start_node(base / "node", ca_file=ca.ca_file,
+                   args=[*OPEN, "--tls-cert", str(server.cert_file),
+                         "--tls-key", str(server.key_file)])
+    yield n
+    n.stop()
+
+
 def connect(node) -> socket.socket:
     s = socket.create_connection(("127.0.0.1", node.port), timeout=CLOSE_WITHIN)
+    if node.ca_file:
+        context = ssl.create_default_context(cafile=str(node.ca_file))
+        context.set_alpn_protocols(["http/1.1"])
+        s = context.wrap_socket(s, server_hostname="127.0.0.1")
     s.settimeout(CLOSE_WITHIN)
     return s
 
@@ -74,7 +93,7 @@ def closed_by_server(s: socket.socket, timeout: float = CLOSE_WITHIN) -> bool:
         data = s.recv(65536)
     except socket.timeout:
         return False
-    except ConnectionResetError:
+    except (ConnectionResetError, ssl.SSLEOFError, ssl.SSLZeroReturnError):
         return True
     assert data == b"", f"unexpected bytes after the response: {data[:200]!r}"
     return True
@@ -100,6 +119,21 @@ def test_close_requested_closes_the_socket(node, request_bytes):
         assert status in (200, 404)
         assert headers.get("connection", "").lower() == "close"
         assert closed_by_server(s), "the server answered Connection: close but kept the socket"
+
+
+def test_close_requested_over_tls_closes_the_socket(tls_node):
+    for request in (b"GET /v2/ HTTP/1.0\r\n\r\n",
+                    b"GET /v2/ HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"):
+        status, headers, _, s = exchange(tls_node, request)
+        with s:
+            assert status == 200 and headers.get("connection", "").lower() == "close"
+            assert closed_by_server(s), f"TLS socket left open after {request!r}"
+    s = connect(tls_node)
+    with s:
+        buffered = bytearray()
+        for _ in range(2):
+            s.sendall(b"GET /v2/ HTTP/1.1\r\nHost: x\r\n\r\n")
+            assert read_response(s, buffered)[0] == 200
 
 
 def test_manifest_read_by_the_fast_path_closes_too(node):

@@ -26,7 +26,10 @@ def offenders(data_dir: Path) -> list[str]:
     not followed: nothing the node makes is one)."""
     found = []
     for path in [data_dir, *data_dir.rglob("*")]:
-        st = path.lstat()
+        try:
+            st = path.lstat()
+        except FileNotFoundError:
+            continue  # a running node's staging file, gone meanwhile
         mode = stat.S_IMODE(st.st_mode)
         if stat.S_ISDIR(st.st_mode) and mode != 0o700 or \
                 stat.S_ISREG(st.st_mode) and mode != 0o600:

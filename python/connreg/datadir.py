@@ -51,8 +51,9 @@ def tighten(data_dir: Path) -> Tightened:
     `data_dir` (the directory itself included; if it is a symlink, its target is the data dir).
     Nothing else is touched: symlinks, sockets and the like are skipped, never followed."""
     result = Tightened()
-    _tighten_one(os.fspath(data_dir), None, result)
-    for _dirpath, dirnames, filenames, dir_fd in os.fwalk(data_dir, follow_symlinks=False):
+    top = os.path.realpath(data_dir)  # fwalk would not enter a data dir that is a symlink
+    _tighten_one(top, None, result)
+    for _dirpath, dirnames, filenames, dir_fd in os.fwalk(top, follow_symlinks=False):
         for name in dirnames + filenames:
             _tighten_one(name, dir_fd, result)
     return result

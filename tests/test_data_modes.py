@@ -69,7 +69,9 @@ def test_root_and_edge_keep_everything_owner_only(hierarchy):
         seen = kinds(node.data_dir)
         assert {"metadata.sqlite-wal", "control.sqlite-shm", "reserve", "uploads"} <= seen
         assert offenders(node.data_dir) == [], node.data_dir
-    assert "admin-password" in kinds(edge.data_dir)  # generated at the edge's first start
+    # Written at the edge's first start: its admin password, token signing key, activation.
+    assert {"admin-password", "token-signing-key.pem", "connected-registry.json"} \
+        <= kinds(edge.data_dir)
     assert any(p.name.startswith("sha256") or len(p.name) == 64
                for p in (root.data_dir / "store").rglob("*") if p.is_file())
 

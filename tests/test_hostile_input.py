@@ -584,3 +584,48 @@ def test_hostile_credentials_and_token_requests(auth_node):
                       headers={"Content-Type": OCI_MANIFEST})
         assert r.status_code == 400 and error_codes(r) == ["MANIFEST_INVALID"]
         assert admin.get("/v2/").status_code == 200
+
+
+# --- the parsers themselves ---------------------------------------------------------------------
+
+def test_bounded_parsers_take_only_plain_numbers_in_range():
+    from connreg.errors import RegistryError
+    from connreg.parsing import INT64_MAX, bounded_int, bounded_seconds
+
+    assert bounded_int("0", "n") == 0 and bounded_int("007", "n") == 7
+    assert bounded_int(str(INT64_MAX), "n") == INT64_MAX
+    assert bounded_int("5", "n", 5, 5) == 5
+    for bad in [*BAD_NUMBERS, "", str(INT64_MAX + 1), None]:
+        with pytest.raises(RegistryError):
+            bounded_int(bad, "n")
+    with pytest.raises(RegistryError):
+        bounded_int("6", "n", 0, 5)
+    assert bounded_seconds("20.0", "wait", 30) == 20.0 and bounded_seconds("0", "wait", 30) == 0
+    for bad in [*BAD_SECONDS, "30.5", None]:
+        with pytest.raises(RegistryError):
+            bounded_seconds(bad, "wait", 30)
+
+
+def test_json_depth_is_found_without_recursion_and_strings_do_not_count():
+    from connreg.errors import RegistryError
+    from connreg.parsing import MAX_JSON_DEPTH, json_depth_exceeds, strict_json
+
+    def nested(depth: int, opener: bytes = b"[", closer: bytes = b"]") -> bytes:
+        return opener * depth + closer * depth
+
+    assert not json_depth_exceeds(nested(MAX_JSON_DEPTH))
+    assert json_depth_exceeds(nested(MAX_JSON_DEPTH + 1))
+    mixed = b'{"a":[' * 40 + b"1" + b"]}" * 40  # 80 levels, alternating
+    assert json_depth_exceeds(mixed)
+    assert strict_json(nested(MAX_JSON_DEPTH))  # accepted and parsed
+    # Brackets inside strings, escaped quotes included, are text, not nesting.
+    text = b'{"a": "' + b"[{" * 500 + b'\\"' + b"[" * 100 + b'", "b": ["]]]\\\\"]}'
+    assert not json_depth_exceeds(text)
+    assert strict_json(text)["b"] == ["]]]\\"]
+    assert json_depth_exceeds(b"[" * 100_000)  # unbalanced, deep
+    for bad in (b"]" * 1000 + b"[", nested(100_000), DEEP_OBJECT, b'{"a": 1e999}',
+                b'[-' + b"9" * 20 + b"]", b"\xef\xbb\xbf{}", '{"é": 1}'.encode("utf-16")):
+        with pytest.raises(RegistryError):
+            strict_json(bad)
+    assert strict_json(b'{"a": -9223372036854775808, "b": 1.5e300}') == {
+        "a": -2**63, "b": 1.5e300}

@@ -13,7 +13,7 @@ import httpx
 from quart import Blueprint, Response, current_app, request
 
 from connreg import errors
-from connreg.api.http import empty, json_response, read_json_body
+from connreg.api.http import empty, json_response, read_body_limited, read_json_body
 from connreg.auth.actions import Permissions
 from connreg.auth.authorizer import Authorizer
 from connreg.auth.identity import Principal
@@ -212,9 +212,7 @@ async def cr_settings(name: str) -> Response:
 async def activate_cr(name: str) -> Response:
     settings = current_app.config["CONNREG_SETTINGS"]
     if settings.is_connected_registry:
-        body = await request.get_data()
-        if len(body) > MAX_BODY:
-            raise invalid("request body too large")
+        body = await read_body_limited(MAX_BODY, errors.BODY_TOO_LARGE)  # before buffering
         try:
             resp = await activation.relay_activation(
                 settings, name, request.headers.get("Authorization"), body)

@@ -290,6 +290,9 @@ class Authenticator:
                                 "(older than the maximum lifetime, or not issued here); "
                                 "log in again")
         subject, slot, version = claims["sub"], claims.get("cred"), claims.get("ver")
+        if not isinstance(slot, str) or not isinstance(version, str):
+            raise self._stale("it was issued by an older version, before refresh tokens were "
+                              "bound to a password")
         current = None
         if subject == ADMIN:
             if slot == ADMIN_SLOT:
@@ -306,8 +309,8 @@ class Authenticator:
                                    parse_time(cred.get("expiry")))
             elif cred is not None:
                 raise self._stale(f"{slot} of token {doc['name']} has expired")
-        if current is None or not hmac.compare_digest(current.version, str(version or "")):
-            raise self._stale(f"{slot or 'the password'} of {subject} was regenerated since "
+        if current is None or not hmac.compare_digest(current.version.encode(), version.encode()):
+            raise self._stale(f"{slot} of {subject} was regenerated since "
                               "this refresh token was issued")
         principal = self.principal_for(subject)
         if principal is None:

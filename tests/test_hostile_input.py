@@ -573,6 +573,23 @@ def test_hostile_credentials_and_token_requests(auth_node):
         r = httpx.post(f"{url}/oauth2/token", data=form)
         assert 400 <= r.status_code < 500, f"{str(form)[:60]}: {r.status_code} {r.text[:200]}"
         assert isinstance(r.json()["errors"][0]["code"], str)
+    # A form sent chunked (no Content-Length) is still held to the size limit, as it streams.
+    def endless_form():
+        yield b"grant_type=password&username=admin&scope="
+        for _ in range(40):
+            yield b"repository:a:pull+" * 200
+    r = httpx.post(f"{url}/oauth2/token", content=endless_form(),
+                   headers={"Content-Type": "application/x-www-form-urlencoded"})
+    assert r.status_code == 413 and r.json()["errors"][0]["code"] == "SIZE_INVALID", r.text
+    r = httpx.post(f"{url}/oauth2/token", data={"grant_type": "password", "username": "admin",
+                                                "password": node.admin_password,
+                                                "scope": [f"repository:r{i}:pull"
+                                                          for i in range(300)]})
+    assert r.status_code == 400 and r.json()["errors"][0]["code"] == "INVALID", r.text
+    r = httpx.post(f"{url}/oauth2/token", data={"grant_type": "password", "username": "admin",
+                                                "password": node.admin_password,
+                                                "scope": "repository:a/b:pull"})
+    assert r.status_code == 200 and r.json()["token"], r.text
     r = httpx.get(f"{url}/oauth2/token", auth=node.admin,
                   params={"service": "connreg", "scope": ["repository::pull",
                                                           "repository:" + "a" * 5000 + ":pull",

@@ -17,11 +17,13 @@ caller's permissions (unknown or refused actions are silently left out, as distr
 from __future__ import annotations
 
 from datetime import datetime, timezone
+from urllib.parse import parse_qsl
 
 from quart import Blueprint, Response, current_app, request
+from werkzeug.datastructures import MultiDict
 
 from connreg import errors
-from connreg.api.http import json_response
+from connreg.api.http import json_response, read_body_limited
 from connreg.auth.authorizer import Authorizer, source_address
 from connreg.auth.identity import Principal
 from connreg.errors import RegistryError
@@ -29,6 +31,9 @@ from connreg.references import MAX_NAME_LENGTH, NAME_RE
 
 bp = Blueprint("oauth2", __name__)
 REGISTRY_ACTIONS = ("pull", "push", "delete")
+# A token request form is a few short fields; scopes may repeat, but not without end.
+MAX_FORM_BYTES = 64 * 1024
+MAX_FORM_FIELDS = 200
 
 
 def _authorizer() -> Authorizer:
@@ -95,13 +100,24 @@ async def token_get() -> Response:
     return _issue(principal, request.args.getlist("scope"), refresh)
 
 
+async def _read_form() -> MultiDict:
+    """The urlencoded form, read under MAX_FORM_BYTES whether or not a Content-Length was sent
+    (a chunked body is counted as it arrives, never buffered past the limit)."""
+    body = await read_body_limited(MAX_FORM_BYTES, errors.BODY_TOO_LARGE)
+    try:
+        pairs = parse_qsl(body.decode("utf-8"), keep_blank_values=True,
+                          max_num_fields=MAX_FORM_FIELDS, strict_parsing=False)
+    except (UnicodeDecodeError, ValueError) as exc:
+        raise RegistryError(errors.INVALID_BODY, message=f"token request form invalid: {exc}"
+                            ) from None
+    return MultiDict(pairs)
+
+
 @bp.route("/oauth2/token", methods=["POST"])
 async def token_post() -> Response:
     _disabled()
     authz = _authorizer()
-    if (request.content_length or 0) > 64 * 1024:
-        raise RegistryError(errors.SIZE_INVALID, message="form too large")
-    form = await request.form
+    form = await _read_form()
     grant = form.get("grant_type", "")
     scopes = form.getlist("scope")
     offline = form.get("access_type", "") == "offline"

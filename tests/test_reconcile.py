@@ -299,3 +299,28 @@ def test_window_closing_mid_transfer_keeps_the_bytes_received(tmp_path):
         assert r.status_code == 200 and sha256(r.content) == digest
     finally:
         h.stop_all()
+
+
+def test_a_tag_moved_to_a_manifest_deleted_meanwhile_goes_at_the_child(hierarchy: Hierarchy):
+    """The feed says t→A, t→B, delete B. A child that was away applies t→A, finds B gone at the
+    parent, and must not keep t→A: the parent's delete of B took the tag with it (found by
+    bench/soak.py)."""
+    root = hierarchy.root
+    hierarchy.create("stalero", "ReadOnly", ["moved/*"])
+    child = hierarchy.start_child("stalero")
+    a, b, marker = make_image([1500]), make_image([1600]), make_image([1700])
+    with httpx.Client(base_url=root.url, auth=root.admin, timeout=30) as c:
+        push_image(c, "moved/app", marker, "other")
+        wait_for(lambda: status(child, "moved/app", "other") == 200, 60,
+                 message="the child synced once")
+        child.stop()
+        push_image(c, "moved/app", a, "t")
+        push_image(c, "moved/app", b, "t")
+        delete_manifest(root, "moved/app", b.digest)
+        push_image(c, "moved/app", marker, "after")  # the child has caught up once it has this
+    assert status(root, "moved/app", "t") == 404
+    child.start()
+    wait_for(lambda: status(child, "moved/app", "after") == 200, 60,
+             message="the child caught up with the feed")
+    assert status(child, "moved/app", "t") == 404, "the child kept a tag the parent deleted"
+    assert tags(child, "moved/app") == tags(root, "moved/app") == ["after", "other"]

@@ -171,10 +171,29 @@ class Puller:
                     await self.state.delete(last_known_key(repo, t))
                 await delete_reference(self.reg, repo, digest, origin=PARENT)
         except ContentMissingAtParent as exc:
-            # Deleted at the parent after this change was written; a later change says so.
+            # Deleted at the parent after this change was written; a later change says so —
+            # except for this tag: deleting the manifest at the parent took the tag with it, and
+            # the later delete names only the manifest, which the tag never reached here.
             log.info("skipping change %s: %s is gone at the parent", change.get("seq"), exc)
+            if op == "manifest" and tag:
+                await self._follow_parent_tag(repo, tag)
         except RegistryError as exc:
             log.warning("change %s for %s not applicable: %s", change.get("seq"), repo, exc.message)
+
+    async def _follow_parent_tag(self, repo: str, tag: str) -> None:
+        """Set `tag` to where the parent's is now, or delete it when the parent has none (a
+        move whose manifest is gone must not leave the tag where it pointed before)."""
+        current = await self.parent.head_manifest(repo, tag)
+        if current is None:
+            if self.reg.meta.resolve_tag(repo, tag) is not None:
+                log.info("%s:%s is gone at the parent; deleting it here", repo, tag)
+                await delete_reference(self.reg, repo, tag, origin=PARENT)
+            await self.state.delete(last_known_key(repo, tag))
+            return
+        try:
+            await self.set_tag(repo, tag, current)
+        except ContentMissingAtParent:
+            pass  # moved again meanwhile: the feed's later entries bring it
 
     def _tags_pointing_at(self, repo: str, digest: str) -> list[str]:
         return [t for t in self.reg.meta.list_tags(repo, None, None)

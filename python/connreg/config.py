@@ -36,6 +36,10 @@ class Settings:
     upload_reclaim_idle_seconds: float = 600.0
     # Bytes of manifests kept in memory; they are immutable by digest, so caching is safe.
     manifest_cache_bytes: int = 32 * MiB
+    # glibc malloc arenas (0: glibc's default, 8 per core). Every worker thread that allocates
+    # gets its own arena by default, and each keeps its high-water mark: under a soak that cost
+    # 4-6 MiB/min of RSS that never came back; with 2 it was under 1.2 MiB/min (bench/RESULTS.md).
+    malloc_arena_max: int = 2
 
     # --- connections (docs/operations.md, "Connections") --------------------------------------
     # Idle keep-alive connections are closed after this long; the same timer bounds how long a

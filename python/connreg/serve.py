@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import ctypes
+import ctypes.util
 import logging
+import os
 import signal
 
 import trio
@@ -13,6 +16,8 @@ from connreg import connections
 from connreg.app import create_app
 from connreg.config import Settings
 from connreg.tls import ServedCertificate
+
+M_ARENA_MAX = -8  # mallopt's parameter number (glibc malloc.h)
 
 log = logging.getLogger("connreg")
 
@@ -69,6 +74,19 @@ def configure_logging(settings: Settings) -> None:
     logging.getLogger("httpx").setLevel(logging.WARNING)
 
 
+def limit_malloc_arenas(arenas: int) -> bool:
+    """Cap glibc's malloc arenas before any worker thread exists (`malloc_arena_max`); the
+    MALLOC_ARENA_MAX environment variable, when set, wins. False where there is no glibc."""
+    if arenas <= 0 or "MALLOC_ARENA_MAX" in os.environ:
+        return False
+    try:
+        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
+        return libc.mallopt(M_ARENA_MAX, arenas) == 1
+    except (OSError, AttributeError):  # musl or another libc: nothing to tune
+        return False
+
+
 def main(settings: Settings) -> None:
     configure_logging(settings)
+    limit_malloc_arenas(settings.malloc_arena_max)
     trio.run(run, settings)

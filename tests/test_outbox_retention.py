@@ -57,3 +57,26 @@ def _digest(node, repo: str, ref: str) -> str | None:
     with httpx.Client(base_url=node.url, auth=node.admin, timeout=30) as c:
         r = c.head(f"/v2/{repo}/manifests/{ref}", headers={"Accept": OCI_MANIFEST})
         return r.headers.get("Docker-Content-Digest") if r.status_code == 200 else None
+
+
+def test_a_move_to_a_manifest_deleted_before_it_climbed_removes_the_tag_upstream(
+        hierarchy: Hierarchy):
+    """Outbox: t→B then delete B by digest (which takes t with it here) while the parent is
+    away. The parent had t→A; it must end without t, not keep t→A (found by bench/soak.py)."""
+    root = hierarchy.root
+    hierarchy.create("edgemove", "ReadWrite", ["keep/*"])
+    edge = hierarchy.start_child("edgemove")
+    a, b = make_image([2100]), make_image([2200])
+    with httpx.Client(base_url=edge.url, auth=edge.admin, timeout=30) as c:
+        push_image(c, "keep/app", a, "t")
+        wait_for(lambda: _digest(root, "keep/app", "t") == a.digest, 60,
+                 message="keep/app:t=A reaches the root")
+        root.stop()
+        push_image(c, "keep/app", b, "t")
+        r = c.delete(f"/v2/keep/app/manifests/{b.digest}")
+        assert r.status_code == 202, r.text
+        push_image(c, "keep/app", a, "after")  # the outbox is drained once this arrives
+    root.start()
+    wait_for(lambda: _digest(root, "keep/app", "after") == a.digest, 60,
+             message="the edge's outbox reached the root")
+    assert _digest(root, "keep/app", "t") is None, "the root kept a tag the edge deleted"

@@ -106,7 +106,12 @@ class Pusher:
         self.state.current_repo = change.repo
         if change.op == "manifest":
             if self.reg.meta.get_manifest(change.repo, change.digest) is None:
-                return  # deleted locally since; the delete follows in the outbox
+                # Deleted locally since; the delete follows in the outbox, but it names only
+                # the manifest, which the parent never got: a tag this move would have taken
+                # along must go at the parent now, or it stays where it pointed before.
+                if change.tag and self.reg.meta.resolve_tag(change.repo, change.tag) is None:
+                    await self._delete_tag(change.repo, change.tag)
+                return
             await self._push_manifest_tree(change.repo, change.digest)
             if change.tag and self.reg.meta.resolve_tag(change.repo, change.tag) == change.digest:
                 await self._move_tag(change.repo, change.tag, change.digest)

@@ -4,6 +4,7 @@ real `connreg serve` processes."""
 
 from __future__ import annotations
 
+import json
 import os
 import socket
 import ssl
@@ -263,3 +264,17 @@ def test_idle_keep_alive_connection_is_closed(short_node):
     with s:
         assert status == 200
         assert closed_by_server(s, timeout=CLOSE_WITHIN + SHORT_KEEP_ALIVE)
+
+
+@pytest.mark.parametrize("length", ["9" * 4301, "-1", "1e3", "\u0661\u0662", "12, 13"])
+def test_unparseable_content_length_gets_an_oci_error_body(node, length):
+    """h11 refuses these before the app runs; the answer still carries an OCI error body."""
+    head = (f"PATCH /v2/x/blobs/uploads/abc HTTP/1.1\r\nHost: a\r\n"
+            f"Content-Length: {length}\r\n\r\n").encode("utf-8")
+    status, headers, body, s = exchange(node, head + b"zz")
+    s.close()
+    assert status == 400, (status, body[:200])
+    assert headers.get("content-type") == "application/json"
+    error = json.loads(body)["errors"][0]
+    assert error["code"] == "INVALID" and "could not be parsed" in error["message"]
+    _alive(node)

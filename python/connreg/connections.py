@@ -18,13 +18,17 @@ abruptly, so a close always happens.
 
 from __future__ import annotations
 
+import json
 import logging
 import re
+from itertools import chain
 from importlib.metadata import version
 
+import h11
 import trio
 from hypercorn.config import Config as HypercornConfig
 from hypercorn.events import Event, RawData
+from hypercorn.protocol.h11 import H11Protocol
 from hypercorn.trio.tcp_server import TCPServer
 
 from connreg.config import Settings
@@ -55,6 +59,7 @@ def configure(config: HypercornConfig, settings: Settings) -> None:
     # which would cut those off. The timer above covers the stalled head.
     config.read_timeout = None
     _close_even_when_cancelled()
+    _protocol_errors_as_oci_bodies()
 
 
 def _installed_hypercorn() -> tuple[int, ...]:
@@ -93,3 +98,26 @@ def _close_even_when_cancelled() -> None:
     protocol_send.connreg_shielded = True  # type: ignore[attr-defined]
     TCPServer.protocol_send = protocol_send  # type: ignore[method-assign]
     TCPServer._close = _close  # type: ignore[method-assign]
+
+
+def _protocol_errors_as_oci_bodies() -> None:
+    """A request h11 cannot parse (a malformed Content-Length, a head over the limit) is
+    refused by Hypercorn before the app sees it, with an empty body; answer it with the OCI
+    error body every other refusal has. The status and the close stay Hypercorn's."""
+    if getattr(H11Protocol._send_error_response, "connreg_oci", False):
+        return
+
+    async def _send_error_response(self: H11Protocol, status_code: int) -> None:
+        code = "SIZE_INVALID" if status_code == 431 else "INVALID"
+        body = json.dumps({"errors": [{
+            "code": code, "message": f"malformed HTTP request ({status_code}): the request line "
+            "or a header (e.g. Content-Length) could not be parsed or is too large"}]}).encode()
+        await self._send_h11_event(h11.Response(status_code=status_code, headers=list(chain(
+            [(b"content-type", b"application/json"),
+             (b"content-length", str(len(body)).encode()), (b"connection", b"close")],
+            self.config.response_headers("h11")))))
+        await self._send_h11_event(h11.Data(data=body))
+        await self._send_h11_event(h11.EndOfMessage())
+
+    _send_error_response.connreg_oci = True  # type: ignore[attr-defined]
+    H11Protocol._send_error_response = _send_error_response  # type: ignore[method-assign]

@@ -20,30 +20,25 @@ class DataDirBusy(Exception):
     """The data dir is in use by a node (for offline GC) or by an offline GC (for a node)."""
 
 
-def _open(data_dir: Path) -> int:
+def _lock(data_dir: Path, mode: int, busy: str) -> int:
+    """Open `<data_dir>/node.lock` and take `mode` without waiting; DataDirBusy(busy) if held."""
     data_dir.mkdir(parents=True, exist_ok=True)
-    return os.open(data_dir / LOCK_NAME, os.O_RDWR | os.O_CREAT, 0o600)
+    fd = os.open(data_dir / LOCK_NAME, os.O_RDWR | os.O_CREAT, 0o600)
+    try:
+        fcntl.flock(fd, mode | fcntl.LOCK_NB)
+    except BlockingIOError:
+        os.close(fd)
+        raise DataDirBusy(busy) from None
+    return fd
 
 
 def hold_for_serving(data_dir: Path) -> int:
     """Take the shared lock for a serving node; returns the descriptor to keep open."""
-    fd = _open(data_dir)
-    try:
-        fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
-    except BlockingIOError:
-        os.close(fd)
-        raise DataDirBusy(f"an offline garbage collection is running on {data_dir}; "
-                          "start the node when it has finished") from None
-    return fd
+    return _lock(data_dir, fcntl.LOCK_SH, f"an offline garbage collection is running on "
+                 f"{data_dir}; start the node when it has finished")
 
 
 def hold_exclusively(data_dir: Path) -> int:
     """Take the lock for offline GC; returns the descriptor (close it to release)."""
-    fd = _open(data_dir)
-    try:
-        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except BlockingIOError:
-        os.close(fd)
-        raise DataDirBusy(f"a node is serving {data_dir}: stop it first, or collect garbage "
-                          "through it with `connreg gc run --registry URL`") from None
-    return fd
+    return _lock(data_dir, fcntl.LOCK_EX, f"a node is serving {data_dir}: stop it first, or "
+                 "collect garbage through it with `connreg gc run --registry URL`")

@@ -128,6 +128,13 @@ class Settings:
     # Serve chunk lists and batches to children (off: children fall back to whole blobs).
     delta: bool = True
 
+    # --- metrics and dashboard (docs/operations.md) -------------------------------------------
+    # GET /metrics without credentials, for a scraper on a private network; off: the admin or
+    # a token with metrics/read must scrape (the series name this node's children).
+    metrics_public: bool = False
+    # A dashboard (/ui/) session ends this long after its login, however active it is.
+    ui_session_seconds: int = 8 * 3600
+
     # --- test-only knobs (never set in production; documented in docs/sync.md) ---------------
     # Shifts this node's clock for sync schedules, change-log retention and the token service
     # (token times, password expiry).

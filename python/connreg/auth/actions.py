@@ -6,6 +6,7 @@ Actions are strings:
     repositories/<repo>/metadata/read|write
     gateway/<connected-registry>/config/read|write
     gateway/<connected-registry>/message/read|write
+    metrics/read          (this node's /metrics and dashboard, on every node it reaches)
 
 `<repo>` is an exact repository name or a pattern `prefix/*` that matches every repository
 under `prefix/` (at any depth). Registry scopes map onto them:
@@ -39,15 +40,20 @@ _REPO_RE = re.compile(r"repositories/(?P<target>.+)/(?P<verb>content/(?:read|wri
                       r"|metadata/(?:read|write))")
 _GATEWAY_RE = re.compile(r"gateway/(?P<target>[^/]+)/(?P<verb>(?:config|message)/(?:read|write))")
 CR_NAME_RE = re.compile(r"[A-Za-z][A-Za-z0-9_-]{4,39}")
+# Node-wide actions: not about a repository or a connected registry.
+METRICS_READ = "metrics/read"
+NODE_ACTIONS = (METRICS_READ,)
 
 
 @dataclass(frozen=True)
 class Action:
-    kind: str      # "repositories" | "gateway"
-    target: str    # repository name or pattern, or connected-registry name
-    verb: str      # e.g. "content/read"
+    kind: str      # "repositories" | "gateway" | "node"
+    target: str    # repository name or pattern, or connected-registry name ("" for node)
+    verb: str      # e.g. "content/read", "metrics/read"
 
     def __str__(self) -> str:
+        if self.kind == "node":
+            return self.verb
         return f"{self.kind}/{self.target}/{self.verb}"
 
 
@@ -63,6 +69,8 @@ def valid_repo_target(target: str) -> bool:
 
 def parse_action(text: str) -> Action:
     """Parse and validate one action string; ValueError says what is wrong."""
+    if text in NODE_ACTIONS:
+        return Action("node", "", text)
     m = _REPO_RE.fullmatch(text)
     if m:
         if not valid_repo_target(m["target"]):
@@ -76,7 +84,7 @@ def parse_action(text: str) -> Action:
         return Action("gateway", m["target"], m["verb"])
     raise ValueError(f"invalid action {text!r}: expected repositories/<repo>/content/"
                      "read|write|delete, repositories/<repo>/metadata/read|write or "
-                     "gateway/<name>/config|message/read|write")
+                     "gateway/<name>/config|message/read|write, or metrics/read")
 
 
 def repo_matches(target: str, repo: str) -> bool:
@@ -102,6 +110,7 @@ class Permissions:
         self.read_everything = read_everything
         self._repo: list[Action] = []
         self._gateway: set[tuple[str, str]] = set()
+        self._node: set[str] = set()
         for text in actions:
             try:
                 action = parse_action(text)
@@ -109,6 +118,8 @@ class Permissions:
                 continue  # stored data is validated on write; ignore anything unexpected
             if action.kind == "repositories":
                 self._repo.append(action)
+            elif action.kind == "node":
+                self._node.add(action.verb)
             else:
                 self._gateway.add((action.target.lower(), action.verb))
 
@@ -127,3 +138,7 @@ class Permissions:
 
     def allows_gateway(self, cr: str, verb: str) -> bool:
         return self.everything or (cr.lower(), verb) in self._gateway
+
+    def allows_node(self, action: str) -> bool:
+        """A node-wide action such as `metrics/read` (the admin has every one)."""
+        return self.everything or action in self._node

@@ -61,6 +61,9 @@ class FailureLimiter:
         self.max_lockout = max(max_lockout, window)
         self.max_pairs = max_pairs
         self._clock = clock
+        # Since start, for /metrics (connreg_auth_failed_logins_total, …_lockouts_total).
+        self.failures_total = 0
+        self.lockouts_total = 0
         self._pairs: OrderedDict[tuple[str, str], _Pair] = OrderedDict()
 
     @staticmethod
@@ -146,6 +149,7 @@ class FailureLimiter:
         pair = self._release(key)
         if pair is None:  # evicted meanwhile: track it again
             pair = self._new(key)
+        self.failures_total += 1
         pair.failures.append(now)
         pair.touched = now
         self._pairs.move_to_end(key)
@@ -155,6 +159,7 @@ class FailureLimiter:
         if len(pair.failures) < self.limit:
             return None
         pair.lockouts += 1
+        self.lockouts_total += 1
         length = min(self.window * 2 ** (pair.lockouts - 1), self.max_lockout)
         pair.locked_until = now + length
         pair.failures.clear()

@@ -7,6 +7,7 @@ import argparse
 from connreg.cli import output
 from connreg.cli.client import UsageError, connect, path
 from connreg.cli.common import add_command, add_group, choice_ci, confirm
+from connreg.cli.watch import watch
 
 MODE = choice_ci("ReadWrite", "ReadOnly")
 LOG_LEVEL = choice_ci("Debug", "Information", "Warning", "Error", "None")
@@ -121,6 +122,11 @@ def _update(args: argparse.Namespace) -> None:
 
 
 def _show(args: argparse.Namespace) -> None:
+    if args.watch:  # a live progress line instead (cli/watch.py)
+        if args.interval <= 0 or args.interval > 3600:
+            raise UsageError("--interval: seconds between polls, more than 0 and at most 3600")
+        watch(connect(args), args.name, args.interval)
+        return
     output.emit(args.output, connect(args).get(path("connected-registries", args.name)), render)
 
 
@@ -256,6 +262,11 @@ def register(sub: argparse._SubParsersAction) -> None:
 
     p = add_command(group, "show", _show, "show a connected registry and its reported state")
     p.add_argument("--name", required=True)
+    p.add_argument("--watch", action="store_true",
+                   help="keep polling and show one live line: state, bytes moved, rate, and "
+                        "bytes left with an ETA while a sync transfers blobs (Ctrl-C ends it)")
+    p.add_argument("--interval", type=float, default=1.0, metavar="SECONDS",
+                   help="seconds between polls with --watch (default 1)")
 
     p = add_command(group, "list", _list, "list connected registries")
     p.add_argument("--parent", metavar="CR", help="only this registry's descendants")

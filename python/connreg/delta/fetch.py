@@ -161,6 +161,7 @@ class DeltaFetcher:
         await self.index.record(digest, [tuple(c) for c in chunks])
         if self.stats:
             self.stats.progress_blob()
+            self.stats.transfer.delta_assembled(job.copied, job.fetched)  # what delta saved
         log.info("assembled %s: %d bytes from local chunks, %d fetched (%d runs refined)",
                  digest[:19], job.copied, job.fetched, job.refined_runs)
 
@@ -220,6 +221,8 @@ class DeltaFetcher:
         if held:
             await trio.to_thread.run_sync(job.upload.copy_many, held)
             job.copied += sum(n for _, _, n in held)
+            if self.stats:
+                self.stats.transfer.advance(job.digest, sum(n for _, _, n in held))
 
     def _batch_bytes(self) -> int:
         """Bytes per chunk batch: 2 MiB, or about a quarter second of traffic under a
@@ -263,6 +266,7 @@ class DeltaFetcher:
                         job.fetched += len(data)
                         if self.stats:
                             self.stats.progress_bytes(len(data))
+                            self.stats.transfer.advance(job.digest, len(data))
                         batch = batch[1:]
                         if not batch:
                             break

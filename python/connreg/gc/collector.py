@@ -153,6 +153,9 @@ class GarbageCollector:
         self.parent_origin = parent_origin
         self._lock = trio.Lock()
         self.last_report: GcReport | None = None
+        # Since start, for /metrics: completed runs (dry runs excluded) and bytes they freed.
+        self.runs = 0
+        self.freed_bytes = 0
 
     @property
     def running(self) -> bool:
@@ -179,6 +182,9 @@ class GarbageCollector:
             await self._sweep_uploads(snap.uploads, now - upload_age, dry_run, report)
             report.duration = trio.current_time() - started
             self.last_report = report
+            if not dry_run:
+                self.runs += 1
+                self.freed_bytes += report.bytes + report.upload_bytes
             log.info("gc%s: %s", " (dry run)" if dry_run else "", report.summary())
             return report
 

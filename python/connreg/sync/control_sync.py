@@ -19,7 +19,7 @@ from connreg.control.interfaces import CONNECTED_REGISTRY, SCOPE_MAP, TOKEN, Con
 
 # Fields a running instance reports; everything else in a CR document belongs to the root.
 REPORTED = ("connectionState", "lastActivityTime", "lastSyncTime", "lastSuccessfulSyncTime",
-            "version", "statusDetails", "syncProgress")
+            "version", "statusDetails", "syncProgress", "storage")
 SYNCED_KINDS = (CONNECTED_REGISTRY, TOKEN, SCOPE_MAP)
 
 

@@ -69,13 +69,17 @@ class Puller:
         # bytes would only be thrown away); what a resumable fetch holds already counts.
         held = self.reg.blobs.upload_size("sync-" + digest.replace(":", "-")) or 0
         self.reg.budget.check(max(size - held, 0), f"blob {digest[:19]} ({repo})", holding=held)
-        if size >= self.delta_threshold:
-            try:
-                await self.delta.fetch(repo, digest)
-                return
-            except DeltaUnavailable as exc:
-                log.info("whole-blob transfer for %s: %s", digest[:19], exc)
-        await self._fetch_blob(repo, digest)
+        self.state.transfer.begin(digest, size, held)  # bytes left and ETA while it runs
+        try:
+            if size >= self.delta_threshold:
+                try:
+                    await self.delta.fetch(repo, digest)
+                    return
+                except DeltaUnavailable as exc:
+                    log.info("whole-blob transfer for %s: %s", digest[:19], exc)
+            await self._fetch_blob(repo, digest)
+        finally:
+            self.state.transfer.end(digest)
 
     async def _fetch_blob(self, repo: str, digest: str) -> None:
         """Stream the blob into a resumable upload named after its digest, then verify+commit.
@@ -91,6 +95,7 @@ class Puller:
                 async for chunk in self.parent.stream_blob(repo, digest, offset):
                     await trio.to_thread.run_sync(upload.write, chunk)
                     self.state.progress_bytes(len(chunk))
+                    self.state.transfer.advance(digest, len(chunk))
             except ParentRefused as exc:
                 if exc.status == 416 or (exc.status == 200 and offset):
                     upload.abort()  # our prefix does not fit the parent's blob: start over

@@ -144,14 +144,19 @@ class Pusher:
                 await self.state.delete(key)  # finished, but its answer was lost
                 return
             size = self.reg.blobs.size(digest)
-            if await self._push_by_chunks(repo, digest, size):
-                pass
-            elif size < RESUMABLE_FROM and self.state.get(key) is None:
-                await self.parent.push_blob(repo, digest, size, self._read_blob(digest, size))
-            else:  # also continues a session a push by chunks began
-                await self._push_resumable(repo, digest, size)
+            self.state.transfer.begin("up|" + digest, size)  # counted in bytes left meanwhile
+            try:
+                if await self._push_by_chunks(repo, digest, size):
+                    pass
+                elif size < RESUMABLE_FROM and self.state.get(key) is None:
+                    await self.parent.push_blob(repo, digest, size,
+                                                self._read_blob(digest, size))
+                else:  # also continues a session a push by chunks began
+                    await self._push_resumable(repo, digest, size)
+            finally:
+                self.state.transfer.end("up|" + digest)
             self.state.progress_blob()
-            self.state.progress_bytes(size)
+            self.state.progress_bytes(size, "up")
 
     async def _push_by_chunks(self, repo: str, digest: str, size: int) -> bool:
         """Send only the chunks the parent lacks (docs/delta.md); False when the blob must go

@@ -22,6 +22,7 @@ import trio
 from connreg import __version__
 from connreg.auth.actions import repo_matches
 from connreg.control import activation
+from connreg.metrics.counts import outbox_counts
 from connreg.registry import Registry
 from connreg.storage.budget import find_out_of_space
 from connreg.sync.puller import PARENT, Puller
@@ -33,6 +34,7 @@ from connreg.sync.state import DOWN_CURSOR, UP_CURSOR, SyncState
 log = logging.getLogger("connreg.sync")
 LONG_POLL = 20.0
 STATUS_EVERY = 5.0
+STATUS_BUSY_EVERY = 1.0  # while a transfer runs (live progress at the parent)
 MAX_BACKOFF = 30.0
 MAX_REFUSED_BACKOFF = 10.0
 
@@ -120,7 +122,14 @@ class SyncService:
     def status(self) -> dict:
         return {"name": self.config.name, "version": __version__,
                 "lastActivityTime": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+                "storage": self.reg.budget.snapshot(),  # disk use vs budget, for the dashboard
                 **self.state.to_json()}
+
+    async def count_outbox(self) -> None:
+        """Refresh the outbox figures the status report carries (a query, off the loop)."""
+        counts = await outbox_counts(self.reg.settings.data_dir, self.state.cursor(UP_CURSOR),
+                                     not self.config.read_only)
+        self.state.outbox_entries, self.state.parked_entries = counts.pending, counts.parked
 
     async def run(self, task_status=trio.TASK_STATUS_IGNORED) -> None:
         """Run until cancelled. Never raises for parent trouble: it backs off and retries."""
@@ -252,9 +261,15 @@ class SyncService:
 
     async def _status_loop(self) -> None:
         while True:
+            await self.count_outbox()
             await self.parent.report_status([self.status(), *self.descendants()])
             self._online()
-            await trio.sleep(STATUS_EVERY)
+            # Every STATUS_EVERY seconds, every second while blobs move: the parent's
+            # `show --watch` and dashboard follow a large transfer live.
+            for _ in range(int(STATUS_EVERY / STATUS_BUSY_EVERY)):
+                await trio.sleep(STATUS_BUSY_EVERY)
+                if self.state.transfer.remaining() is not None:
+                    break
 
     async def _watch_schedule(self, nursery: trio.Nursery, cron, window) -> None:
         """Restart the window logic when the parent changes our schedule."""

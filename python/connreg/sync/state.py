@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 
 from connreg.storage import MetadataStore, ParkedChange
 from connreg.sync.parked import describe
+from connreg.sync.progress import TransferProgress
 
 log = logging.getLogger("connreg.sync")
 DOWN_CURSOR = "down_cursor"
@@ -64,6 +65,11 @@ class SyncState:
         self.bytes_transferred = 0
         self.blobs_transferred = 0
         self.details: list[StatusDetail] = []
+        # Bytes by direction, rate and bytes left (`show --watch`, the dashboard, /metrics).
+        self.transfer = TransferProgress()
+        # (pending, parked) outbox entries as last counted off the loop (the status loop does).
+        self.outbox_entries: int | None = None
+        self.parked_entries: int | None = None
 
     # durable values
     def get(self, key: str) -> str | None:
@@ -82,8 +88,9 @@ class SyncState:
         return int(value) if value is not None else None
 
     # live progress
-    def progress_bytes(self, n: int) -> None:
+    def progress_bytes(self, n: int, direction: str = "down") -> None:
         self.bytes_transferred += n
+        self.transfer.moved(n, direction)
 
     def progress_blob(self) -> None:
         self.blobs_transferred += 1
@@ -139,7 +146,11 @@ class SyncState:
             "statusDetails": [d.to_json() for d in self.details] + self.parked_details(),
             "syncProgress": {"currentRepository": self.current_repo,
                              "bytesTransferred": self.bytes_transferred,
-                             "blobsTransferred": self.blobs_transferred},
+                             "blobsTransferred": self.blobs_transferred,
+                             "downCursor": self.cursor(DOWN_CURSOR),  # lag in entries, above
+                             "outboxEntries": self.outbox_entries,
+                             "parkedEntries": self.parked_entries,
+                             **self.transfer.to_json()},
         }
 
 

@@ -1,0 +1,228 @@
+"""Operators see their fleet: /metrics, the dashboard (in headless Chromium) and
+`connected-registry show --watch`, against a real root and a real edge.
+
+One hierarchy for the module: root → edgeA (ReadWrite, shop/*, bandwidth cap 4 MiB/s so a
+large blob takes seconds). The edge serves /metrics publicly (`metrics_public`); the root
+needs the admin or a token with `metrics/read`.
+"""
+
+from __future__ import annotations
+
+import queue
+import re
+import signal
+import subprocess
+import sys
+import threading
+import os
+
+import httpx
+import pytest
+from prometheus_client.parser import text_string_to_metric_families
+
+from connreg.testing.hierarchy import Hierarchy, cli, wait_for
+from connreg.testing.oci import OCI_MANIFEST, make_image
+from helpers import push_image
+
+EDGE = "edgeA"
+MONITOR = "prometheus"
+PULLER = "puller"
+CAP = 4 * 1024 * 1024
+
+
+def _password(doc) -> str:
+    return next(p["value"] for p in doc["passwords"] if p["name"] == "password1")
+
+
+class Fleet:
+    def __init__(self, h: Hierarchy, monitor: tuple[str, str], puller: tuple[str, str]):
+        self.h = h
+        self.monitor = monitor
+        self.puller = puller
+
+    @property
+    def root(self):
+        return self.h.root
+
+    @property
+    def edge(self):
+        return self.h.nodes[EDGE]
+
+
+@pytest.fixture(scope="module")
+def fleet(tmp_path_factory):
+    h = Hierarchy(tmp_path_factory.mktemp("fleet"))
+    try:
+        root = h.start_root()
+        # A scope map with the node-wide action, over the management API (the CLI's
+        # --repository/--gateway groups do not name node actions).
+        r = httpx.post(f"{root.url}/connreg/v1/scope-maps", auth=root.admin, timeout=30,
+                       json={"name": "monitoring", "actions": ["metrics/read"]})
+        assert r.status_code in (200, 201), r.text
+        cli(root, "token", "create", "--name", MONITOR, "--scope-map", "monitoring")
+        cli(root, "token", "create", "--name", PULLER, "--repository", "shop/*",
+            "content/read", "metadata/read")
+        monitor_pw = _password(cli(root, "token", "credential", "generate", "--name", MONITOR,
+                                   "--password1"))
+        puller_pw = _password(cli(root, "token", "credential", "generate", "--name", PULLER,
+                                  "--password1"))
+        h.create(EDGE, "ReadWrite", ["shop/*"],
+                 extra=["--client-tokens", MONITOR, PULLER, "--bandwidth-limit", str(CAP)])
+        h.start_child(EDGE, env={"CONNREG_METRICS_PUBLIC": "true"})
+        yield Fleet(h, (MONITOR, monitor_pw), (PULLER, puller_pw))
+    finally:
+        h.stop_all()
+
+
+def scrape(node, auth=None) -> dict[tuple, float]:
+    r = httpx.get(f"{node.url}/metrics", auth=auth, timeout=30)
+    assert r.status_code == 200, r.text
+    assert r.headers["content-type"].startswith("text/plain")
+    samples = {}
+    for family in text_string_to_metric_families(r.text):
+        for s in family.samples:
+            samples[(s.name, tuple(sorted(s.labels.items())))] = s.value
+    return samples
+
+
+def value(samples, name, **labels) -> float | None:
+    return samples.get((name, tuple(sorted(labels.items()))))
+
+
+def test_metrics_need_admin_or_metrics_read(fleet):
+    url = f"{fleet.root.url}/metrics"
+    r = httpx.get(url, timeout=30)
+    assert r.status_code == 401
+    assert r.json()["errors"][0]["code"] == "UNAUTHORIZED"
+    assert "metrics/read" in r.json()["errors"][0]["message"]
+    assert r.headers["WWW-Authenticate"].startswith("Bearer realm=")
+    r = httpx.get(url, auth=fleet.puller, timeout=30)  # valid token, no metrics/read
+    assert r.status_code == 403
+    assert "metrics/read" in r.json()["errors"][0]["message"]
+    assert httpx.get(url, auth=("admin", "wrong-password"), timeout=30).status_code == 401
+    assert httpx.get(url, auth=fleet.monitor, timeout=30).status_code == 200
+    assert httpx.get(url, auth=fleet.root.admin, timeout=30).status_code == 200
+    # The edge has metrics_public on: no credentials needed there.
+    assert httpx.get(f"{fleet.edge.url}/metrics", timeout=30).status_code == 200
+
+
+def test_metric_series_move_with_traffic_at_root_and_edge(fleet):
+    root, edge = fleet.root, fleet.edge
+    wait_for(lambda: value(scrape(root, fleet.monitor), "connreg_registry_state",
+                           registry=EDGE, state="Online") == 1, 30, message="edge Online")
+    before_root = scrape(root, fleet.monitor)
+    before_edge = scrape(edge)
+    failed_before = value(before_root, "connreg_auth_failed_logins_total")
+
+    image = make_image([300_000, 2_000])
+    with httpx.Client(base_url=root.url, auth=root.admin, timeout=30) as c:
+        push_image(c, "shop/app", image, "v1")
+    with httpx.Client(base_url=edge.url, auth=fleet.puller, timeout=30) as c:
+        wait_for(lambda: c.head("/v2/shop/app/manifests/v1",
+                                headers={"Accept": OCI_MANIFEST}).status_code == 200, 30,
+                 message="the image at the edge")
+    httpx.get(f"{root.url}/v2/", auth=("admin", "not-the-password"), timeout=30)
+
+    after = scrape(root, fleet.monitor)
+    puts = ("connreg_http_requests_total", (("method", "PUT"), ("route", "v2:manifest"),
+                                            ("status", "201")))
+    assert after[puts] >= (before_root.get(puts) or 0) + 1
+    assert value(after, "connreg_http_request_duration_seconds_count", route="v2:manifest",
+                 method="PUT") >= 1
+    assert value(after, "connreg_http_request_bytes_total", route="v2:upload-start") >= 300_000
+    assert value(after, "connreg_storage_bytes") > value(before_root, "connreg_storage_bytes")
+    assert value(after, "connreg_storage_free_bytes") > 0
+    assert value(after, "connreg_auth_failed_logins_total") == failed_before + 1
+    assert value(after, "connreg_sync_child_bytes_total", registry=EDGE) >= 300_000
+    # The edge caught up: no lag in entries or time once its report says so.
+    wait_for(lambda: value(scrape(root, fleet.monitor), "connreg_sync_lag_entries",
+                           registry=EDGE) == 0, 30, message="lag back to 0")
+    final = scrape(root, fleet.monitor)
+    assert value(final, "connreg_sync_lag_seconds", registry=EDGE) == 0
+    assert value(final, "connreg_sync_last_contact_timestamp_seconds", registry=EDGE) > 0
+    assert value(final, "connreg_registry_outbox_entries", registry=EDGE, state="parked") == 0
+
+    edge_now = scrape(edge)
+    assert value(edge_now, "connreg_sync_bytes_total", direction="down") >= \
+        value(before_edge, "connreg_sync_bytes_total", direction="down") + 300_000
+    assert value(edge_now, "connreg_storage_bytes") >= 300_000
+    assert value(edge_now, "connreg_sync_connection_state", state="Online") == 1
+    assert value(edge_now, "connreg_sync_bandwidth_limit_bytes_per_second") == CAP
+    assert value(edge_now, "connreg_http_requests_total", route="v2:manifest", method="HEAD",
+                 status="200") >= 1
+
+    # A push at the edge goes up: the up direction and the outbox move.
+    small = make_image([50_000])
+    with httpx.Client(base_url=edge.url, auth=edge.admin, timeout=30) as c:
+        push_image(c, "shop/edge-made", small, "v1")
+    wait_for(lambda: value(scrape(edge), "connreg_sync_bytes_total", direction="up")
+             >= 50_000, 30, message="the edge's push counted upward")
+    wait_for(lambda: value(scrape(edge), "connreg_sync_outbox_entries", state="pending") == 0,
+             30, message="the outbox drained")
+
+    # Bounded labels: no digest, tag or repository name appears as a label value.
+    for (name, labels) in final:
+        for _, label_value in labels:
+            assert "sha256" not in label_value and "shop/" not in label_value, (name, labels)
+
+
+WATCH_LINE = re.compile(r"^edgeA: (\w+) \| ([\d.]+ \w+) down, ([\d.]+ \w+) up \| "
+                        r"([\d.]+ \w+)/s \| (.*)$")
+
+
+def _lines(proc) -> queue.Queue:
+    lines: queue.Queue = queue.Queue()
+
+    def pump():
+        for line in proc.stdout:
+            lines.put(line.rstrip("\n"))
+        lines.put(None)
+
+    threading.Thread(target=pump, daemon=True).start()
+    return lines
+
+
+def test_show_watch_prints_bytes_rate_and_eta_during_a_large_sync(fleet):
+    root, edge = fleet.root, fleet.edge
+    env = {k: v for k, v in os.environ.items() if not k.startswith("CONNREG_")}
+    env.update(CONNREG_REGISTRY=root.url, CONNREG_USERNAME="admin",
+               CONNREG_PASSWORD=root.admin_password)
+    proc = subprocess.Popen([sys.executable, "-m", "connreg", "connected-registry", "show",
+                             "--name", EDGE, "--watch", "--interval", "0.3"],
+                            env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        lines = _lines(proc)
+        first = lines.get(timeout=30)
+        assert WATCH_LINE.match(first), first
+        big = make_image([24 * 1024 * 1024])  # ~6 s through the 4 MiB/s cap
+        with httpx.Client(base_url=root.url, auth=root.admin, timeout=60) as c:
+            push_image(c, "shop/big", big, "v1")
+        seen = []
+        while True:
+            line = lines.get(timeout=60)
+            assert line is not None, proc.stderr.read()
+            seen.append(line)
+            m = WATCH_LINE.match(line)
+            assert m, line
+            if "left" in m[5] and "ETA" in m[5] and not m[4].startswith("0 "):
+                break
+        progress = WATCH_LINE.match(seen[-1])
+        eta = re.search(r"([\d.]+ \w+) left in shop/big \| ETA (\d+) s", progress[5])
+        assert eta, seen[-1]
+        assert 0 < int(eta[2]) < 120
+        # Then the transfer ends and the line goes back to idle with more bytes down.
+        while True:
+            line = lines.get(timeout=60)
+            assert line is not None, proc.stderr.read()
+            m = WATCH_LINE.match(line)
+            assert m, line
+            if m[5].startswith("idle") and "MiB" in m[2]:
+                break
+        down = float(m[2].split()[0])
+        assert down >= 20, line
+        proc.send_signal(signal.SIGINT)
+        assert proc.wait(30) == 0
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()

@@ -18,6 +18,9 @@ deps:
 	@command -v dockerd >/dev/null 2>&1 || { \
 	  (apt-get update -qq || true) && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq docker.io \
 	  || echo "docker.io not installed: the real-docker test will skip"; }
+	@# headless Chromium for the dashboard test (tests/test_observability.py)
+	@command -v chromium >/dev/null 2>&1 || { \
+	  (apt-get update -qq || true) && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium; }
 
 venv: $(PY)
 $(PY):

@@ -226,3 +226,153 @@ def test_show_watch_prints_bytes_rate_and_eta_during_a_large_sync(fleet):
         if proc.poll() is None:
             proc.kill()
             proc.wait()
+
+
+# --- the dashboard --------------------------------------------------------------------------
+ONLINE_GREEN = (0x1a, 0x7f, 0x37)  # the Online badge and card border (ui/static/style.css)
+
+
+def _login(client: httpx.Client, username: str, password: str) -> httpx.Response:
+    page = client.get("/ui/login")
+    csrf = re.search(r'name="csrf" value="([^"]+)"', page.text)[1]
+    return client.post("/ui/login", data={"csrf": csrf, "username": username,
+                                          "password": password})
+
+
+def _session_csrf(client: httpx.Client) -> str:
+    return re.search(r'name="csrf" value="([^"]+)"', client.get("/ui/").text)[1]
+
+
+def test_dashboard_sessions_csrf_and_escaping(fleet):
+    root = fleet.root
+    with httpx.Client(base_url=root.url, timeout=30) as c:
+        assert c.get("/ui/live").status_code == 401
+        r = c.get("/ui/")
+        assert r.status_code == 303 and r.headers["location"] == "/ui/login"
+        # No form token (a cross-site post): refused, no session.
+        r = c.post("/ui/login", data={"username": "admin", "password": root.admin_password})
+        assert r.status_code == 403 and "connreg_ui=" not in r.headers.get("set-cookie", "")
+        # A valid token without metrics/read is not let in, and says why.
+        r = _login(c, *fleet.puller)
+        assert r.status_code == 403 and "metrics/read" in r.text
+        # What the caller typed is echoed escaped.
+        r = _login(c, '"><script>alert(1)</script>', "wrong")
+        assert r.status_code == 401
+        assert "<script>alert(1)</script>" not in r.text and "&lt;script&gt;" in r.text
+        r = c.post("/ui/login", content=b"username=" + b"a" * 20_000,
+                   headers={"Content-Type": "application/x-www-form-urlencoded"})
+        assert r.status_code == 413
+    with httpx.Client(base_url=root.url, timeout=30) as c:
+        r = _login(c, *fleet.monitor)  # a token with metrics/read may use it
+        assert r.status_code == 303 and r.headers["location"] == "/ui/"
+        cookie = r.headers["set-cookie"]
+        assert "HttpOnly" in cookie and "SameSite=Strict" in cookie and "Path=/ui" in cookie
+        page = c.get("/ui/")
+        assert page.status_code == 200 and EDGE in page.text
+        assert "script-src 'self'" in page.headers["content-security-policy"]
+        assert c.post("/ui/logout", data={}).status_code == 403  # no form token
+        assert c.get("/ui/").status_code == 200  # still logged in
+        assert c.post("/ui/logout", data={"csrf": _session_csrf(c)}).status_code == 303
+        assert c.get("/ui/").status_code == 303  # the session is gone
+    # The edge's local view: itself, with its own admin.
+    with httpx.Client(base_url=fleet.edge.url, timeout=30) as c:
+        assert _login(c, *fleet.edge.admin).status_code == 303
+        page = c.get("/ui/").text
+        assert 'data-node="edgeA"' in page and "this node" in page
+
+
+def test_session_expires():
+    from connreg.ui.sessions import Sessions
+    now = [1000.0]
+    sessions = Sessions(3600, clock=lambda: now[0])
+    cookie, session = sessions.create("admin")
+    assert sessions.get(cookie) is session
+    now[0] += 3599
+    assert sessions.get(cookie) is session
+    now[0] += 2
+    assert sessions.get(cookie) is None and len(sessions) == 0
+    assert sessions.get("x" * 1000) is None
+
+
+def test_dashboard_in_headless_chromium(fleet, tmp_path):
+    from connreg.testing.browser import Browser, count_color, decode_png, find_chromium
+    if find_chromium() is None:
+        pytest.skip("chromium is not installed (make deps installs it)")
+    root = fleet.root
+    wait_for(lambda: value(scrape(root, fleet.monitor), "connreg_registry_state",
+                           registry=EDGE, state="Online") == 1, 30, message="edge Online")
+    image = make_image([10_000])
+    with httpx.Client(base_url=root.url, auth=root.admin, timeout=30) as c:
+        push_image(c, "shop/ui-demo", image, "v1")
+    browser = Browser(tmp_path / "profile")
+    try:
+        browser.navigate(f"{root.url}/ui/")
+        browser.wait_for("location.pathname === '/ui/login' && document.readyState === "
+                         "'complete' && !!document.getElementById('login-button')")
+        # Log in through the form, as a person would.
+        browser.evaluate(f"document.getElementById('username').value = 'admin';"
+                         f"document.getElementById('password').value = "
+                         f"{json_string(root.admin_password)};"
+                         "document.getElementById('login-button').click(); true")
+        browser.wait_for("location.pathname === '/ui/' && document.readyState === 'complete'"
+                         " && !!document.getElementById('tree')")
+        tree_text = browser.evaluate("document.getElementById('tree').innerText")
+        assert "root" in tree_text and EDGE in tree_text and "Online" in tree_text, tree_text
+        assert browser.evaluate(
+            f"document.querySelector('li[data-node=\"{EDGE}\"]').dataset.state") == "Online"
+        session = next(c for c in browser.cookies(f"{root.url}/ui/") if c["name"] == "connreg_ui")
+        assert session["httpOnly"] and session["sameSite"] == "Strict" and session["path"] == "/ui"
+
+        shot = browser.screenshot()
+        (tmp_path / "dashboard.png").write_bytes(shot)
+        width, height, _ = decode_png_header(shot)
+        assert (width, height) == (1280, 900)
+        # The tree is drawn: its box holds the Online green of the two nodes' badges.
+        box = browser.evaluate("(() => { const r = document.getElementById('tree')"
+                               ".getBoundingClientRect(); return [r.x, r.y, r.width, "
+                               "r.height]; })()")
+        x, y, w, h = (int(v) for v in box)
+        assert w > 200 and h > 100, box
+        clip = browser.call("Page.captureScreenshot", {
+            "format": "png", "clip": {"x": x, "y": y, "width": min(w, 700),
+                                      "height": min(h, 500), "scale": 1}})["data"]
+        import base64
+        pixels = decode_png(base64.b64decode(clip))
+        assert count_color(pixels, ONLINE_GREEN) > 200
+
+        # The live part refreshes by itself.
+        stamp = browser.evaluate("document.querySelector('.updated').innerText")
+        browser.wait_for(f"document.querySelector('.updated').innerText !== "
+                         f"{json_string(stamp)}", 20)
+
+        # The repository browser: the repository, its tag and digest.
+        browser.navigate(f"{root.url}/ui/repositories")
+        browser.wait_for("!!document.getElementById('repositories') && "
+                         "document.getElementById('repositories').innerText"
+                         ".includes('shop/ui-demo')")
+        browser.evaluate("[...document.querySelectorAll('#repositories a')]"
+                         ".find(a => a.innerText === 'shop/ui-demo').click(); true")
+        tags = browser.wait_for("document.getElementById('tags') && "
+                                "document.getElementById('tags').innerText")
+        assert "v1" in tags and image.digest in tags
+
+        # Logging out through the form ends the session.
+        browser.evaluate("document.querySelector('form.logout button').click(); true")
+        browser.wait_for("location.pathname === '/ui/login'")
+        browser.navigate(f"{root.url}/ui/")
+        browser.wait_for("location.pathname === '/ui/login' && document.readyState === "
+                         "'complete'")
+    finally:
+        browser.close()
+
+
+def json_string(text: str) -> str:
+    import json
+    return json.dumps(text)
+
+
+def decode_png_header(data: bytes) -> tuple[int, int, int]:
+    import struct
+    assert data[:8] == b"\x89PNG\r\n\x1a\n"
+    width, height = struct.unpack(">II", data[16:24])
+    return width, height, data[25]

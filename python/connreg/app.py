@@ -29,6 +29,7 @@ from connreg.delta import endpoints as delta_endpoints
 from connreg.delta import receive as delta_receive
 from connreg.gc import service as gc_service
 from connreg.metrics import endpoint as metrics_endpoint
+from connreg import ui
 from connreg.sync import endpoints as sync_endpoints
 from connreg.sync import parked_api as sync_parked_api
 from connreg.sync.endpoints import sync_child
@@ -88,6 +89,7 @@ def create_app(settings: Settings) -> StreamingQuart:
     app.register_blueprint(delta_endpoints.bp)
     app.register_blueprint(delta_receive.bp)
     gc_service.install(app, registry, settings, state)  # garbage collection (docs/gc.md)
+    ui.install(app)  # the dashboard at /ui/ (connreg/ui/)
     metrics_endpoint.install(app)  # GET /metrics and request metrics, outermost (last)
     if settings.test_min_sync_window_seconds:
         control_validation.MIN_SYNC_WINDOW_SECONDS = settings.test_min_sync_window_seconds

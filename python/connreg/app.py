@@ -30,6 +30,13 @@ from connreg.delta import receive as delta_receive
 from connreg.gc import service as gc_service
 from connreg.metrics import endpoint as metrics_endpoint
 from connreg import ui
+from connreg.locks import api as locks_api
+from connreg.locks import enforce as lock_enforce
+from connreg.locks import sync as locks_sync
+from connreg.audit import AuditLog
+from connreg.audit import api as audit_api
+from connreg.audit import hooks as audit_hooks
+from connreg.auth.authorizer import source_address
 from connreg.sync import endpoints as sync_endpoints
 from connreg.sync import parked_api as sync_parked_api
 from connreg.sync.endpoints import sync_child
@@ -39,10 +46,28 @@ log = logging.getLogger("connreg")
 API_VERSION_HEADER = ("Docker-Distribution-API-Version", "registry/2.0")
 
 
+ERROR_HEADER = "Connreg-Error"  # the reason, for answers without a body (HEAD)
+ERROR_HEADER_MAX = 300
+
+
+def error_header(exc: RegistryError) -> str:
+    """`CODE: message`, printable ASCII on one line (a header cannot carry more)."""
+    text = f"{exc.code.code}: {exc.message}"
+    text = "".join(ch if " " <= ch <= "~" else "?" for ch in text)
+    return text[:ERROR_HEADER_MAX]
+
+
 def _error_response(exc: RegistryError) -> Response:
     resp = Response(exc.body(), status=exc.status, content_type="application/json")
     for key, value in exc.headers.items():
         resp.headers[key] = value
+    resp.headers[ERROR_HEADER] = error_header(exc)
+    try:
+        if request.method == "HEAD" and exc.status not in (401, 404):
+            # The body a HEAD answer lacks said why; a 404 or a challenge is routine.
+            log.info("HEAD %s refused: %s", request.path[:300], resp.headers[ERROR_HEADER])
+    except RuntimeError:  # outside a request context
+        pass
     return resp
 
 
@@ -67,6 +92,14 @@ def create_app(settings: Settings) -> StreamingQuart:
                               clock_offset=settings.test_clock_offset_seconds)
         authn = Authenticator(settings, control_store, tokens)
     state = activation.load_state(settings.data_dir) if settings.is_connected_registry else None
+    # The audit trail (docs/audit.md): this node's events, and at a parent its subtree's.
+    audit = AuditLog(settings.data_dir / "audit", state["name"] if state else None,
+                     settings.audit_retention_days, settings.audit_fsync_seconds,
+                     settings.audit_pulls)
+    registry.audit = audit
+    app.extensions["audit"] = audit
+    if authn is not None:
+        authn.audit = audit  # failed logins and lockouts
     read_only = state["name"] if state and state.get("mode") == "ReadOnly" else None
 
     def synchronized_set() -> tuple[str, list[str]]:
@@ -82,12 +115,17 @@ def create_app(settings: Settings) -> StreamingQuart:
     app.extensions["authorizer"] = authz
     # Plain successful manifest reads skip Quart's per-request machinery (api/fast_reads.py).
     app.asgi_app = FastManifestReads(app.asgi_app, registry, authz)
+    app.asgi_app.audit = audit  # pulls it answers are audited too
     app.register_blueprint(auth_endpoints.bp)
     app.register_blueprint(control_api.bp)
     app.register_blueprint(sync_endpoints.bp)
     app.register_blueprint(sync_parked_api.bp)  # this node's parked outbox entries
     app.register_blueprint(delta_endpoints.bp)
     app.register_blueprint(delta_receive.bp)
+    app.register_blueprint(locks_api.bp)  # image locks (docs/locks.md)
+    app.register_blueprint(locks_sync.bp)  # a child fetches a repository's locks
+    app.register_blueprint(audit_api.bp)  # connreg audit list
+    audit_hooks.install(app, audit, source_address)
     gc_service.install(app, registry, settings, state)  # garbage collection (docs/gc.md)
     ui.install(app)  # the dashboard at /ui/ (connreg/ui/)
     metrics_endpoint.install(app)  # GET /metrics and request metrics, outermost (last)
@@ -97,6 +135,7 @@ def create_app(settings: Settings) -> StreamingQuart:
     @app.before_serving
     async def start_background_tasks() -> None:
         await app.nursery.start(registry.chunk_index.run)
+        await app.nursery.start(audit.run)  # fsync and retention of the audit trail
         # Upload sessions: purged once before serving, then bounded (upload_sessions.py).
         await app.nursery.start(registry.uploads.run)
         # Sync with the parent (connected registries) and change-log pruning (every node).
@@ -108,6 +147,7 @@ def create_app(settings: Settings) -> StreamingQuart:
     async def close() -> None:
         registry.close()
         control_store.close()
+        audit.close()
 
     @app.after_request
     async def api_version(resp: Response) -> Response:
@@ -177,6 +217,9 @@ def create_app(settings: Settings) -> StreamingQuart:
         if request.sync_child:
             sync_endpoints.TRAFFIC[request.sync_child] += 1
             sync_endpoints.TRAFFIC_BYTES[request.sync_child] += request.content_length or 0
+        # Read locks and blob-delete locks (connreg/locks); manifest writes check in the store.
+        lock_enforce.check_request(registry, route.name, request.method, params,
+                                   request.sync_child)
         return await handler(registry, **params)
 
     return app

@@ -135,6 +135,16 @@ class Settings:
     # A dashboard (/ui/) session ends this long after its login, however active it is.
     ui_session_seconds: int = 8 * 3600
 
+    # --- audit trail (docs/audit.md) -------------------------------------------------------
+    # Daily files under <data_dir>/audit/ older than this many days are deleted; 0: kept forever.
+    audit_retention_days: int = 30
+    # Which pulls are recorded: off, manifests (a pull is one manifest GET), all (blob GETs too,
+    # many lines per pull).
+    audit_pulls: str = "manifests"
+    # The trail is fsynced this often (a power cut loses at most this much); 0: every event.
+    # A killed process loses nothing either way (each event is one whole write()).
+    audit_fsync_seconds: float = 1.0
+
     # --- test-only knobs (never set in production; documented in docs/sync.md) ---------------
     # Shifts this node's clock for sync schedules, change-log retention and the token service
     # (token times, password expiry).

@@ -15,6 +15,7 @@ import trio
 
 from connreg import _core, errors
 from connreg.errors import RegistryError
+from connreg.locks import LockRefused
 from connreg.parsing import INT64_MAX, strict_json
 from connreg.references import check_digest, check_tag, is_digest
 from connreg.registry import Registry
@@ -185,6 +186,8 @@ async def store_manifest(reg: Registry, name: str, reference: str, body: bytes,
             break
         except TagPreconditionFailed as exc:
             raise _precondition_failed(reference, exc.current) from exc
+        except LockRefused as exc:  # a lock on the repository, tag or manifest (connreg/locks)
+            raise exc.registry_error() from None
         except ReferencesGone as exc:  # garbage-collected since we validated them
             log.info("manifest %s@%s not stored: garbage collection removed %s after it was "
                      "validated", name, digest, ", ".join(exc.missing))
@@ -210,12 +213,16 @@ async def delete_reference(reg: Registry, name: str, reference: str, origin: str
         if precondition is not None:
             _check_precondition(precondition, reference,
                                 reference if reg.meta.get_manifest(name, reference) else None)
-        return await reg.meta.delete_manifest(name, reference, origin)
+        try:
+            return await reg.meta.delete_manifest(name, reference, origin)
+        except LockRefused as exc:
+            raise exc.registry_error() from None
     try:
         return await reg.meta.delete_tag(name, reference, origin, precondition)
     except TagPreconditionFailed as exc:
         raise _precondition_failed(reference, exc.current) from exc
-        raise
+    except LockRefused as exc:
+        raise exc.registry_error() from None
 
 
 def _check_precondition(precondition: TagPrecondition, reference: str, current: str | None) -> None:

@@ -32,21 +32,34 @@ class FastManifestReads:
         self.app = app
         self.reg = registry
         self.authz = authz
+        self.audit = None  # set by the app: the pulls answered here are audited (audit/hooks.py)
 
     async def __call__(self, scope, receive, send) -> None:
         if (scope["type"] == "http" and scope["method"] in ("GET", "HEAD")
                 and scope["path"].startswith("/v2/") and "/manifests/" in scope["path"]):
             answer = await self._answer(scope)
             if answer is not None:
-                headers, body = answer
+                headers, body, pulled = answer
                 await send({"type": "http.response.start", "status": 200, "headers": headers})
                 await send({"type": "http.response.body",
                             "body": body if scope["method"] == "GET" else b""})
+                if scope["method"] == "GET" and self.audit is not None:
+                    self._audit(scope, *pulled)
                 return
         await self.app(scope, receive, send)
 
-    async def _answer(self, scope) -> tuple[list, bytes] | None:
-        """(headers, body) of a 200 answer, or None to let the app handle the request."""
+    def _audit(self, scope, name: str, reference: str, digest: str, size: int,
+               actor: str) -> None:
+        from connreg.audit.hooks import fast_pull
+
+        peer = (scope.get("client") or ("unknown",))[0]
+        forwarded = [v.decode("latin-1") for k, v in scope["headers"] if k == b"x-forwarded-for"]
+        fast_pull(self.audit, scope, name, reference, digest, size, actor,
+                  self.authz.proxies.source(peer, forwarded))
+
+    async def _answer(self, scope) -> tuple[list, bytes, tuple] | None:
+        """(headers, body, what was pulled by whom) of a 200 answer, or None to let the app
+        handle the request."""
         found = routes.match(scope["path"][len("/v2/"):])
         if found is None or found[0].name != "manifest":
             return None
@@ -59,9 +72,12 @@ class FastManifestReads:
                 authorization = value.decode("latin-1")
         try:
             check_name(name)
+            if self.reg.meta.read_locked(name):
+                return None  # a read lock in the repository: the app decides (connreg/locks)
             if is_digest(reference):
                 check_digest(reference)
-            if not await self._may_pull(authorization, name):
+            actor = await self._may_pull(authorization, name)
+            if actor is None:
                 return None
         except RegistryError:
             return None
@@ -78,18 +94,21 @@ class FastManifestReads:
             (b"content-length", str(record.size).encode()),
             API_VERSION,
         ]
-        return headers, body
+        return headers, body, (name, reference, record.digest, record.size, actor)
 
-    async def _may_pull(self, authorization: str | None, repo: str) -> bool:
-        """True only when the caller may pull `repo` and that needs no password check."""
+    async def _may_pull(self, authorization: str | None, repo: str) -> str | None:
+        """Who pulls (the name for the audit trail), only when the caller may pull `repo` and
+        that needs no password check; None otherwise."""
         if not self.authz.enabled:
-            return True
+            return "<open>"
         authn = self.authz.authn
         if authorization is None:
             anonymous = authn.anonymous()
-            return anonymous is not None and anonymous.can(repo, PULL)
+            return "anonymous" if anonymous is not None and anonymous.can(repo, PULL) else None
         scheme, _, token = authorization.strip().partition(" ")
         if scheme.lower() != "bearer":
-            return False  # Basic: the app checks it (and counts failures) once
+            return None  # Basic: the app checks it (and counts failures) once
         principal = authn.bearer(token.strip())
-        return principal.can(repo, PULL) and sync_child(principal) is None
+        if principal.can(repo, PULL) and sync_child(principal) is None:
+            return principal.name
+        return None

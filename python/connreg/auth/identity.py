@@ -122,6 +122,7 @@ class Authenticator:
         self._verified: dict[bytes, tuple[Verified, int, float]] = {}
         self._checks: dict[bytes, _Check] = {}
         self._admin_hash = self._load_admin_hash() if settings.auth else ""
+        self.audit = None  # the node's AuditLog (audit/): failed logins and lockouts
 
     def now(self) -> float:
         """Wall-clock time as the token service sees it (shifted by the test-only offset)."""
@@ -258,6 +259,9 @@ class Authenticator:
                     log.warning("locked out logins for %r from %s for %d s after %d failed "
                                 "logins", username[:100], source, locked_for,
                                 self.limiter.limit)
+                    if self.audit is not None:
+                        self.audit.record("lockout", actor=username[:100], source=source,
+                                          outcome="denied", seconds=int(locked_for))
         return found
 
     async def login(self, username: str, password: str, source: str) -> Principal:
@@ -267,6 +271,9 @@ class Authenticator:
         if principal is None:
             # The username is not a secret; the password never appears in a log line.
             log.info("failed login for %r from %s", username[:100], source)
+            if self.audit is not None:  # the audit trail (audit/), never the password
+                self.audit.record("login_failed", actor=username[:100], source=source,
+                                  outcome="failed", status=401)
             raise RegistryError(errors.UNAUTHORIZED, message="invalid username or password")
         principal.extra["credential"] = found
         return principal

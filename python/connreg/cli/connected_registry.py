@@ -111,6 +111,8 @@ def _create(args: argparse.Namespace) -> None:
 
 def _update(args: argparse.Namespace) -> None:
     body = _settings(args)
+    if args.client_tokens is not None:  # the whole set, as `create` takes it
+        body["clientTokens"] = args.client_tokens
     if args.add_client_tokens:
         body["addClientTokens"] = args.add_client_tokens
     if args.remove_client_tokens:
@@ -256,6 +258,8 @@ def register(sub: argparse._SubParsersAction) -> None:
                     description="Change settings. Mode and parent cannot change after creation; "
                     "repositories\nchange with 'connreg connected-registry repo'.")
     p.add_argument("--name", required=True)
+    p.add_argument("--client-tokens", nargs="+", action="extend", metavar="TOKEN",
+                   help="the tokens its clients use, replacing the current set (as in create)")
     p.add_argument("--add-client-tokens", nargs="+", action="extend", metavar="TOKEN")
     p.add_argument("--remove-client-tokens", nargs="+", action="extend", metavar="TOKEN")
     _setting_options(p, creating=False)

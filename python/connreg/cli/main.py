@@ -8,6 +8,7 @@ from pathlib import Path
 
 from connreg import __version__
 from connreg.cli import connected_registry, gc, login, maintenance, scope_map, sync, token
+from connreg.cli import audit as audit_cli, repository as repository_cli
 from connreg.config import Settings
 
 
@@ -36,6 +37,9 @@ def _serve(args: argparse.Namespace) -> int:
         # activation tells the parent this node is up.
         ServedCertificate.from_settings(settings.tls_cert, settings.tls_key)
         check_schedule(settings.gc_schedule, "gc_schedule")
+        if settings.audit_pulls not in ("off", "manifests", "all"):
+            raise ValueError(f"audit_pulls: {settings.audit_pulls!r} is not off, manifests "
+                             "or all")
     except (OSError, ValueError) as exc:
         print(f"connreg: error: {exc}", file=sys.stderr)
         return 2
@@ -99,6 +103,8 @@ def build_parser() -> argparse.ArgumentParser:
     serve.set_defaults(func=_serve)
 
     for module in (login, scope_map, token, connected_registry, maintenance, sync, gc):
+        module.register(sub)
+    for module in (repository_cli, audit_cli):  # image locks, the audit trail
         module.register(sub)
     return parser
 

@@ -121,9 +121,11 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--gateway", action="append", nargs="+", metavar=GATEWAY_ACTIONS_METAVAR,
                    help="a connected registry and its gateway actions (repeatable)")
     p.add_argument("--status", type=STATUS, help="enabled (default) or disabled")
-    p.add_argument("--expiration", type=expiry, metavar="ISO-8601",
-                   help="when the passwords expire: a UTC date-time (2026-12-31T23:59:59Z) or a "
-                        "duration from now (P30D); default: never")
+    p.add_argument("--expiry", "--expiration", dest="expiration", type=expiry,
+                   metavar="ISO-8601",
+                   help="when the passwords expire (the API's `expiry`; --expiration is the same "
+                        "option): a UTC date-time (2026-12-31T23:59:59Z) or a duration from now "
+                        "(P30D); default: never")
 
     p = add_command(group, "update", _update, "change a token's scope map or status")
     p.add_argument("--name", required=True)
@@ -148,6 +150,7 @@ def register(sub: argparse._SubParsersAction) -> None:
                        const="password1", help="regenerate password1 only")
     which.add_argument("--password2", dest="password_name", action="store_const",
                        const="password2", help="regenerate password2 only")
-    p.add_argument("--expiration", type=expiry, metavar="ISO-8601",
-                   help="when the new password(s) expire: a date-time or a duration from now "
-                        "(P30D); default: never")
+    p.add_argument("--expiry", "--expiration", dest="expiration", type=expiry,
+                   metavar="ISO-8601",
+                   help="when the new password(s) expire (--expiration is the same option): a "
+                        "date-time or a duration from now (P30D); default: never")

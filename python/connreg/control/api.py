@@ -42,6 +42,7 @@ async def _caller() -> Principal:
     principal = await authz.caller()
     if principal is None or principal.kind == "anonymous":
         raise authz.unauthorized(message="the management API needs credentials")
+    request.audit_actor = principal.name  # who changed what (audit/hooks.py)
     return principal
 
 

@@ -41,6 +41,13 @@ CR_REPORTED = {
 SETTABLE = set(CR_DEFAULTS) | {"repositories"}
 
 
+def _expiry_field(body: dict):
+    """A password's expiry: `expiry`, or `expiration` (the CLI's flag name), not both."""
+    if "expiry" in body and "expiration" in body:
+        raise v.invalid("give expiry or expiration (the same field), not both", "expiry")
+    return body.get("expiry", body.get("expiration"))
+
+
 # A node reports every few seconds (sync/service.py STATUS_EVERY); three missed reports and
 # the parent shows it Offline.
 HEARTBEAT_TIMEOUT_SECONDS = 20.0
@@ -243,7 +250,7 @@ class ControlPlane:
     async def create_token(self, body: dict) -> dict:
         name = v.resource_name(body.get("name"), "token")
         status = v.choice(body.get("status", "enabled"), ("enabled", "disabled"), "status")
-        expiry = v.expiry(body.get("expiry"))
+        expiry = v.expiry(_expiry_field(body))
         scope_map = body.get("scopeMap")
         inline = body.get("actions")
         if (scope_map is None) == (inline is None):
@@ -324,7 +331,7 @@ class ControlPlane:
             names = PASSWORD_NAMES
         else:
             names = (v.choice(which, PASSWORD_NAMES, "passwordName"),)
-        expiry = v.expiry(body.get("expiry"))
+        expiry = v.expiry(_expiry_field(body))
 
         def fn(t):
             doc = self._need(t, TOKEN, name, "token")

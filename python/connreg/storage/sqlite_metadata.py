@@ -16,6 +16,8 @@ from typing import Callable, TypeVar
 import trio
 
 from connreg.storage.budget import StorageFull, is_sqlite_full
+from connreg.locks import policy as lock_policy
+from connreg.locks.model import RepositoryLock
 from connreg.storage.interfaces import (Change, ManifestRecord, ParkedChange, Referrer,
                                          TagPrecondition, TagPreconditionFailed,
                                          UploadSessionLimit)
@@ -120,6 +122,18 @@ CREATE TABLE IF NOT EXISTS parked (
     attempts INTEGER NOT NULL,
     retry INTEGER NOT NULL DEFAULT 0
 );
+-- Image locks (connreg/locks, docs/locks.md): a repository (ref ''), a tag or a manifest digest
+-- with an operation switched off. A row exists only while something is disabled.
+CREATE TABLE IF NOT EXISTS locks (
+    repo TEXT NOT NULL,
+    kind TEXT NOT NULL,
+    ref TEXT NOT NULL,
+    write_enabled INTEGER NOT NULL,
+    delete_enabled INTEGER NOT NULL,
+    read_enabled INTEGER NOT NULL,
+    updated REAL NOT NULL,
+    PRIMARY KEY (repo, kind, ref)
+) WITHOUT ROWID;
 """
 
 
@@ -183,6 +197,8 @@ class SqliteMetadataStore:
         self.release_headroom: Callable[[], bool] | None = None
         # Replaced after every committed change; long-polling feed readers wait on it.
         self._changed = trio.Event()
+        # Repositories with a read lock, kept in memory: the fast manifest path asks per request.
+        self._read_locked = self._load_read_locked()
 
     def close(self) -> None:
         self._reader.close()
@@ -312,6 +328,11 @@ class SqliteMetadataStore:
                     raise TagPreconditionFailed(tag, prev)
             if known and (tag is None or prev == record.digest):
                 return  # nothing changed: no log entry, so re-pushes do not echo around
+            if origin != lock_policy.EXEMPT_ORIGIN:  # locks hold inside the transaction
+                refusal = lock_policy.refuse_write(self._locks_in(conn, record.repo), record.repo,
+                                                   tag, record.digest, prev)
+                if refusal is not None:
+                    raise refusal
             self._check_still_stored(conn, record, references)
 
             self._ensure_repo(conn, record.repo)
@@ -345,6 +366,13 @@ class SqliteMetadataStore:
 
     async def delete_manifest(self, repo: str, digest: str, origin: str = "local") -> bool:
         def fn(conn):
+            if origin != lock_policy.EXEMPT_ORIGIN:
+                tags = [r[0] for r in conn.execute(
+                    "SELECT tag FROM tags WHERE repo = ? AND digest = ?", (repo, digest))]
+                refusal = lock_policy.refuse_manifest_delete(self._locks_in(conn, repo), repo,
+                                                             digest, tags)
+                if refusal is not None:
+                    raise refusal
             deleted = conn.execute("DELETE FROM manifests WHERE repo = ? AND digest = ?",
                                    (repo, digest)).rowcount > 0
             if deleted:
@@ -364,6 +392,11 @@ class SqliteMetadataStore:
                 raise TagPreconditionFailed(tag, row[0] if row else None)
             if row is None:
                 return False
+            if origin != lock_policy.EXEMPT_ORIGIN:
+                refusal = lock_policy.refuse_tag_delete(self._locks_in(conn, repo), repo, tag,
+                                                        row[0])
+                if refusal is not None:
+                    raise refusal
             conn.execute("DELETE FROM tags WHERE repo = ? AND tag = ?", (repo, tag))
             self._log(conn, repo, "delete_tag", None, tag, row[0], origin, time.time())
             return True
@@ -486,6 +519,74 @@ class SqliteMetadataStore:
                 conn.execute("INSERT OR REPLACE INTO sync_state (key, value) VALUES (?, ?)",
                              (key, value))
         await self._write(fn)
+
+    # --- image locks (connreg/locks, docs/locks.md) -----------------------------------
+    _LOCK_COLUMNS = "kind, ref, write_enabled, delete_enabled, read_enabled, updated"
+
+    @staticmethod
+    def _lock_row(repo: str, row: tuple) -> RepositoryLock:
+        kind, ref, write, delete, read, updated = row
+        return RepositoryLock(repo, ref if kind == "tag" else None,
+                              ref if kind == "digest" else None,
+                              bool(write), bool(delete), bool(read), updated)
+
+    def _locks_in(self, conn, repo: str) -> list[RepositoryLock]:
+        return [self._lock_row(repo, r) for r in conn.execute(
+            f"SELECT {self._LOCK_COLUMNS} FROM locks WHERE repo = ?", (repo,))]
+
+    def locks(self, repo: str) -> list[RepositoryLock]:
+        """The lock rows of `repo` (only those that disable something)."""
+        return self._locks_in(self._reader, repo)
+
+    def locked_repositories(self) -> list[str]:
+        return [r[0] for r in self._reader.execute("SELECT DISTINCT repo FROM locks ORDER BY repo")]
+
+    def read_locked(self, repo: str) -> bool:
+        """Whether any read lock exists in `repo` (in memory; the fast read path asks)."""
+        return repo in self._read_locked
+
+    def _load_read_locked(self) -> frozenset[str]:
+        return frozenset(r[0] for r in self._reader.execute(
+            "SELECT DISTINCT repo FROM locks WHERE read_enabled = 0"))
+
+    @staticmethod
+    def _put_lock(conn, lock: RepositoryLock) -> None:
+        conn.execute("DELETE FROM locks WHERE repo = ? AND kind = ? AND ref = ?",
+                     (lock.repo, lock.kind, lock.ref))
+        if not lock.unlocked:
+            conn.execute(f"INSERT INTO locks (repo, {SqliteMetadataStore._LOCK_COLUMNS})"
+                         " VALUES (?, ?, ?, ?, ?, ?, ?)",
+                         (lock.repo, lock.kind, lock.ref, int(lock.write_enabled),
+                          int(lock.delete_enabled), int(lock.read_enabled), lock.updated))
+
+    async def set_lock(self, lock: RepositoryLock, origin: str = "local") -> None:
+        """Store one lock (all attributes enabled removes it) and log a "lock" change, which
+        carries it down to the children (they fetch the repository's locks)."""
+        def fn(conn):
+            self._put_lock(conn, lock)
+            self._log(conn, lock.repo, "lock", lock.digest, lock.tag, None, origin, time.time())
+        await self._write(fn)
+        self._read_locked = self._load_read_locked()
+
+    async def replace_locks(self, repo: str, locks: list[RepositoryLock],
+                            origin: str = "parent") -> bool:
+        """Make `repo`'s locks equal to `locks` (what the parent holds); log one "lock" change
+        when anything differed, so our own children follow. Returns whether it did."""
+        def fn(conn):
+            key = lambda l: (l.kind, l.ref, l.write_enabled, l.delete_enabled, l.read_enabled)
+            current = sorted(map(key, self._locks_in(conn, repo)))
+            wanted = [l for l in locks if not l.unlocked]
+            if current == sorted(map(key, wanted)):
+                return False
+            conn.execute("DELETE FROM locks WHERE repo = ?", (repo,))
+            for lock in wanted:
+                self._put_lock(conn, lock)
+            self._log(conn, repo, "lock", None, None, None, origin, time.time())
+            return True
+        changed = await self._write(fn)
+        if changed:
+            self._read_locked = self._load_read_locked()
+        return changed
 
     # --- parked outbox entries --------------------------------------------------------
     _PARKED_COLUMNS = ("seq, repo, op, tag, digest, origin, method, url, status, code, message,"

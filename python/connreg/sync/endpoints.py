@@ -18,6 +18,7 @@ from quart import Blueprint, Response, current_app, request
 
 from connreg import errors
 from connreg.api.http import json_response, read_json_body
+from connreg.audit import forward as audit_forward
 from connreg.errors import RegistryError
 from connreg.parsing import INT64_MAX, bounded_int, bounded_seconds
 from connreg.sync.control_sync import config_version, record_statuses, subtree_documents
@@ -138,7 +139,12 @@ async def status() -> Response:
         return principal is None or principal.perms.allows_gateway(name, "config/write")
 
     stored = await record_statuses(control.store, doc["registries"], allowed, child)
-    return json_response({"recorded": stored})
+    answer: dict = {"recorded": stored}
+    audit = current_app.extensions.get("audit")
+    if "audit" in doc and audit is not None:  # the child's audit events (audit/forward.py)
+        answer["audit"] = await audit_forward.receive(
+            audit, current_app.extensions["registry"].meta, doc["audit"], child, allowed)
+    return json_response(answer)
 
 
 @bp.route("/connreg/v1/sync/traffic", methods=["GET"])

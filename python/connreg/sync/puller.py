@@ -18,6 +18,7 @@ from connreg import _core
 from connreg.content import INDEX_TYPES, delete_reference, store_manifest
 from connreg.delta.fetch import DeltaFetcher, DeltaUnavailable
 from connreg.errors import RegistryError
+from connreg.locks import sync as locks_sync
 from connreg.registry import Registry
 from connreg.sync.parked import exception_leaves
 from connreg.sync.remote import ParentClient, ParentRefused, ParentUnavailable
@@ -175,6 +176,8 @@ class Puller:
                 for t in self._tags_pointing_at(repo, digest):
                     await self.state.delete(last_known_key(repo, t))
                 await delete_reference(self.reg, repo, digest, origin=PARENT)
+            elif op == "lock":  # the repository's locks changed at the parent
+                await locks_sync.follow_parent(self.reg, self.parent, repo)
         except ContentMissingAtParent as exc:
             # Deleted at the parent after this change was written; a later change says so —
             # except for this tag: deleting the manifest at the parent took the tag with it, and
@@ -235,6 +238,7 @@ class Puller:
             self, repo: str,
             outbox: Callable[[], tuple[set[tuple[str, str]], set[tuple[str, str]]]]) -> None:
         self.state.current_repo = repo
+        await locks_sync.follow_parent(self.reg, self.parent, repo)  # locks travel with it
         pending_tags = outbox()[0]
         parent_tags = await self.parent.list_tags(repo) or []
         tagged: set[str] = set()  # what the parent's tags point at

@@ -83,13 +83,18 @@ def _message(resp: httpx.Response) -> str:
     if message:
         return message
     if resp.request.method == "HEAD":
-        return "(HEAD: no body)"  # the parent's reason is in the body a HEAD answer lacks
+        # The body a HEAD answer lacks; newer parents name the reason in a header.
+        return resp.headers.get("Connreg-Error") or "(HEAD: no body)"
     return resp.reason_phrase or "(no message)"
 
 
 def _refused(resp: httpx.Response) -> ParentRefused:
     entry = _error(resp)
-    return ParentRefused(resp.status_code, _message(resp), entry.get("code"),
+    code, message = entry.get("code"), _message(resp)
+    header = resp.headers.get("Connreg-Error")
+    if code is None and resp.request.method == "HEAD" and header:
+        code, _, message = header.partition(": ")  # "CODE: message" (app.py error_header)
+    return ParentRefused(resp.status_code, message, code,
                          entry.get("detail"), method=resp.request.method,
                          url=str(resp.request.url))
 
@@ -140,12 +145,39 @@ class ParentClient:
         resp = await self._request("GET", "/connreg/v1/sync/changes", params={"peek": 1})
         return resp.json()["head"]
 
-    async def report_status(self, statuses: list[dict]) -> None:
-        await self._request("POST", "/connreg/v1/sync/status", ok=(200, 204),
-                            json={"registries": statuses})
+    async def report_status(self, statuses: list[dict], audit: dict | None = None) -> dict:
+        """Report states; with `audit`, a batch of audit events (metered, as sync traffic).
+        The parent's answer (its `audit` acknowledgement, when it took events)."""
+        doc: dict = {"registries": statuses}
+        if audit is not None:
+            doc["audit"] = audit
+        body = json.dumps(doc).encode()
+        if audit is not None and self.meter:
+            await self.meter.account(len(body))
+        resp = await self._request("POST", "/connreg/v1/sync/status", ok=(200, 204),
+                                   content=body, headers={"Content-Type": "application/json"})
+        try:
+            answer = resp.json() if resp.content else {}
+        except ValueError:
+            answer = {}
+        return answer if isinstance(answer, dict) else {}
 
     async def config(self) -> dict:
         return (await self._request("GET", "/connreg/v1/sync/config")).json()
+
+    async def locks(self, repo: str) -> list[dict] | None:
+        """The lock rows of `repo` at the parent (connreg/locks/sync.py); None when the parent
+        has no lock endpoint (an older version)."""
+        resp = await self._request("GET", "/connreg/v1/sync/locks", ok=(200, 404),
+                                   params={"repo": repo})
+        if resp.status_code == 404:
+            if _error(resp).get("code") == "NOT_FOUND":  # no such endpoint
+                return None
+            return []
+        if self.meter:
+            await self.meter.account(len(resp.content))
+        rows = resp.json().get("locks")
+        return rows if isinstance(rows, list) else []
 
     async def explain_refusal(self, url: str) -> tuple[str | None, str | None]:
         """The parent's error code and message for `url`, asked with GET after a HEAD there was

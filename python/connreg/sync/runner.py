@@ -11,6 +11,7 @@ import logging
 
 import trio
 
+from connreg.audit.forward import AuditForwarder
 from connreg.config import Settings
 from connreg.control.interfaces import CONNECTED_REGISTRY, ControlStore
 from connreg.control.activation import connection
@@ -62,9 +63,12 @@ def build_sync_service(settings: Settings, reg: Registry, store: ControlStore, s
     meter = BandwidthMeter(config.bandwidth_limit)
     parent = ParentClient(conn.base_url, (conn.token, conn.password), meter=meter,
                           ca_file=conn.ca_file)
-    return SyncService(reg, parent, config, clock,
-                       descendants=lambda: descendant_statuses(store, config.name),
-                       on_config=lambda doc: replace_documents(store, doc))
+    service = SyncService(reg, parent, config, clock,
+                          descendants=lambda: descendant_statuses(store, config.name),
+                          on_config=lambda doc: replace_documents(store, doc))
+    if getattr(reg, "audit", None) is not None:  # the audit trail goes up with the reports
+        service.audit_forwarder = AuditForwarder(reg.audit, reg.meta)
+    return service
 
 
 async def run_node_tasks(settings: Settings, reg: Registry, store: ControlStore,

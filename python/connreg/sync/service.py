@@ -111,6 +111,7 @@ class SyncService:
         self.on_config = on_config
         self._reconcile_needed = self.state.cursor(DOWN_CURSOR) is None
         self._config_version: str | None = None  # as last applied; the feed says when it moves
+        self.audit_forwarder = None  # set by the runner: audit events to send up
 
     # --- public ------------------------------------------------------------------------------
     def schedule(self) -> Schedule:
@@ -262,13 +263,20 @@ class SyncService:
     async def _status_loop(self) -> None:
         while True:
             await self.count_outbox()
-            await self.parent.report_status([self.status(), *self.descendants()])
+            # The audit trail climbs with the reports (audit/forward.py): durable cursor,
+            # bounded batches, metered; acknowledged by the parent before the cursor moves.
+            batch = self.audit_forwarder.batch() if self.audit_forwarder else None
+            answer = await self.parent.report_status([self.status(), *self.descendants()],
+                                                     audit=batch)
             self._online()
+            if batch is not None:
+                await self.audit_forwarder.acknowledged(batch, answer)
             # Every STATUS_EVERY seconds, every second while blobs move: the parent's
             # `show --watch` and dashboard follow a large transfer live.
             for _ in range(int(STATUS_EVERY / STATUS_BUSY_EVERY)):
                 await trio.sleep(STATUS_BUSY_EVERY)
-                if self.state.transfer.remaining() is not None:
+                if self.state.transfer.remaining() is not None or (
+                        self.audit_forwarder is not None and self.audit_forwarder.behind):
                     break
 
     async def _watch_schedule(self, nursery: trio.Nursery, cron, window) -> None:

@@ -56,4 +56,4 @@ def install(app) -> None:
     node = NodeMetrics(app)
     app.extensions["metrics"] = node
     app.register_blueprint(bp)
-    app.asgi_app = RequestMetrics(app.asgi_app, node, RouteNames(app.url_map))
+    app.asgi_app = RequestMetrics(app.asgi_app, node.http, RouteNames(app.url_map))

@@ -8,32 +8,20 @@ process (tests, tools) never mix their series.
 
 from __future__ import annotations
 
-from prometheus_client import CollectorRegistry, Counter, Histogram
-from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, InfoMetricFamily
+from prometheus_client import CollectorRegistry
+from prometheus_client.core import (CounterMetricFamily, GaugeMetricFamily,
+                                    HistogramMetricFamily, InfoMetricFamily)
 
 from connreg import __version__
 from connreg.metrics.fleet import STATES, FleetSnapshot
-
-# Request latency buckets: manifest reads take milliseconds, blob streams and sync long polls
-# (up to 30 s) far longer.
-LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0,
-                   10.0, 30.0, 60.0)
+from connreg.metrics.http import LATENCY_BUCKETS, RequestStats
 
 
 class NodeMetrics:
     def __init__(self, app):
         self.app = app
         self.registry = CollectorRegistry(auto_describe=False)
-        self.requests = Counter("connreg_http_requests", "HTTP requests answered, by route "
-                                "template, method and status", ["route", "method", "status"],
-                                registry=self.registry)
-        self.duration = Histogram("connreg_http_request_duration_seconds", "Time from request "
-                                  "to the last byte of the response", ["route", "method"],
-                                  buckets=LATENCY_BUCKETS, registry=self.registry)
-        self.request_bytes = Counter("connreg_http_request_bytes", "Request body bytes "
-                                     "received", ["route"], registry=self.registry)
-        self.response_bytes = Counter("connreg_http_response_bytes", "Response body bytes "
-                                      "sent", ["route"], registry=self.registry)
+        self.http = RequestStats()  # updated by the middleware (http.py)
         # Set by the /metrics handler right before it renders (no await in between).
         self.snapshot: FleetSnapshot | None = None
         self.registry.register(_ScrapeTimeCollector(self))
@@ -63,12 +51,47 @@ class _ScrapeTimeCollector:
         info = InfoMetricFamily("connreg_build", "connreg version")
         info.add_metric([], {"version": __version__})
         yield info
+        yield from self._http(self.metrics.http)
         yield from self._storage(app, snap)
         yield from self._gc(app)
         yield from self._auth(app)
         yield from self._sync_self(app, snap)
         if snap is not None:
             yield from self._fleet(snap)
+
+    @staticmethod
+    def _http(stats: RequestStats):
+        requests = CounterMetricFamily("connreg_http_requests", "HTTP requests answered, by "
+                                       "route template, method and status",
+                                       labels=["route", "method", "status"])
+        duration = HistogramMetricFamily("connreg_http_request_duration_seconds", "Time from "
+                                         "request to the last byte of the response",
+                                         labels=["route", "method"])
+        received = CounterMetricFamily("connreg_http_request_bytes", "Request body bytes "
+                                       "received", labels=["route"])
+        sent = CounterMetricFamily("connreg_http_response_bytes", "Response body bytes sent",
+                                   labels=["route"])
+        by_route_method: dict[tuple[str, str], list] = {}
+        by_route: dict[str, list[int]] = {}
+        for (route, method, status), series in sorted(stats.series.items()):
+            requests.add_metric([route, method, str(status)], series.count)
+            merged = by_route_method.setdefault((route, method),
+                                                [0.0, [0] * len(series.buckets)])
+            merged[0] += series.seconds
+            merged[1] = [a + b for a, b in zip(merged[1], series.buckets)]
+            totals = by_route.setdefault(route, [0, 0])
+            totals[0] += series.bytes_in
+            totals[1] += series.bytes_out
+        for (route, method), (seconds, buckets) in by_route_method.items():
+            cumulative, running = [], 0
+            for bound, count in zip((*LATENCY_BUCKETS, float("inf")), buckets):
+                running += count
+                cumulative.append(("+Inf" if bound == float("inf") else repr(bound), running))
+            duration.add_metric([route, method], cumulative, sum_value=seconds)
+        for route, (bytes_in, bytes_out) in by_route.items():
+            received.add_metric([route], bytes_in)
+            sent.add_metric([route], bytes_out)
+        yield from (requests, duration, received, sent)
 
     @staticmethod
     def _storage(app, snap):

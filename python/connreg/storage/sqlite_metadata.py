@@ -778,6 +778,10 @@ class SqliteMetadataStore:
         if conn.execute("SELECT 1 FROM tags WHERE repo = ? AND digest = ? LIMIT 1",
                         (repo, digest)).fetchone():
             return True
+        if conn.execute("SELECT 1 FROM locks WHERE repo = ? AND delete_enabled = 0 AND"
+                        " (kind = 'repository' OR (kind = 'digest' AND ref = ?)) LIMIT 1",
+                        (repo, digest)).fetchone():
+            return True  # a delete lock protects it from collection too (docs/locks.md)
         holders = conn.execute(
             "SELECT digest FROM manifest_refs WHERE repo = ? AND child = ?"
             " UNION SELECT digest FROM manifests WHERE repo = ? AND subject = ?",

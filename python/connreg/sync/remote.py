@@ -30,6 +30,17 @@ class ParentUnavailable(Exception):
     """The parent cannot be reached right now (network, 5xx, 429)."""
 
 
+class ParentBusy(ParentUnavailable):
+    """The parent answered 429: reachable, but asking this node to slow down."""
+
+
+def _transient(status: int, what: str) -> ParentUnavailable:
+    """The exception for a 5xx or 429 answer (429 is not "unreachable": the log says so)."""
+    if status == 429:
+        return ParentBusy(f"{what}: HTTP 429 (too many requests)")
+    return ParentUnavailable(f"{what}: HTTP {status}")
+
+
 class TagMoved(Exception):
     """A conditional tag update at the parent found the tag elsewhere (HTTP 412)."""
 
@@ -127,7 +138,7 @@ class ParentClient:
         if resp.status_code in ok:
             return resp
         if resp.status_code >= 500 or resp.status_code == 429:
-            raise ParentUnavailable(f"{method} {url}: HTTP {resp.status_code}")
+            raise _transient(resp.status_code, f"{method} {url}")
         raise _refused(resp)
 
     # --- sync endpoints ---------------------------------------------------------------------
@@ -272,7 +283,7 @@ class ParentClient:
             async with self._client.stream("GET", f"/v2/{repo}/blobs/{digest}",
                                            headers=headers) as resp:
                 if resp.status_code >= 500 or resp.status_code == 429:
-                    raise ParentUnavailable(f"GET blob {digest}: HTTP {resp.status_code}")
+                    raise _transient(resp.status_code, f"GET blob {digest}")
                 if resp.status_code not in (200, 206):
                     await resp.aread()
                     raise _refused(resp)
@@ -320,8 +331,7 @@ class ParentClient:
                 if resp.status_code != 200:
                     await resp.aread()
                     if resp.status_code >= 500 or resp.status_code == 429:
-                        raise ParentUnavailable(f"POST chunks of {digest}: HTTP "
-                                                f"{resp.status_code}")
+                        raise _transient(resp.status_code, f"POST chunks of {digest}")
                     raise _refused(resp)
                 async for data in resp.aiter_raw(piece):
                     yield data

@@ -27,7 +27,7 @@ from connreg.registry import Registry
 from connreg.storage.budget import find_out_of_space
 from connreg.sync.puller import PARENT, Puller
 from connreg.sync.pusher import Pusher
-from connreg.sync.remote import ParentClient, ParentRefused, ParentUnavailable
+from connreg.sync.remote import ParentBusy, ParentClient, ParentRefused, ParentUnavailable
 from connreg.sync.schedule import Clock, Schedule, parse_duration
 from connreg.sync.state import DOWN_CURSOR, UP_CURSOR, SyncState
 
@@ -112,6 +112,7 @@ class SyncService:
         self._reconcile_needed = self.state.cursor(DOWN_CURSOR) is None
         self._config_version: str | None = None  # as last applied; the feed says when it moves
         self.audit_forwarder = None  # set by the runner: audit events to send up
+        self._unreachable = False  # the last failure was "parent unreachable"
 
     # --- public ------------------------------------------------------------------------------
     def schedule(self) -> Schedule:
@@ -167,6 +168,7 @@ class SyncService:
                 return
             except Exception as exc:  # groups from nurseries included; Cancelled is not caught
                 leaves = list(_leaves(exc))
+                busy = next((e for e in leaves if isinstance(e, ParentBusy)), None)
                 unavailable = next((e for e in leaves if isinstance(e, ParentUnavailable)), None)
                 refused = next((e for e in leaves if isinstance(e, ParentRefused)), None)
                 full = find_out_of_space(exc)
@@ -176,7 +178,14 @@ class SyncService:
                     self.state.report("DISK_FULL", self._disk_full_description(name, full))
                     log.warning("%s sync: no room to store what the parent sent (%s); "
                                 "retrying in %.0f s", name, full, backoff)
+                elif busy is not None:
+                    # Reachable, and rate limiting us: not "unreachable", and not Offline.
+                    self.state.report("PARENT_BUSY", f"parent is rate limiting {name} sync: "
+                                      f"{busy}")
+                    log.warning("%s sync: the parent asks to slow down (%s); retrying in "
+                                "%.0f s", name, busy, backoff)
                 elif unavailable is not None:
+                    self._unreachable = True  # "reachable again" is logged once it answers
                     self.state.connection_state = "Offline"
                     self.state.report("PARENT_UNREACHABLE", f"parent unreachable: {unavailable}")
                     log.warning("%s sync: parent unreachable (%s); retrying in %.0f s", name,
@@ -203,9 +212,11 @@ class SyncService:
         return f"{name} sync stopped by a full disk: {refusal.message} ({numbers})"
 
     def _online(self) -> None:
-        if self.state.connection_state in ("Offline", "Unhealthy"):
+        if self._unreachable:  # not after a refusal: the parent was reachable all along
+            self._unreachable = False
             log.info("parent reachable again")
         self.state.connection_state = "Online"
+        self.state.clear("PARENT_BUSY")
         self.state.clear("PARENT_UNREACHABLE")
         self.state.clear("SYNC_REFUSED")
 

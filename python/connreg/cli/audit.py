@@ -57,6 +57,13 @@ def since(value: str) -> str:
     return value
 
 
+def _limit(value: str) -> int:
+    if not (value.isascii() and value.isdigit() and len(value) <= 4
+            and 1 <= int(value) <= 1000):
+        raise argparse.ArgumentTypeError(f"expected a number from 1 to 1000, got {value!r}")
+    return int(value)
+
+
 def _list(args: argparse.Namespace) -> None:
     client = connect(args)
     params = {k: v for k, v in (("registry", args.source_registry),
@@ -94,7 +101,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--actor", metavar="NAME", help="admin, a token name, anonymous")
     p.add_argument("--since", type=since, metavar="TIME",
                    help="ISO-8601 date-time (UTC) or an age: 30m, 2h, 7d")
-    p.add_argument("--limit", type=int, default=100, choices=range(1, 1001), metavar="N",
+    p.add_argument("--limit", type=_limit, default=100, metavar="N",
                    help="events per page (1-1000, default 100)")
     p.add_argument("--page", metavar="TOKEN", help="continue where a previous page ended")
     p.add_argument("--all", action="store_true", help="fetch every page")

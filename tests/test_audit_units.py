@@ -127,3 +127,64 @@ def test_e_a_429_is_busy_not_unreachable():
     assert isinstance(_transient(429, "GET x"), ParentBusy)
     assert isinstance(_transient(429, "GET x"), ParentUnavailable)  # still retried the same way
     assert not isinstance(_transient(503, "GET x"), ParentBusy)
+
+
+def test_f_an_edges_childs_events_relay_to_the_root(tmp_path):
+    """edge11 (child of edge1) → edge1 → root: the root stores them as edge11's."""
+    async def main():
+        leaf, middle, root = (AuditLog(tmp_path / n, reg) for n, reg in
+                              (("leaf", "edge11"), ("middle", "edge1"), ("root", None)))
+        leaf_state, middle_state, root_state = State(), State(), State()
+        leaf.record("push", actor="cibot", source="10.0.0.9", outcome="success",
+                    repository="team/app", tag="v1")
+        middle.record("delete", actor="admin", source="10.0.0.8", outcome="success",
+                      repository="team/app", tag="old")
+        batch = AuditForwarder(leaf, leaf_state).batch()
+        await receive(middle, middle_state, batch, "edge11", lambda n: n == "edge11")
+        up = AuditForwarder(middle, middle_state).batch()
+        await receive(root, root_state, up, "edge1", lambda n: n in ("edge1", "edge11"))
+        stored, _ = root.query(since=0)
+        assert {(e["registry"], e["event"], e["actor"]) for e in stored} == {
+            ("edge1", "delete", "admin"), ("edge11", "push", "cibot")}
+        assert root.query(since=0, registry="edge11")[0][0]["tag"] == "v1"
+    trio.run(main)
+
+
+def test_g_reachable_again_only_after_an_outage_and_429_is_not_an_outage(caplog):
+    """The log lines of sync/service.py `_guarded`/`_online`, with a mock clock."""
+    import logging
+
+    import trio.testing
+
+    from connreg.sync.remote import ParentBusy, ParentRefused, ParentUnavailable
+    from connreg.sync.service import SyncService
+    from connreg.sync.state import SyncState
+
+    service = SyncService.__new__(SyncService)
+    service.state = SyncState(State())
+    service._unreachable = False
+
+    async def failing_once(exc):
+        raised = []
+
+        async def loop():
+            if not raised:
+                raised.append(exc)
+                raise exc
+        await service._guarded("up", loop)
+
+    async def main():
+        caplog.set_level(logging.INFO, logger="connreg.sync")
+        await failing_once(ParentRefused(403, "refused", method="PUT", url="/v2/x"))
+        for _ in range(3):
+            service._online()  # the status loop, every 5 s, while up sync is refused
+        assert "parent reachable again" not in caplog.text
+        await failing_once(ParentBusy("GET /connreg/v1/sync/changes: HTTP 429"))
+        assert "asks to slow down" in caplog.text and "unreachable" not in caplog.text
+        assert service.state.connection_state != "Offline"
+        await failing_once(ParentUnavailable("GET x: connection refused"))
+        assert service.state.connection_state == "Offline"
+        service._online()
+        service._online()
+        assert caplog.text.count("parent reachable again") == 1
+    trio.run(main, clock=trio.testing.MockClock(autojump_threshold=0))

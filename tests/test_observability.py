@@ -182,8 +182,24 @@ def _lines(proc) -> queue.Queue:
     return lines
 
 
+UNITS = {"B": 1, "KiB": 1024, "MiB": 1024 ** 2, "GiB": 1024 ** 3}
+
+
+def _bytes(text: str) -> float:
+    number, unit = text.split()
+    return float(number) * UNITS[unit]
+
+
+def _eta_seconds(text: str) -> int:
+    m = re.fullmatch(r"(?:(\d+) h )?(?:(\d+) min )?(\d+) s|(\d+) h (\d+) min", text)
+    assert m, text
+    if m[4]:
+        return int(m[4]) * 3600 + int(m[5]) * 60
+    return int(m[1] or 0) * 3600 + int(m[2] or 0) * 60 + int(m[3])
+
+
 def test_show_watch_prints_bytes_rate_and_eta_during_a_large_sync(fleet):
-    root, edge = fleet.root, fleet.edge
+    root = fleet.root
     env = {k: v for k, v in os.environ.items() if not k.startswith("CONNREG_")}
     env.update(CONNREG_REGISTRY=root.url, CONNREG_USERNAME="admin",
                CONNREG_PASSWORD=root.admin_password)
@@ -197,29 +213,31 @@ def test_show_watch_prints_bytes_rate_and_eta_during_a_large_sync(fleet):
         big = make_image([24 * 1024 * 1024])  # ~6 s through the 4 MiB/s cap
         with httpx.Client(base_url=root.url, auth=root.admin, timeout=60) as c:
             push_image(c, "shop/big", big, "v1")
-        seen = []
-        while True:
-            line = lines.get(timeout=60)
-            assert line is not None, proc.stderr.read()
-            seen.append(line)
-            m = WATCH_LINE.match(line)
-            assert m, line
-            if "left" in m[5] and "ETA" in m[5] and not m[4].startswith("0 "):
-                break
-        progress = WATCH_LINE.match(seen[-1])
-        eta = re.search(r"([\d.]+ \w+) left in shop/big \| ETA (\d+) s", progress[5])
-        assert eta, seen[-1]
-        assert 0 < int(eta[2]) < 120
-        # Then the transfer ends and the line goes back to idle with more bytes down.
+        # Lines while the blob moves (bytes left, ETA), until the line is idle again with
+        # the blob's bytes counted.
+        progress = []
         while True:
             line = lines.get(timeout=60)
             assert line is not None, proc.stderr.read()
             m = WATCH_LINE.match(line)
             assert m, line
-            if m[5].startswith("idle") and "MiB" in m[2]:
+            if "left" in m[5]:
+                eta = re.fullmatch(r"(.+) left in shop/big \| ETA (.+)", m[5])
+                assert eta, line
+                progress.append((_bytes(m[2]), _bytes(m[4]), _bytes(eta[1]),
+                                 _eta_seconds(eta[2]) if eta[2] != "unknown" else None))
+            elif progress and m[5].startswith("idle"):
                 break
-        down = float(m[2].split()[0])
-        assert down >= 20, line
+        assert len(progress) >= 2, progress  # reported at least twice while it ran
+        downs = [p[0] for p in progress]
+        assert downs == sorted(downs) and downs[-1] > downs[0], progress  # bytes move
+        lefts = [p[2] for p in progress]
+        assert lefts[-1] < lefts[0], progress                            # and bytes left fall
+        assert any(rate > 0 for _, rate, _, _ in progress), progress
+        etas = [p[3] for p in progress if p[3] is not None]
+        assert etas and min(etas) < 120, progress
+        before = _bytes(WATCH_LINE.match(first)[2])
+        assert _bytes(m[2]) >= before + 23 * 1024 * 1024, line  # the whole blob came down
         proc.send_signal(signal.SIGINT)
         assert proc.wait(30) == 0
     finally:
@@ -274,6 +292,26 @@ def test_dashboard_sessions_csrf_and_escaping(fleet):
         assert c.get("/ui/").status_code == 200  # still logged in
         assert c.post("/ui/logout", data={"csrf": _session_csrf(c)}).status_code == 303
         assert c.get("/ui/").status_code == 303  # the session is gone
+    # The repository browser: tags, digests, sizes, referrers and lock state; the audit list.
+    image = make_image([20_000])
+    signature = make_image([100], subject={"mediaType": OCI_MANIFEST, "digest": image.digest,
+                                           "size": len(image.manifest)},
+                           artifact_type="application/vnd.dev.cosign.signature")
+    with httpx.Client(base_url=root.url, auth=root.admin, timeout=30) as c:
+        push_image(c, "shop/browse", image, "v1")
+        push_image(c, "shop/browse", signature, signature.digest)
+    cli(root, "repository", "update", "--repository", "shop/browse", "--tag", "v1",
+        "--write-enabled", "false")
+    with httpx.Client(base_url=root.url, timeout=30) as c:
+        assert _login(c, *root.admin).status_code == 303
+        assert "shop/browse" in c.get("/ui/repositories").text
+        page = c.get("/ui/repositories/shop/browse").text
+        assert image.digest in page and "application/vnd.dev.cosign.signature" in page
+        assert 'class="lock locked">write locked' in page
+        assert 'class="lock open">delete on' in page
+        fleet_page = c.get("/ui/").text
+        assert "shop/browse" in fleet_page.split("Recent audit events")[1]
+        assert c.get("/ui/repositories/shop/nothing-here").status_code == 404
     # The edge's local view: itself, with its own admin.
     with httpx.Client(base_url=fleet.edge.url, timeout=30) as c:
         assert _login(c, *fleet.edge.admin).status_code == 303
@@ -318,8 +356,10 @@ def test_dashboard_in_headless_chromium(fleet, tmp_path):
                          " && !!document.getElementById('tree')")
         tree_text = browser.evaluate("document.getElementById('tree').innerText")
         assert "root" in tree_text and EDGE in tree_text and "Online" in tree_text, tree_text
+        # The edge is up (Syncing while the image just pushed comes down).
         assert browser.evaluate(
-            f"document.querySelector('li[data-node=\"{EDGE}\"]').dataset.state") == "Online"
+            f"document.querySelector('li[data-node=\"{EDGE}\"]').dataset.state") in (
+            "Online", "Syncing")
         session = next(c for c in browser.cookies(f"{root.url}/ui/") if c["name"] == "connreg_ui")
         assert session["httpOnly"] and session["sameSite"] == "Strict" and session["path"] == "/ui"
 

@@ -34,6 +34,7 @@ MAX_FORM_BYTES = 8 * 1024
 MAX_USERNAME = 100
 MAX_PASSWORD = 1024
 PAGE = 100            # repositories and tags per page
+MAX_SCAN_PAGES = 20   # catalog pages read for one page of repositories the viewer may pull
 MAX_REFERRERS = 50    # shown per manifest
 AUDIT_SHOWN = 30
 SECURITY_HEADERS = {
@@ -227,17 +228,23 @@ async def repositories() -> Response:
     last = _valid_name(request.args.get("last"))
     shown: list[dict] = []
     cursor = last
-    # Read pages until one page's worth is visible to this viewer (or the catalog ends).
-    while len(shown) < PAGE:
+    # Read pages until one page's worth is visible to this viewer, the catalog ends, or
+    # MAX_SCAN_PAGES were read (a viewer who may pull little of a large catalog pages on).
+    ended = False
+    for _ in range(MAX_SCAN_PAGES):
         names = meta.list_repositories(PAGE, cursor)
         for name in names:
-            if viewer.may_pull(name) and len(shown) < PAGE:
+            if len(shown) >= PAGE:
+                break
+            cursor = name  # read: the next page starts after it
+            if viewer.may_pull(name):
                 shown.append({"name": name, "tags": len(meta.list_tags(name, PAGE + 1, None))})
-        if len(names) < PAGE:
-            cursor = None
+        if len(names) < PAGE and (not names or cursor == names[-1]):
+            ended = True
             break
-        cursor = names[-1]
-    more = shown[-1]["name"] if cursor is not None and shown else None
+        if len(shown) >= PAGE:
+            break
+    more = None if ended else cursor
     return await _render("repositories.html", viewer=viewer, repositories=shown, more=more)
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 
+from connreg.auth.actions import METRICS_READ
 from connreg.cli import output
 from connreg.cli.client import UsageError, connect, path
 from connreg.cli.common import (
@@ -33,8 +34,11 @@ def render(scope_map: dict) -> str:
 
 def _create(args: argparse.Namespace) -> None:
     actions = repository_actions(args.repository) + gateway_actions(args.gateway)
+    if args.metrics_read:
+        actions.append(METRICS_READ)
     if not actions:
-        raise UsageError("give at least one --repository REPO ACTION… or --gateway CR ACTION…")
+        raise UsageError("give at least one --repository REPO ACTION…, --gateway CR ACTION… "
+                         "or --metrics-read")
     body = {"name": args.name, "actions": actions}
     if args.description is not None:
         body["description"] = args.description
@@ -116,6 +120,9 @@ def register(sub: argparse._SubParsersAction) -> None:
                     "metadata/write")
     p.add_argument("--name", required=True)
     _action_options(p)
+    p.add_argument("--metrics-read", action="store_true",
+                   help="also allow GET /metrics and the /ui/ dashboard (the node-wide action "
+                        "metrics/read), e.g. for a Prometheus scraper's token")
     p.add_argument("--description")
 
     p = add_command(group, "update", _update, "change a scope map's actions or description",

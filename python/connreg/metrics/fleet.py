@@ -37,7 +37,6 @@ class NodeView:
     state: str = "Offline"
     is_self: bool = False
     direct_child: bool = False        # our child: its lag is measured against our change log
-    activated: bool = True
     last_contact: float | None = None  # its last report reached us (s since the epoch)
     last_sync: float | None = None     # its last successful sync
     lag_entries: int | None = None
@@ -135,7 +134,6 @@ def _from_report(cr: dict, token: dict | None, me: str | None, now: float) -> No
         name=cr["name"], parent=parent or ROOT_NAME, mode=cr.get("mode") or "ReadWrite",
         state=reported_state(cr, token, now),
         direct_child=(parent or "").lower() == (me or "").lower(),
-        activated=cr.get("activationStatus") == "Active" or bool(cr.get("lastActivityTime")),
         last_contact=parse_iso(cr.get("lastActivityTime")),
         last_sync=parse_iso(cr.get("lastSuccessfulSyncTime")),
         outbox_entries=progress.get("outboxEntries"), parked_entries=progress.get("parkedEntries"),

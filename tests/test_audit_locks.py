@@ -217,6 +217,8 @@ def test_c_edge_events_reach_the_root_audit_trail(fleet):
                              "--since", "1h")["events"]
               if e["event"] == "push" and e.get("tag") == "from-e1"]
     assert pushes[0]["repository"] == REPO and pushes[0]["digest"] == image.digest
+    assert pushes[0]["size"] == len(image.manifest)
+    assert pushes[0]["imageSize"] == len(image.manifest) + sum(map(len, image.blobs()))
     assert pushes[0]["outcome"] == "success" and pushes[0]["source"]
     pulls = [e for e in _audit(root, registry="edge1", repository=REPO, actor="cibot")
              if e["event"] == "pull"]

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import base64
 
-from quart import Response, request
+from quart import Response, current_app, request
 
 from connreg.api import routes
 from connreg.audit.log import AuditLog
@@ -93,9 +93,15 @@ def _registry_event(audit: AuditLog, resp: Response, source_address) -> None:
     size = request.content_length if method == "PUT" else (
         int(resp.headers.get("Content-Length") or 0) if method == "GET" and status < 400
         else None)
+    image_size = None
+    if event == "push" and status == 201 and digest and size is not None:
+        # what the image weighs: the manifest and the blobs it references directly
+        registry = current_app.extensions["registry"]
+        image_size = size + registry.meta.blobs_size(params["name"], digest)
     audit.record(event, actor=_actor(), source=source_address(), outcome=outcome(status),
                  status=status, repository=params.get("name"), tag=tag, digest=digest,
-                 size=size, object="blob" if route.name == "blob" else "manifest",
+                 size=size, imageSize=image_size,
+                 object="blob" if route.name == "blob" else "manifest",
                  via=("sync:" + request.sync_child) if getattr(request, "sync_child", None)
                  else None)
 

@@ -538,6 +538,13 @@ class SqliteMetadataStore:
         """The lock rows of `repo` (only those that disable something)."""
         return self._locks_in(self._reader, repo)
 
+    def blobs_size(self, repo: str, digest: str) -> int:
+        """Bytes of the blobs a manifest references directly (an image's config and layers),
+        for the audit trail's `imageSize`."""
+        return self._one("SELECT COALESCE(SUM(b.size), 0) FROM manifest_refs r JOIN repo_blobs b"
+                         " ON b.repo = r.repo AND b.digest = r.child"
+                         " WHERE r.repo = ? AND r.digest = ?", (repo, digest))[0]
+
     def locked_repositories(self) -> list[str]:
         return [r[0] for r in self._reader.execute("SELECT DISTINCT repo FROM locks ORDER BY repo")]
 

@@ -1,6 +1,6 @@
 """`GET /connreg/v1/audit` for `connreg audit list` (this node's admin; docs/audit.md):
 
-    ?registry=NAME   events that happened at that connected registry ("-": at this node/root)
+    ?registry=NAME   events that happened at that connected registry ("-": at the root itself)
     ?repository=R    ?actor=A    ?since=ISO-8601 (default: 24 hours ago)
     ?limit=N         at most 1,000 per page (default 100)
     ?page=TOKEN      the `next` of the previous page

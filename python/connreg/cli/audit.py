@@ -96,7 +96,7 @@ def register(sub: argparse._SubParsersAction) -> None:
                          "  connreg audit list --repository team/app --actor ci -o json")
     p.__class__ = CliParser
     p.add_argument("--registry", dest="source_registry", metavar="NAME",
-                   help="events at this connected registry ('-': the node asked itself)")
+                   help="events at this connected registry ('-': at the root itself)")
     p.add_argument("--repository", metavar="REPO")
     p.add_argument("--actor", metavar="NAME", help="admin, a token name, anonymous")
     p.add_argument("--since", type=since, metavar="TIME",

@@ -24,7 +24,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from connreg.testing.hierarchy import Hierarchy, cli, wait_for
 from connreg.testing.oci import (OCI_CONFIG, OCI_MANIFEST, Image, descriptor, make_image,
                                  sha256)
-from helpers import push_image
+from helpers import push_blob, push_image
 
 EDGE = "edgeA"
 MONITOR = "prometheus"
@@ -162,6 +162,17 @@ def test_metric_series_move_with_traffic_at_root_and_edge(fleet):
              >= 50_000, 30, message="the edge's push counted upward")
     wait_for(lambda: value(scrape(edge), "connreg_sync_outbox_entries", state="pending") == 0,
              30, message="the outbox drained")
+
+    # A garbage collection at the root: counted, with what it freed (an orphaned blob).
+    orphan = os.urandom(40_000)
+    with httpx.Client(base_url=root.url, auth=root.admin, timeout=30) as c:
+        push_blob(c, "shop/orphan", orphan)
+        r = c.post("/connreg/v1/gc", json={"gracePeriodSeconds": 0})
+        assert r.status_code == 200, r.text
+    collected = scrape(root, fleet.monitor)
+    assert value(collected, "connreg_gc_runs_total") == value(final, "connreg_gc_runs_total") + 1
+    assert value(collected, "connreg_gc_freed_bytes_total") >= 40_000
+    assert value(collected, "connreg_gc_last_run_timestamp_seconds") > 0
 
     # Bounded labels: no digest, tag or repository name appears as a label value.
     for (name, labels) in final:

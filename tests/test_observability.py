@@ -336,6 +336,8 @@ def test_dashboard_sessions_csrf_and_escaping(fleet):
         assert 'class="lock open">delete on' in page
         fleet_page = c.get("/ui/").text
         assert "shop/browse" in fleet_page.split("Recent audit events")[1]
+        # The audit list shows the failed login's name above as text, never as markup.
+        assert "<script>alert(1)" not in fleet_page
         assert c.get("/ui/repositories/shop/nothing-here").status_code == 404
     # The edge's local view: itself, with its own admin.
     with httpx.Client(base_url=fleet.edge.url, timeout=30) as c:

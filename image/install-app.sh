@@ -27,7 +27,7 @@ SITE="$DEST/usr/local/lib/python3.11/dist-packages"
 rm -rf "$DEST"
 # var/lib/connreg: the data directory, created empty; the Dockerfile gives it to uid 10001.
 mkdir -p "$SITE" "$DEST/usr/local/bin" "$DEST/var/lib/connreg"
-chmod 0700 "$DEST/var/lib/connreg"   
+chmod 0700 "$DEST/var/lib/connreg"   # what the node makes it at its first start anyway
 # Wheels for glibc up to 2.36 (bookworm's) run in the image; pip wants each tag named. linux_*:
 # a wheel maturin built without a manylinux audit.
 platforms=("linux_$machine" "manylinux2014_$machine")

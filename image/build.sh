@@ -15,7 +15,8 @@
 #   TAG       image name (connreg:latest)        ARCH    amd64 (default) or arm64
 #   PODMAN    podman command and global flags, e.g. "podman --storage-driver vfs"
 #   PYTHON    interpreter with maturin and pip (python3)
-#   WHEEL     a wheel to use instead of building one (arm64: see docs/container.md)
+#   WHEEL     a wheel to use instead of building one
+#   STRIP     strip for ARCH's binaries (arm64: aarch64-linux-gnu-strip)
 #   CARGO_TARGET_DIR, REFRESH_BASE=1, BUILD_DIR (build/image)
 # Needs root only for podman (rootful here); rootfs.sh needs apt-get and dpkg-deb.
 set -euo pipefail
@@ -32,12 +33,23 @@ export PYTHON
 say() { echo "image/build.sh: $*"; }
 t0=$(date +%s)
 
+[[ "$ARCH" != arm64 ]] || export STRIP="${STRIP:-aarch64-linux-gnu-strip}"  # binutils-aarch64-linux-gnu
+
 # --- 1. wheel -------------------------------------------------------------------------------
 if [[ -n "${WHEEL:-}" ]]; then
     wheel="$WHEEL"
 else
     rm -rf "$BUILD_DIR/wheels"; mkdir -p "$BUILD_DIR"
-    "$PYTHON" -m maturin build --release --out "$BUILD_DIR/wheels" >"$BUILD_DIR/maturin.log" 2>&1 \
+    target=()
+    case "$ARCH" in
+        amd64) ;;
+        # Cross-compiled: needs `rustup target add aarch64-unknown-linux-gnu` and Debian's
+        # gcc-aarch64-linux-gnu as the linker (abi3: no arm64 Python is needed to build).
+        arm64) target=(--target aarch64-unknown-linux-gnu)
+               export CARGO_TARGET_AARCH64_UNKNOWN_LINUX_GNU_LINKER="${CARGO_TARGET_AARCH64_UNKNOWN_LINUX_GNU_LINKER:-aarch64-linux-gnu-gcc}" ;;
+        *) echo "image/build.sh: ARCH $ARCH: only amd64 and arm64 are known" >&2; exit 1 ;;
+    esac
+    "$PYTHON" -m maturin build --release "${target[@]}" --out "$BUILD_DIR/wheels" >"$BUILD_DIR/maturin.log" 2>&1 \
         || { tail -n 30 "$BUILD_DIR/maturin.log" >&2; exit 1; }
     wheel="$(ls "$BUILD_DIR"/wheels/connreg-*.whl)"
 fi

@@ -39,6 +39,7 @@ RUN_FLAGS = ["--runtime", "runc", "--network", "host",
              "--ulimit", "nofile=1024:1024", "--ulimit", "nproc=4096:4096"]
 INPUTS = ["Dockerfile", ".dockerignore", "image", "pyproject.toml", "Cargo.toml", "Cargo.lock",
           "rust", "python/connreg"]
+TEST_REPO, BASE_REPO = "localhost/connreg-test", "localhost/connreg-base"
 ADMIN_PASSWORD = "container-test-password"
 UID = "10001"
 
@@ -77,7 +78,10 @@ def inputs_key() -> str:
 def image() -> dict[str, str]:
     """The image for the current sources (built now, or kept from an earlier run) and its base."""
     STORE.mkdir(parents=True, exist_ok=True)
-    tag = f"localhost/connreg-test:{inputs_key()}"
+    tag = f"{TEST_REPO}:{inputs_key()}"
+    # image/build.sh's name for the base: it is rebuilt when rootfs.sh changes.
+    rootfs_key = hashlib.sha256((ROOT / "image" / "rootfs.sh").read_bytes()).hexdigest()[:12]
+    base = f"{BASE_REPO}:bookworm-amd64-{rootfs_key}"
     if podman("image", "exists", tag, check=False).returncode != 0:
         started = time.monotonic()
         env = dict(os.environ, TAG=tag, PYTHON=sys.executable, PODMAN=" ".join(PODMAN))
@@ -89,11 +93,9 @@ def image() -> dict[str, str]:
         # every layer whole).
         listed = podman("images", "--format", "{{.Repository}}:{{.Tag}}").stdout.split()
         for old in listed:
-            if old.startswith("localhost/connreg-test:") and old != tag:
+            if old.split(":")[0] in (TEST_REPO, BASE_REPO) and old not in (tag, base):
                 podman("rmi", "--force", old, check=False)
         podman("image", "prune", "--force", check=False)
-    base = next(name for name in podman("images", "--format", "{{.Repository}}:{{.Tag}}")
-                .stdout.split() if name.startswith("localhost/connreg-base:bookworm-amd64-"))
     return {"tag": tag, "base": base}
 
 

@@ -14,7 +14,7 @@
 # BASE: an image holding image/rootfs.sh's tree; the default builds it in this file.
 ARG BASE=rootfs
 # APP: where image/install-app.sh's tree comes from: `app-from-source` (build the wheel here) or
-# `app-from-context` (build/image/app/ in the build context, made by image/build.sh).
+# `app-from-context` (APP_TREE in the build context, made by image/build.sh).
 ARG APP=app-from-source
 
 # --- base: Debian packages unpacked (no emulator needed: it runs on the build platform) --------
@@ -48,7 +48,8 @@ FROM scratch AS app-from-source
 COPY --from=app-build /app /
 
 FROM scratch AS app-from-context
-COPY build/image/app /
+ARG APP_TREE=build/image/app-amd64
+COPY ${APP_TREE} /
 
 # --- the image -------------------------------------------------------------------------------
 FROM ${APP} AS app

@@ -4,11 +4,11 @@
 #
 #   image/build.sh                      # -> connreg:latest in podman's storage
 #
-#   1. the wheel:        maturin build --release          -> build/image/wheels/
+#   1. the wheel:        maturin build --release          -> build/image/wheels-<arch>/
 #   2. the base:         image/rootfs.sh | podman import  -> localhost/connreg-base:<arch>-<key>
 #                        (kept: rebuilt when rootfs.sh changes, or with REFRESH_BASE=1 to take
 #                        Debian's latest updates)
-#   3. the application:  image/install-app.sh              -> build/image/app/
+#   3. the application:  image/install-app.sh              -> build/image/app-<arch>/
 #   4. the image:        podman build of the Dockerfile with BASE=<the base>, APP=app-from-context
 #
 # Environment:
@@ -17,7 +17,7 @@
 #   PYTHON    interpreter with maturin and pip (python3)
 #   WHEEL     a wheel to use instead of building one
 #   STRIP     strip for ARCH's binaries (arm64: aarch64-linux-gnu-strip)
-#   CARGO_TARGET_DIR, REFRESH_BASE=1, BUILD_DIR (build/image)
+#   CARGO_TARGET_DIR, REFRESH_BASE=1
 # Needs root only for podman (rootful here); rootfs.sh needs apt-get and dpkg-deb.
 set -euo pipefail
 
@@ -26,7 +26,7 @@ cd "$ROOT"
 TAG="${TAG:-connreg:latest}"
 ARCH="${ARCH:-amd64}"
 PYTHON="${PYTHON:-python3}"
-BUILD_DIR="${BUILD_DIR:-build/image}"
+BUILD_DIR=build/image   # inside the build context: the Dockerfile copies app-$ARCH from here
 read -r -a PODMAN <<< "${PODMAN:-podman}"
 export PYTHON
 
@@ -39,7 +39,7 @@ t0=$(date +%s)
 if [[ -n "${WHEEL:-}" ]]; then
     wheel="$WHEEL"
 else
-    rm -rf "$BUILD_DIR/wheels"; mkdir -p "$BUILD_DIR"
+    rm -rf "$BUILD_DIR/wheels-$ARCH"; mkdir -p "$BUILD_DIR"
     target=()
     case "$ARCH" in
         amd64) ;;
@@ -49,9 +49,9 @@ else
                export CARGO_TARGET_AARCH64_UNKNOWN_LINUX_GNU_LINKER="${CARGO_TARGET_AARCH64_UNKNOWN_LINUX_GNU_LINKER:-aarch64-linux-gnu-gcc}" ;;
         *) echo "image/build.sh: ARCH $ARCH: only amd64 and arm64 are known" >&2; exit 1 ;;
     esac
-    "$PYTHON" -m maturin build --release "${target[@]}" --out "$BUILD_DIR/wheels" >"$BUILD_DIR/maturin.log" 2>&1 \
+    "$PYTHON" -m maturin build --release "${target[@]}" --out "$BUILD_DIR/wheels-$ARCH" >"$BUILD_DIR/maturin.log" 2>&1 \
         || { tail -n 30 "$BUILD_DIR/maturin.log" >&2; exit 1; }
-    wheel="$(ls "$BUILD_DIR"/wheels/connreg-*.whl)"
+    wheel="$(ls "$BUILD_DIR"/wheels-$ARCH/connreg-*.whl)"
 fi
 say "wheel $(basename "$wheel")"
 t1=$(date +%s)
@@ -74,7 +74,7 @@ fi
 t2=$(date +%s)
 
 # --- 3. application tree --------------------------------------------------------------------
-image/install-app.sh "$wheel" "$BUILD_DIR/app" "$ARCH"
+image/install-app.sh "$wheel" "$BUILD_DIR/app-$ARCH" "$ARCH"
 t3=$(date +%s)
 
 # --- 4. the image, from the Dockerfile --------------------------------------------------------
@@ -86,7 +86,7 @@ source_url="$(git config --get remote.origin.url 2>/dev/null || echo unknown)"
 # --format docker: the OCI image config has no HEALTHCHECK. --pull never: nothing is fetched;
 # the stages that would (debian, rust) are not needed with these two build arguments.
 "${PODMAN[@]}" build --quiet --format docker --pull=never --platform "linux/$ARCH" \
-    --build-arg BASE="$base" --build-arg APP=app-from-context \
+    --build-arg BASE="$base" --build-arg APP=app-from-context --build-arg APP_TREE="$BUILD_DIR/app-$ARCH" \
     --build-arg VERSION="$version" --build-arg REVISION="$revision" \
     --build-arg SOURCE="$source_url" \
     -f Dockerfile -t "$TAG" . >/dev/null

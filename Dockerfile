@@ -52,7 +52,10 @@ ARG APP_TREE=build/image/app-amd64
 COPY ${APP_TREE} /
 
 # --- the image -------------------------------------------------------------------------------
+# (an alias: COPY --from takes no build argument. The no-op LABEL makes it an image of its own,
+# which buildah's --layers=false clean-up needs: it removes each stage's image once.)
 FROM ${APP} AS app
+LABEL connreg.stage=app
 
 FROM ${BASE}
 ARG VERSION=0.1.0

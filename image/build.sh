@@ -83,9 +83,10 @@ revision="$(git rev-parse HEAD 2>/dev/null || echo unknown)"
 git diff --quiet HEAD -- rust python pyproject.toml Cargo.toml Cargo.lock image Dockerfile 2>/dev/null \
     || revision="$revision-dirty"
 source_url="$(git config --get remote.origin.url 2>/dev/null || echo unknown)"
-# --format docker: the OCI image config has no HEALTHCHECK. --pull never: nothing is fetched;
+# --layers=false: one commit per stage, not one per instruction (with vfs each commit is a
+# full copy of the tree: 4 times faster). --format docker: the OCI image config has no HEALTHCHECK. --pull never: nothing is fetched;
 # the stages that would (debian, rust) are not needed with these two build arguments.
-"${PODMAN[@]}" build --quiet --format docker --pull=never --platform "linux/$ARCH" \
+"${PODMAN[@]}" build --quiet --layers=false --format docker --pull=never --platform "linux/$ARCH" \
     --build-arg BASE="$base" --build-arg APP=app-from-context --build-arg APP_TREE="$BUILD_DIR/app-$ARCH" \
     --build-arg VERSION="$version" --build-arg REVISION="$revision" \
     --build-arg SOURCE="$source_url" \

@@ -54,10 +54,11 @@ from connreg.cli.main import main
 sys.exit(main())
 EOF
 chmod 0755 "$DEST/usr/local/bin/connreg"
-# Byte-compiled here because the image's user cannot write __pycache__ under /usr/local.
+# Byte-compiled here because the image's user cannot write __pycache__ under /usr/local;
+# unchecked-hash as in rootfs.sh (the bytecode is trusted, not checked against mtimes).
 # The bytecode is the same on every architecture; it needs a 3.11 to write it.
 if python3.11 -c '' 2>/dev/null; then
-    python3.11 -m compileall -q -j0 -s "$DEST" -p / "$SITE" >/dev/null
+    python3.11 -m compileall -q -j0 --invalidation-mode unchecked-hash -s "$DEST" -p / "$SITE" >/dev/null
 else
     echo "install-app.sh: no python3.11 here, the image will compile its modules at each start" >&2
 fi

@@ -41,7 +41,7 @@ def check(settings: Settings) -> str | None:
     try:
         conn.request("GET", "/healthz")
         status = conn.getresponse().status
-    except OSError as exc:
+    except (OSError, http.client.HTTPException) as exc:  # refused, timed out, not HTTP
         return f"{'https' if tls else 'http'}://{host}:{port}/healthz: {exc}"
     finally:
         conn.close()

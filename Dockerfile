@@ -4,7 +4,9 @@
 #
 # With internet (docker or podman; everything is built from source here):
 #   docker build -t connreg .
-#   podman build --format docker -t connreg .      # --format docker keeps the HEALTHCHECK
+#   podman build --format docker --build-arg BASE=rootfs --build-arg APP=app-from-source -t connreg .
+# (--format docker keeps the HEALTHCHECK; podman/buildah 1.28 builds a stage named by a build
+# argument only when the argument is given on the command line, not by its default.)
 #
 # Without a reachable container registry (`make image`, image/build.sh): the same two scripts
 # run on the build machine, the base comes in with `podman import`, and the two build arguments
@@ -20,8 +22,9 @@ ARG APP=app-from-source
 # --- base: Debian packages unpacked (no emulator needed: it runs on the build platform) --------
 FROM --platform=$BUILDPLATFORM debian:bookworm-slim AS rootfs-build
 ARG TARGETARCH
-# python3-minimal: bookworm's 3.11, to precompile the standard library.
-RUN apt-get update && apt-get install -y --no-install-recommends python3-minimal \
+# python3: bookworm's 3.11, to precompile the standard library (compileall -j needs more than
+# python3-minimal has).
+RUN apt-get update && apt-get install -y --no-install-recommends python3 \
     && rm -rf /var/lib/apt/lists/*
 COPY image/rootfs.sh /usr/local/bin/
 RUN rootfs.sh /rootfs "${TARGETARCH:-amd64}"

@@ -28,7 +28,8 @@ NOT_NEEDED=(dpkg tar libacl1 libselinux1 libpcre2-8-0 libmd0 libzstd1 readline-c
 # /etc/services and /etc/protocols.
 FILES_ONLY=(ca-certificates base-files netbase)
 
-python3.11 -c '' 2>/dev/null || { echo "rootfs.sh: python3.11 is needed to precompile the standard library" >&2; exit 1; }
+python3.11 -c 'import concurrent.futures' 2>/dev/null \
+    || { echo "rootfs.sh: python3.11 (Debian: python3, not only python3-minimal) is needed to precompile the standard library" >&2; exit 1; }
 
 WORK="$(mktemp -d)"
 trap 'rm -rf "$WORK"' EXIT

@@ -2,7 +2,8 @@
 
 The image is built once per set of inputs (Dockerfile, image/, the Rust and Python sources) into a
 podman store under build/image-test/ and kept there: a second run with the same sources reuses
-it. A cold build (clean clone) takes about a minute here (bench/RESULTS.md, "Container image").
+it. A cold build (clean clone, after `make build`) took 53-139 s here, following the machine's load
+(bench/RESULTS.md, "Container image").
 The Debian image pushed through the registry is the image's own base: Debian bookworm packages
 unpacked by image/rootfs.sh, a real multi-megabyte image that needs no container registry.
 """

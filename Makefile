@@ -3,7 +3,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 PYTEST_ARGS ?=
 
-.PHONY: test deps venv build cargo-test pytest run bench
+.PHONY: test deps venv build cargo-test pytest run bench image
 
 test: deps build cargo-test pytest
 
@@ -21,6 +21,12 @@ deps:
 	@# headless Chromium for the dashboard test (tests/test_observability.py)
 	@command -v chromium >/dev/null 2>&1 || { \
 	  (apt-get update -qq || true) && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium; }
+	@# runc: podman's default runtime here (crun) cannot start containers in this sandbox
+	@# (tests/test_container_image.py); strip (binutils) for image/install-app.sh.
+	@command -v runc >/dev/null 2>&1 || { \
+	  (apt-get update -qq || true) && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq runc; }
+	@command -v strip >/dev/null 2>&1 || { \
+	  (apt-get update -qq || true) && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq binutils; }
 
 venv: $(PY)
 $(PY):
@@ -43,3 +49,11 @@ run: build
 
 bench: build
 	$(PY) bench/run.py
+
+# The container image connreg:latest, built without a container registry (image/build.sh,
+# docs/container.md). PODMAN: podman with its global flags; vfs works everywhere (overlay may
+# not, nested in a container); on a machine whose podman store is overlay already:
+# `make image PODMAN=podman`.
+PODMAN ?= podman --storage-driver vfs
+image: deps build
+	PODMAN="$(PODMAN)" PYTHON=$(PY) image/build.sh

@@ -29,6 +29,7 @@ from connreg.delta import endpoints as delta_endpoints
 from connreg.delta import receive as delta_receive
 from connreg.gc import service as gc_service
 from connreg.sync import endpoints as sync_endpoints
+from connreg.sync import batch_endpoints as sync_batch_endpoints
 from connreg.sync import parked_api as sync_parked_api
 from connreg.sync.endpoints import sync_child
 from connreg.sync.runner import run_node_tasks
@@ -84,6 +85,7 @@ def create_app(settings: Settings) -> StreamingQuart:
     app.register_blueprint(control_api.bp)
     app.register_blueprint(sync_endpoints.bp)
     app.register_blueprint(sync_parked_api.bp)  # this node's parked outbox entries
+    app.register_blueprint(sync_batch_endpoints.bp)  # batched objects and presence checks
     app.register_blueprint(delta_endpoints.bp)
     app.register_blueprint(delta_receive.bp)
     gc_service.install(app, registry, settings, state)  # garbage collection (docs/gc.md)

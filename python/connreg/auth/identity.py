@@ -121,6 +121,9 @@ class Authenticator:
         self._cache_key = secrets.token_bytes(32)
         self._verified: dict[bytes, tuple[Verified, int, float]] = {}
         self._checks: dict[bytes, _Check] = {}
+        # scrypt takes 16 MiB per hash: at most this many run at once (a login storm would
+        # otherwise hold 16 MiB per worker thread; the others wait for a slot).
+        self._hashing = trio.CapacityLimiter(max(1, settings.password_check_parallel))
         self._admin_hash = self._load_admin_hash() if settings.auth else ""
 
     def now(self) -> float:
@@ -241,7 +244,8 @@ class Authenticator:
         check = self._checks[key] = _Check()
         found = None
         try:
-            found = await trio.to_thread.run_sync(self._check_password, username, password)
+            found = await trio.to_thread.run_sync(self._check_password, username, password,
+                                                  limiter=self._hashing)
             if found is not None and self.principal_for(found.subject) is None:
                 found = None  # e.g. deleted or disabled while the hash ran
             check.result, check.finished = found, True

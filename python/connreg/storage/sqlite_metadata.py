@@ -260,6 +260,11 @@ class SqliteMetadataStore:
         row = self._one("SELECT size FROM repo_blobs WHERE digest = ? LIMIT 1", (digest,))
         return row[0] if row else None
 
+    def blob_repositories(self, digest: str, limit: int) -> list[str]:
+        """Up to `limit` repositories linking `digest` (mount sources for a bulk mount)."""
+        return [r[0] for r in self._reader.execute(
+            "SELECT repo FROM repo_blobs WHERE digest = ? LIMIT ?", (digest, limit))]
+
     async def link_blob(self, repo: str, digest: str, size: int) -> None:
         def fn(conn):
             if self._blob_present is not None and not self._blob_present(digest):

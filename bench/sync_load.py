@@ -14,6 +14,8 @@ loopback, every repository `load/*` in every set. Phases:
   and then at B (arrival at the root).
 - `poll`: the `down` burst again while a client polls A (the middle node) with HEAD requests on a
   manifest by tag as fast as it answers; the sync must keep moving.
+- `logins`: P clients × 3 Basic logins with wrong passwords at once at a fresh root (each a
+  16 MiB scrypt check); its RSS before, at peak and after.
 - `idle`: RSS of a freshly started node that has served nothing, and its import cost.
 
 Arrival times come from the nodes' own change logs (`time` of each entry; one machine, one
@@ -259,7 +261,9 @@ def measure_flow(site: Site, sampler: Sampler, label: str, at: str, path: list[s
               "ingest_rate": len(src) / max(acked - start, 1e-9),
               "push_seconds": acked - start, "hops": [], "pre": pre, "peak": peak,
               "after": after,
-              "cpu": {n: (cpu1[n] - cpu0[n]) / max(finished - start, 1e-9) for n in cpu0}}
+              "cpu": {n: (cpu1[n] - cpu0[n]) / max(finished - start, 1e-9) for n in cpu0},
+              # CPU time per image: what the work costs, whatever else the machine runs.
+              "cpu_ms_per_image": {n: (cpu1[n] - cpu0[n]) * 1000 / total for n in cpu0}}
     for a, b in zip(path, path[1:]):
         lat = [times[b][k] - times[a][k] for k in times[b] if k in times[a]]
         rate_ = len(times[b]) / max(max(times[b].values(), default=0)
@@ -329,6 +333,39 @@ def poll_main(host: str, token: str, rate: float, connections: int) -> None:
     asyncio.run(run())
 
 
+def login_storm(base: Path, env: dict[str, str], clients: int, rounds: int) -> dict:
+    """`clients` Basic logins at once, `rounds` times, each a password check (scrypt, 16 MiB)
+    at a fresh root: distinct unknown users, so no check is shared or cached. Peak and after
+    RSS of the node."""
+    node = start_node(base / "logins", env={"CONNREG_AUTH_FAILURE_LIMIT": "100000", **env})
+    try:
+        time.sleep(3)
+        sampler = Sampler({"root": node.proc.pid}).start()
+        before = sampler.now()["root"]
+        sampler.reset_peak()
+        began = time.time()
+
+        def login(i: int) -> None:
+            with httpx.Client(base_url=node.url, timeout=120) as c:
+                for r in range(rounds):
+                    c.get("/v2/", auth=(f"storm-user-{i}-{r}", "not-the-password"))
+
+        threads = [threading.Thread(target=login, args=(i,)) for i in range(clients)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        took = time.time() - began
+        peak = sampler.peak["root"]
+        time.sleep(20)
+        after = sampler.now()["root"]
+        sampler.stop()
+    finally:
+        node.stop()
+    return {"clients": clients, "rounds": rounds, "before": before, "peak": peak,
+            "after": after, "seconds": took}
+
+
 def idle_fresh_node(base: Path) -> dict:
     """RSS of a node that has served nothing, and what importing connreg costs."""
     node = start_node(base / "fresh", args=["--no-auth"])
@@ -355,13 +392,17 @@ def fmt_rss(d: dict) -> str:
     return ", ".join(f"{n} {d[n]:.0f}" for n in NODES if n in d)
 
 
-def report(results: list[dict], idle: dict | None, args, took: float) -> str:
+def report(results: list[dict], idle: dict | None, storm: dict | None, args,
+           took: float) -> str:
     rev = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True,
                          text=True).stdout.strip()
     dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"],
                            capture_output=True, text=True).stdout.strip()
+    load = os.getloadavg()
     lines = [f"Run {time.strftime('%Y-%m-%d %H:%M')} (UTC), took {took / 60:.1f} min; connreg at "
-             f"git {rev}{' + uncommitted changes' if dirty else ''}; label: {args.label}.", "",
+             f"git {rev}{' + uncommitted changes' if dirty else ''}; label: {args.label}. "
+             f"Load average at the end {load[0]:.1f} / {load[1]:.1f} / {load[2]:.1f} on "
+             f"{os.cpu_count()} CPUs (other tenants included).", "",
              "```", f".venv/bin/python bench/sync_load.py {' '.join(sys.argv[1:])}", "```", "",
              "| phase | images | ingest img/s | hop | hop img/s | hop p50 s | hop p99 s |",
              "| --- | --- | --- | --- | --- | --- | --- |"]
@@ -374,14 +415,23 @@ def report(results: list[dict], idle: dict | None, args, took: float) -> str:
         lines.append(f"| {r['label']} | | | **{e['hop']}** | | **{e['p50']:.2f}** | "
                      f"**{e['p99']:.2f}** (max {e['max']:.2f}) |")
     lines += ["", "RSS in MB (VmRSS) per node: before the phase / peak during it / 20 s after "
-              "the last image arrived; CPU = share of one core during the phase.", "",
-              "| phase | before | peak | after | CPU |", "| --- | --- | --- | --- | --- |"]
+              "the last image arrived; CPU = share of one core during the phase, and CPU "
+              "milliseconds per image (user + system, from /proc: independent of how busy the "
+              "machine is).", "",
+              "| phase | before | peak | after | CPU | CPU ms/image |",
+              "| --- | --- | --- | --- | --- | --- |"]
     for r in results:
         lines.append(f"| {r['label']} | {fmt_rss(r['pre'])} | {fmt_rss(r['peak'])} | "
                      f"{fmt_rss(r['after'])} | "
-                     + ", ".join(f"{n} {r['cpu'][n]:.0%}" for n in NODES) + " |")
+                     + ", ".join(f"{n} {r['cpu'][n]:.0%}" for n in NODES) + " | "
+                     + ", ".join(f"{n} {r['cpu_ms_per_image'][n]:.0f}" for n in NODES) + " |")
         if r.get("poll"):
-            lines.append(f"| | HEAD poll on A: {r['poll']} | | | |")
+            lines.append(f"| | HEAD poll on A: {r['poll']} | | | | |")
+    if storm:
+        lines += ["", f"Login storm at a fresh root: {storm['clients']} clients x "
+                      f"{storm['rounds']} Basic logins with wrong passwords (each a scrypt "
+                      f"check), {storm['seconds']:.1f} s: RSS {storm['before']:.0f} MB before, "
+                      f"**peak {storm['peak']:.0f} MB**, {storm['after']:.0f} MB 20 s after."]
     if idle:
         lines += ["", f"Idle fresh node (`--no-auth`, nothing served, 5 s after ready): "
                       f"**{idle['fresh_rss']:.1f} MB** VmRSS. Floor: bare interpreter "
@@ -413,7 +463,7 @@ def main() -> int:
         poll_main(sys.argv[2], sys.argv[3], float(sys.argv[4]), int(sys.argv[5]))
         return 0
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--phases", default="down,up,sustain,poll,idle")
+    ap.add_argument("--phases", default="down,up,sustain,poll,logins,idle")
     ap.add_argument("--pushers", type=int, default=20)
     ap.add_argument("--images", type=int, default=10, help="per pusher (burst phases)")
     ap.add_argument("--layer-kib", type=int, default=64)
@@ -430,11 +480,11 @@ def main() -> int:
     env = {"CONNREG_LOG_LEVEL": "warning", **dict(e.split("=", 1) for e in args.env)}
     base = Path(tempfile.mkdtemp(prefix="connreg-syncload-"))
     t0 = time.time()
-    results, idle = [], None
+    results, idle, storm = [], None, None
     layer = args.layer_kib * 1024
     site = None
     try:
-        if set(phases) - {"idle"}:
+        if set(phases) - {"idle", "logins"}:
             site = start_site(base, env)
             sampler = Sampler({n: site.node(n).proc.pid for n in NODES}).start()
             if "down" in phases:
@@ -464,6 +514,9 @@ def main() -> int:
                 r["poll"] = out.strip() or "the poller stopped early"
                 results.append(r)
             sampler.stop()
+        if "logins" in phases:
+            storm = login_storm(base, env, args.pushers, 3)
+            print(json.dumps(storm), flush=True)
         if "idle" in phases:
             idle = idle_fresh_node(base)
     finally:
@@ -475,7 +528,7 @@ def main() -> int:
             print("kept", base)
         else:
             shutil.rmtree(base, ignore_errors=True)
-    text = report(results, idle, args, time.time() - t0)
+    text = report(results, idle, storm, args, time.time() - t0)
     print(text)
     if args.results:
         write_results(Path(args.results), args.label, text)

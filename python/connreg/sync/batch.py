@@ -24,6 +24,7 @@ from typing import Awaitable, Callable, Iterable
 import trio
 
 from connreg.content import INDEX_TYPES
+from connreg.storage.budget import StorageFull
 from connreg.sync import batch_format
 from connreg.sync.remote import ParentClient, ParentRefused
 
@@ -268,6 +269,11 @@ class DownPrefetch:
         need = [k for k in blobs if not self.reg.blobs.exists(k[1])]
         have = [k for k in blobs if k not in need]
         if need:
+            try:  # what cannot fit is not fetched at all (docs/sync.md, "A full disk")
+                self.reg.budget.check(sum(blobs[k] for k in need), "blobs fetched ahead")
+            except StorageFull:
+                need = []  # the one-by-one path refuses each, naming it and its size
+        if need:
             fetched = await self._fetch(need, referrers=False, sized=True, sizes=blobs)
             for repo, obj in fetched or []:
                 # Verified in decode; put_bytes hashes once more as it stores (and is held to
@@ -333,7 +339,14 @@ class UpPresence:
         step = self.max_objects
         for i in range(0, max(len(blobs), len(manifests)), step):
             b, m = blobs[i:i + step], manifests[i:i + step]
-            answer = await self.parent.missing_blobs(b, m)
+            try:
+                answer = await self.parent.missing_blobs(b, m)
+            except ParentRefused as exc:
+                # Not about one entry: each is sent the ordinary way and refused (and parked)
+                # on its own.
+                log.info("bulk presence question refused (%s); asking blob by blob", exc)
+                self.clear()
+                return
             if answer is None:
                 self.available = False
                 log.info("the parent cannot answer presence in bulk; asking blob by blob")
@@ -341,6 +354,8 @@ class UpPresence:
                 return
             states, held = answer
             for key, st in zip(b, states):
-                self.blob_at_parent[key] = st in ("present", "mounted")
+                if st in ("present", "mounted", "missing"):
+                    self.blob_at_parent[key] = st != "missing"
             for key, h in zip(m, held):
-                self.manifest_at_parent[key] = bool(h)
+                if isinstance(h, bool):  # null: refused; the ordinary request says why
+                    self.manifest_at_parent[key] = h

@@ -126,15 +126,24 @@ async def missing() -> Response:
     blobs = _pairs(doc, "blobs", settings.sync_batch_max_objects)
     manifests = _pairs(doc, "manifests", settings.sync_batch_max_objects)
     authz = current_app.extensions["authorizer"]
-    for repo, _ in blobs:
-        _may(principal, repo, "push")
-        authz.refuse_unsynchronized(repo)
-    for repo, _ in manifests:
-        _may(principal, repo, "pull")
+
+    def refused(repo: str, action: str) -> bool:
+        try:
+            _may(principal, repo, action)
+            if action == "push":
+                authz.refuse_unsynchronized(repo)
+            return False
+        except RegistryError:
+            return True
+
     reg = current_app.extensions["registry"]
     answers: list[str] = []
     for repo, digest in blobs:
-        if reg.meta.linked_blob_size(repo, digest) is not None and reg.blobs.exists(digest):
+        if refused(repo, "push"):
+            # Said per blob, not for the batch: the child sends that entry the ordinary way,
+            # gets the real refusal there and parks only it.
+            answers.append("denied")
+        elif reg.meta.linked_blob_size(repo, digest) is not None and reg.blobs.exists(digest):
             answers.append("present")
             continue
         size = reg.blobs.size(digest)
@@ -147,5 +156,6 @@ async def missing() -> Response:
             continue
         await reg.meta.link_blob(repo, digest, size)  # re-checks the file in its transaction
         answers.append("mounted")
-    held = [reg.meta.get_manifest(repo, digest) is not None for repo, digest in manifests]
+    held = [None if refused(repo, "pull") else reg.meta.get_manifest(repo, digest) is not None
+            for repo, digest in manifests]
     return json_response({"blobs": answers, "manifests": held})

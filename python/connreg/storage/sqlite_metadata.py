@@ -15,6 +15,7 @@ from typing import Callable, TypeVar
 
 import trio
 
+from connreg.storage.group_commit import GroupCommitter
 from connreg.storage.budget import StorageFull, is_sqlite_full
 from connreg.storage.interfaces import (Change, ManifestRecord, ParkedChange, Referrer,
                                          TagPrecondition, TagPreconditionFailed,
@@ -179,6 +180,7 @@ class SqliteMetadataStore:
         # deduplicated upload racing the sweep can never leave a row without its bytes.
         self._blob_present = blob_present
         self._write_limiter = trio.CapacityLimiter(1)
+        self._group = GroupCommitter(lambda: self._writer, self._write_limiter)
         # Set by the Registry to the disk budget's `release_reserve`: frees headroom for deletes.
         self.release_headroom: Callable[[], bool] | None = None
         # Replaced after every committed change; long-polling feed readers wait on it.
@@ -214,7 +216,8 @@ class SqliteMetadataStore:
             return result
 
         try:
-            result = await trio.to_thread.run_sync(run, limiter=self._write_limiter)
+            # Shares a transaction (one fsync) with the writes queued beside it.
+            result = await self._group.run(fn)
         except sqlite3.Error as exc:
             if not is_sqlite_full(exc):
                 raise

@@ -206,9 +206,14 @@ class Authenticator:
         return Verified(token["name"], cred["name"], credential_version(cred["hash"]),
                         parse_time(cred.get("expiry")))
 
+    def _credentials_generation(self) -> int:
+        """Moves when a document that can change a credential's check is written (not on the
+        status reports of connected registries); a store without it: every write."""
+        return getattr(self.store, "credentials_generation", self.store.generation)
+
     def _cached(self, key: bytes) -> Verified | None:
         hit = self._verified.get(key)
-        if hit and hit[1] == self.store.generation and hit[2] > time.time():
+        if hit and hit[1] == self._credentials_generation() and hit[2] > time.time():
             return hit[0]
         return None
 
@@ -218,7 +223,7 @@ class Authenticator:
         until = time.time() + CACHE_SECONDS
         if verified.expiry is not None:  # an expiry on the token service's clock
             until = min(until, verified.expiry - self.tokens.clock_offset)
-        self._verified[key] = (verified, self.store.generation, until)
+        self._verified[key] = (verified, self._credentials_generation(), until)
 
     async def _verify(self, username: str, password: str, source: str) -> Verified | None:
         """The password check behind a login, with its limiter slot; TOOMANYREQUESTS if the

@@ -27,6 +27,7 @@ from connreg.content import INDEX_TYPES
 from connreg.storage.budget import StorageFull
 from connreg.sync import batch_format
 from connreg.sync.remote import ParentClient, ParentRefused
+from connreg.sync.state import DOWN_CURSOR
 
 log = logging.getLogger("connreg.sync")
 FOREIGN = ("nondistributable", "foreign")
@@ -101,8 +102,6 @@ async def apply_feed(puller, changes: list[dict], covers: Callable[[str], bool],
     """Apply a feed batch: fetch ahead what it needs, then apply its entries (those of
     repositories this node covers) `parallel` at once in order per tag, moving the down
     cursor behind them."""
-    from connreg.sync.state import DOWN_CURSOR  # (state imports nothing of ours)
-
     await puller.ahead.run(changes, covers)
     last = {"at": trio.current_time(), "seq": None, "written": None}
 

@@ -40,6 +40,11 @@ class Settings:
     # gets its own arena by default, and each keeps its high-water mark: under a soak that cost
     # 4-6 MiB/min of RSS that never came back; with 2 it was under 1.2 MiB/min (bench/RESULTS.md).
     malloc_arena_max: int = 2
+    # glibc's mmap threshold, fixed (0: glibc's dynamic one, which after a burst kept 16 MiB
+    # scrypt buffers and 4 MiB reads in the heap, never returned: connreg/memory.py).
+    malloc_mmap_threshold_bytes: int = 256 * 1024
+    # How often free heap pages go back to the system (malloc_trim) when RSS grew; 0: never.
+    malloc_trim_interval_seconds: float = 10.0
 
     # --- connections (docs/operations.md, "Connections") --------------------------------------
     # Idle keep-alive connections are closed after this long; the same timer bounds how long a
@@ -144,6 +149,23 @@ class Settings:
     # The trail is fsynced this often (a power cut loses at most this much); 0: every event.
     # A killed process loses nothing either way (each event is one whole write()).
     audit_fsync_seconds: float = 1.0
+    # --- sync throughput (issue 13, docs/sync.md "Throughput") ---------------------------------
+    # Feed entries a child applies at once (different tags; one tag's changes stay in order):
+    # one image at a time left each hop a queue of round trips.
+    sync_apply_parallel: int = 8
+    # Outbox entries in flight to the parent at once (one tag's changes stay in order).
+    sync_push_parallel: int = 8
+    # One batch request (`POST /connreg/v1/sync/objects`) names at most this many small objects
+    # and answers at most this many bytes of them (the parent holds one batch in memory).
+    sync_batch_max_objects: int = 256
+    sync_batch_max_bytes: int = 8 * MiB
+    # Batch answers a parent builds at once; further requests wait their turn (memory bound).
+    sync_batch_parallel: int = 2
+    # Manifests a child fetched ahead in a batch and has not stored yet (bytes; beyond, it
+    # fetches them one by one as before).
+    sync_prefetch_max_bytes: int = 16 * MiB
+    # Password checks (scrypt, 16 MiB each) running at once; more logins wait for a slot.
+    password_check_parallel: int = 2
 
     # --- test-only knobs (never set in production; documented in docs/sync.md) ---------------
     # Shifts this node's clock for sync schedules, change-log retention and the token service
@@ -153,6 +175,8 @@ class Settings:
     test_min_sync_window_seconds: int = 0
     # Flip one byte in the first N chunk batches this node serves (corruption detection tests).
     test_corrupt_chunk_batches: int = 0
+    # Flip one byte in the first N object batches this node serves (sync/batch_endpoints.py).
+    test_corrupt_object_batches: int = 0
 
     @property
     def advertised(self) -> str:

@@ -12,7 +12,7 @@ import trio
 from hypercorn.config import Config as HypercornConfig
 from hypercorn.trio import serve as hypercorn_serve
 
-from connreg import connections
+from connreg import connections, memory
 from connreg.app import create_app
 from connreg.config import Settings
 from connreg.tls import ServedCertificate
@@ -57,6 +57,7 @@ async def run(settings: Settings) -> None:
     shutdown = trio.Event()
     async with trio.open_nursery() as nursery:
         nursery.start_soon(_shutdown_on_signal, shutdown)
+        nursery.start_soon(memory.trim_loop, settings.malloc_trim_interval_seconds)
         if certificate is not None:
             await nursery.start(certificate.keep_current, settings.tls_reload_check_seconds)
         log.info("connreg listening on %s://%s (data dir %s)",
@@ -89,4 +90,5 @@ def limit_malloc_arenas(arenas: int) -> bool:
 def main(settings: Settings) -> None:
     configure_logging(settings)
     limit_malloc_arenas(settings.malloc_arena_max)
+    memory.fix_mmap_threshold(settings.malloc_mmap_threshold_bytes)
     trio.run(run, settings)

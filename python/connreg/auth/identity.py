@@ -121,6 +121,9 @@ class Authenticator:
         self._cache_key = secrets.token_bytes(32)
         self._verified: dict[bytes, tuple[Verified, int, float]] = {}
         self._checks: dict[bytes, _Check] = {}
+        # scrypt takes 16 MiB per hash: at most this many run at once (a login storm would
+        # otherwise hold 16 MiB per worker thread; the others wait for a slot).
+        self._hashing = trio.CapacityLimiter(max(1, settings.password_check_parallel))
         self._admin_hash = self._load_admin_hash() if settings.auth else ""
         self.audit = None  # the node's AuditLog (audit/): failed logins and lockouts
 
@@ -204,9 +207,14 @@ class Authenticator:
         return Verified(token["name"], cred["name"], credential_version(cred["hash"]),
                         parse_time(cred.get("expiry")))
 
+    def _credentials_generation(self) -> int:
+        """Moves when a document that can change a credential's check is written (not on the
+        status reports of connected registries); a store without it: every write."""
+        return getattr(self.store, "credentials_generation", self.store.generation)
+
     def _cached(self, key: bytes) -> Verified | None:
         hit = self._verified.get(key)
-        if hit and hit[1] == self.store.generation and hit[2] > time.time():
+        if hit and hit[1] == self._credentials_generation() and hit[2] > time.time():
             return hit[0]
         return None
 
@@ -216,7 +224,7 @@ class Authenticator:
         until = time.time() + CACHE_SECONDS
         if verified.expiry is not None:  # an expiry on the token service's clock
             until = min(until, verified.expiry - self.tokens.clock_offset)
-        self._verified[key] = (verified, self.store.generation, until)
+        self._verified[key] = (verified, self._credentials_generation(), until)
 
     async def _verify(self, username: str, password: str, source: str) -> Verified | None:
         """The password check behind a login, with its limiter slot; TOOMANYREQUESTS if the
@@ -242,7 +250,8 @@ class Authenticator:
         check = self._checks[key] = _Check()
         found = None
         try:
-            found = await trio.to_thread.run_sync(self._check_password, username, password)
+            found = await trio.to_thread.run_sync(self._check_password, username, password,
+                                                  limiter=self._hashing)
             if found is not None and self.principal_for(found.subject) is None:
                 found = None  # e.g. deleted or disabled while the hash ran
             check.result, check.finished = found, True

@@ -14,6 +14,7 @@ from typing import Callable, TypeVar
 
 import trio
 
+from connreg.control.interfaces import CONNECTED_REGISTRY
 from connreg.storage.budget import StorageFull, is_sqlite_full
 from connreg.storage.sqlite_metadata import _connect
 
@@ -32,6 +33,7 @@ CREATE TABLE IF NOT EXISTS resources (
 class _Txn:
     def __init__(self, conn: sqlite3.Connection):
         self._conn = conn
+        self.kinds: set[str] = set()  # written in this transaction
 
     def get(self, kind: str, name: str) -> dict | None:
         row = self._conn.execute("SELECT doc FROM resources WHERE kind = ? AND name = ?",
@@ -47,10 +49,12 @@ class _Txn:
                                   (kind,)).fetchone()[0]
 
     def put(self, kind: str, doc: dict) -> None:
+        self.kinds.add(kind)
         self._conn.execute("INSERT OR REPLACE INTO resources (kind, name, doc) VALUES (?, ?, ?)",
                            (kind, doc["name"], json.dumps(doc, sort_keys=True)))
 
     def delete(self, kind: str, name: str) -> bool:
+        self.kinds.add(kind)
         return self._conn.execute("DELETE FROM resources WHERE kind = ? AND name = ?",
                                   (kind, name)).rowcount > 0
 
@@ -64,6 +68,10 @@ class SqliteControlStore:
         self._read = _Txn(self._reader)
         self._limiter = trio.CapacityLimiter(1)
         self.generation = 0
+        # Moves only when something besides connected-registry documents was written: the
+        # status every child reports every 5 s must not make every node re-hash every
+        # child's sync token (scrypt, 16 MiB) for its next request (auth/identity.py).
+        self.credentials_generation = 0
 
     def close(self) -> None:
         self._reader.close()
@@ -83,7 +91,8 @@ class SqliteControlStore:
         before = conn.total_changes
         conn.execute("BEGIN IMMEDIATE")
         try:
-            result = fn(_Txn(conn))
+            txn = _Txn(conn)
+            result = fn(txn)
             conn.execute("COMMIT")
         except BaseException as exc:
             # A failed COMMIT (disk full) may leave the transaction open: roll back so the
@@ -99,6 +108,8 @@ class SqliteControlStore:
             raise
         if conn.total_changes != before:  # a transaction that wrote nothing changes no cache
             self.generation += 1
+            if txn.kinds - {CONNECTED_REGISTRY}:
+                self.credentials_generation += 1
         return result
 
     async def transact(self, fn: Callable[[_Txn], T]) -> T:

@@ -15,6 +15,7 @@ from typing import Callable, TypeVar
 
 import trio
 
+from connreg.storage.group_commit import GroupCommitter
 from connreg.storage.budget import StorageFull, is_sqlite_full
 from connreg.locks import policy as lock_policy
 from connreg.locks.model import RepositoryLock
@@ -193,6 +194,7 @@ class SqliteMetadataStore:
         # deduplicated upload racing the sweep can never leave a row without its bytes.
         self._blob_present = blob_present
         self._write_limiter = trio.CapacityLimiter(1)
+        self._group = GroupCommitter(lambda: self._writer, self._write_limiter)
         # Set by the Registry to the disk budget's `release_reserve`: frees headroom for deletes.
         self.release_headroom: Callable[[], bool] | None = None
         # Replaced after every committed change; long-polling feed readers wait on it.
@@ -230,7 +232,8 @@ class SqliteMetadataStore:
             return result
 
         try:
-            result = await trio.to_thread.run_sync(run, limiter=self._write_limiter)
+            # Shares a transaction (one fsync) with the writes queued beside it.
+            result = await self._group.run(fn)
         except sqlite3.Error as exc:
             if not is_sqlite_full(exc):
                 raise
@@ -275,6 +278,11 @@ class SqliteMetadataStore:
     def any_blob_size(self, digest: str) -> int | None:
         row = self._one("SELECT size FROM repo_blobs WHERE digest = ? LIMIT 1", (digest,))
         return row[0] if row else None
+
+    def blob_repositories(self, digest: str, limit: int) -> list[str]:
+        """Up to `limit` repositories linking `digest` (mount sources for a bulk mount)."""
+        return [r[0] for r in self._reader.execute(
+            "SELECT repo FROM repo_blobs WHERE digest = ? LIMIT ?", (digest, limit))]
 
     async def link_blob(self, repo: str, digest: str, size: int) -> None:
         def fn(conn):

@@ -21,7 +21,8 @@ from connreg.errors import RegistryError
 from connreg.locks import sync as locks_sync
 from connreg.registry import Registry
 from connreg.sync.parked import exception_leaves
-from connreg.sync.remote import ParentClient, ParentRefused, ParentUnavailable
+from connreg.sync.batch import DownPrefetch, PrefetchedManifests
+from connreg.sync.remote import Manifest, ParentClient, ParentRefused, ParentUnavailable
 from connreg.sync.state import SyncState, last_known_key
 
 log = logging.getLogger("connreg.sync")
@@ -45,6 +46,11 @@ class Puller:
         self.delta_threshold = reg.settings.delta_threshold_bytes
         self._blob_slots = trio.CapacityLimiter(parallel_blobs)
         self._blob_locks: dict[str, trio.Lock] = {}
+        # Feed entries are applied several at once (sync/batch.py): one store per manifest.
+        self._manifest_locks: dict[tuple[str, str], trio.Lock] = {}
+        # Manifests fetched ahead in batches (sync/batch.py), taken when stored.
+        self.prefetched = PrefetchedManifests(reg.settings.sync_prefetch_max_bytes)
+        self.ahead = DownPrefetch(reg, parent, state, self.prefetched)
 
     # --- blobs ------------------------------------------------------------------------------
     async def ensure_blob(self, repo: str, digest: str, size: int = 0) -> None:
@@ -116,34 +122,54 @@ class Puller:
     # --- manifests ----------------------------------------------------------------------------
     async def ensure_manifest(self, repo: str, digest: str, with_referrers: bool = True) -> bytes:
         """Fetch a manifest and everything it references (and its referrers), if missing."""
+        ahead = self.prefetched.get(repo, digest)
         if self.reg.meta.get_manifest(repo, digest) is None:
-            manifest = await self.parent.get_manifest(repo, digest)
-            if manifest is None:
-                raise ContentMissingAtParent(f"{repo}@{digest}")
-            doc = json.loads(manifest.body)
-            media_type = doc.get("mediaType") or manifest.media_type
-            if media_type in INDEX_TYPES or "manifests" in doc:
-                for child in doc.get("manifests", []):
-                    await self.ensure_manifest(repo, child["digest"], with_referrers=False)
-            else:
-                layers = [l for l in doc.get("layers", [])
-                          if FOREIGN not in l.get("mediaType", "")
-                          and "foreign" not in l.get("mediaType", "")]
-                async with trio.open_nursery() as nursery:
-                    for desc in [doc["config"], *layers]:
-                        nursery.start_soon(self.ensure_blob, repo, desc["digest"],
-                                           desc.get("size") or 0)
-            await store_manifest(self.reg, repo, digest, manifest.body, manifest.media_type,
-                                 origin=PARENT)
-            log.info("synced %s@%s (progress: %d blobs, %d bytes received)", repo, digest[:19],
-                     self.state.blobs_transferred, self.state.bytes_transferred)
+            lock = self._manifest_locks.setdefault((repo, digest), trio.Lock())
+            try:
+                async with lock:
+                    if self.reg.meta.get_manifest(repo, digest) is None:
+                        await self._fetch_manifest(repo, digest)
+            finally:
+                if not lock.locked() and lock.statistics().tasks_waiting == 0:
+                    self._manifest_locks.pop((repo, digest), None)
+        self.prefetched.take(repo, digest)
         if with_referrers:
-            for ref in await self.parent.referrers(repo, digest):
+            if ahead is not None and ahead.referrers is not None:
+                refs = ahead.referrers  # listed by the parent in the same batch
+            else:
+                refs = [r["digest"] for r in await self.parent.referrers(repo, digest)]
+            for ref in refs:
                 try:
-                    await self.ensure_manifest(repo, ref["digest"], with_referrers=True)
+                    await self.ensure_manifest(repo, ref, with_referrers=True)
                 except ContentMissingAtParent:
                     pass
         return await self.reg.read_manifest(digest)
+
+    async def _fetch_manifest(self, repo: str, digest: str) -> None:
+        """Fetch (or take from the batch fetched ahead) and store one manifest, after what it
+        references."""
+        ahead = self.prefetched.get(repo, digest)
+        manifest = Manifest(ahead.data, ahead.media_type or "", digest) if ahead else \
+            await self.parent.get_manifest(repo, digest)
+        if manifest is None:
+            raise ContentMissingAtParent(f"{repo}@{digest}")
+        doc = json.loads(manifest.body)
+        media_type = doc.get("mediaType") or manifest.media_type
+        if media_type in INDEX_TYPES or "manifests" in doc:
+            for child in doc.get("manifests", []):
+                await self.ensure_manifest(repo, child["digest"], with_referrers=False)
+        else:
+            layers = [l for l in doc.get("layers", [])
+                      if FOREIGN not in l.get("mediaType", "")
+                      and "foreign" not in l.get("mediaType", "")]
+            async with trio.open_nursery() as nursery:
+                for desc in [doc["config"], *layers]:
+                    nursery.start_soon(self.ensure_blob, repo, desc["digest"],
+                                       desc.get("size") or 0)
+        await store_manifest(self.reg, repo, digest, manifest.body, manifest.media_type,
+                             origin=PARENT)
+        log.info("synced %s@%s (progress: %d blobs, %d bytes received)", repo, digest[:19],
+                 self.state.blobs_transferred, self.state.bytes_transferred)
 
     async def set_tag(self, repo: str, tag: str, digest: str, report_conflict: bool = True) -> None:
         """Point `tag` where the parent has it. If we moved it too since we last agreed, that is

@@ -28,6 +28,7 @@ from connreg.delta.push import DeltaPusher
 from connreg.registry import Registry
 from connreg.storage import Change, ParkedChange
 from connreg.sync.parked import ParkedOutbox, permanent_refusal
+from connreg.sync.batch import UpPresence, run_in_order
 from connreg.sync.puller import PARENT, Puller
 from connreg.sync.remote import ParentClient, ParentUnavailable, TagMoved
 from connreg.sync.state import UP_CURSOR, SyncState, last_known_key, push_session_key
@@ -52,6 +53,8 @@ class Pusher:
         self.delta = DeltaPusher(reg, parent, state) if reg.settings.delta else None
         self._blob_slots = trio.CapacityLimiter(parallel_blobs)
         self.parked = ParkedOutbox(reg.meta, explain=parent.explain_refusal)
+        # What the parent holds of the batch in flight, asked in bulk (sync/batch.py).
+        self.presence = UpPresence(reg, parent)
 
     def pending(self, limit: int = 500) -> list[Change]:
         cursor = self.state.cursor(UP_CURSOR) or 0
@@ -78,15 +81,34 @@ class Pusher:
             if stop_at is not None and trio.current_time() >= stop_at:
                 return sent
             sent += await self._send(entry.change(), entry)
+        def stop() -> bool:
+            return stop_at is not None and trio.current_time() >= stop_at
+
         while True:
             batch = self.pending()
-            if not batch:
+            if not batch or stop():
                 return sent
-            for change in batch:
-                if stop_at is not None and trio.current_time() >= stop_at:
-                    return sent
-                sent += await self._send(change)
-                await self.state.set(UP_CURSOR, str(change.seq))
+            sent += await self._send_batch(batch, stop)
+
+    async def _send_batch(self, batch: list[Change], stop) -> int:
+        """Send outbox entries several at once (`sync_push_parallel`; one tag's in order),
+        after one bulk question about what the parent already holds. `up_cursor` follows the
+        entries below which all are acknowledged or parked."""
+        await self.presence.ask(batch)
+        acknowledged = 0
+
+        async def send(change: Change) -> None:
+            nonlocal acknowledged
+            acknowledged += await self._send(change)
+
+        async def done(seq: int) -> None:
+            await self.state.set(UP_CURSOR, str(seq))
+
+        try:
+            await run_in_order(batch, send, self.reg.settings.sync_push_parallel, done, stop)
+        finally:
+            self.presence.clear()
+        return acknowledged
 
     async def _send(self, change: Change, parked: ParkedChange | None = None) -> int:
         """1 when the parent acknowledged `change`, 0 when it refused it for good (parked);
@@ -123,7 +145,8 @@ class Pusher:
     async def _push_manifest_tree(self, repo: str, digest: str) -> None:
         record = self.reg.meta.get_manifest(repo, digest)
         body = await self.reg.read_manifest(digest)
-        if await self.parent.head_manifest(repo, digest) == digest:
+        held = self.presence.manifest_at_parent.get((repo, digest))
+        if held or held is None and await self.parent.head_manifest(repo, digest) == digest:
             return
         doc = json.loads(body)
         if "manifests" in doc:
@@ -140,7 +163,10 @@ class Pusher:
     async def _push_blob(self, repo: str, digest: str) -> None:
         async with self._blob_slots:
             key = push_session_key(repo, digest)
-            if await self.parent.has_blob(repo, digest) or await self.parent.mount_blob(repo, digest):
+            # Asked in bulk for the batch (present, or mounted just now), else one by one.
+            held = self.presence.blob_at_parent.get((repo, digest))
+            if held or held is None and (await self.parent.has_blob(repo, digest)
+                                         or await self.parent.mount_blob(repo, digest)):
                 await self.state.delete(key)  # finished, but its answer was lost
                 return
             size = self.reg.blobs.size(digest)
@@ -221,12 +247,21 @@ class Pusher:
         """Apply our move of `tag` at the parent unless the parent moved it too (a conflict,
         settled in the parent's favour). The update is conditional on the tag being where we
         saw it, so a move at the parent between our look and our write is caught as well."""
-        for _ in range(TAG_UPDATE_ATTEMPTS):
+        for attempt in range(TAG_UPDATE_ATTEMPTS):
             agreed = self.state.get(last_known_key(repo, tag))
             if self.reg.meta.resolve_tag(repo, tag) != ours:
                 # Moved here since (the puller applied the parent's move, or a later local
                 # change follows in the outbox): this update is stale.
                 return False
+            if attempt == 0 and self.presence.available:
+                # Usually the parent's tag is where we last agreed: update it on that
+                # condition without looking first (one round trip less). A 412 means it is
+                # elsewhere: look, as below, and decide.
+                try:
+                    await update(agreed)
+                    return True
+                except TagMoved:
+                    pass
             at_parent = await self.parent.head_manifest(repo, tag)
             if at_parent is not None and at_parent not in (agreed, ours):
                 await self._yield_to_parent(repo, tag, ours, at_parent)

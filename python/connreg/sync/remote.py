@@ -412,6 +412,47 @@ class ParentClient:
             raise
         return int(resp.json()["size"])
 
+    # --- batches (sync/batch_endpoints.py) ------------------------------------------------------
+    async def fetch_objects(self, objects: list[tuple[str, str]], referrers: bool,
+                            max_bytes: int) -> bytes | None:
+        """The zstd frame holding `objects` ([repo, digest] pairs), not yet verified; None
+        when the parent cannot batch (an older version: 404 NOT_FOUND / 405)."""
+        body = json.dumps({"objects": [list(o) for o in objects],
+                           "referrers": referrers}).encode()
+        try:
+            resp = await self._request("POST", "/connreg/v1/sync/objects", content=body,
+                                       headers={"Content-Type": "application/json"})
+        except ParentRefused as exc:
+            if exc.status == 405 or exc.status == 404 and exc.code == "NOT_FOUND":
+                return None
+            raise
+        frame = resp.content
+        if len(frame) > max_bytes + (1 << 20):  # zstd never grows data by more than a little
+            raise ParentRefused(resp.status_code, "object batch larger than asked for")
+        if self.meter:
+            await self.meter.account(len(frame))
+        return frame
+
+    async def missing_blobs(self, blobs: list[tuple[str, str]],
+                            manifests: list[tuple[str, str]]) -> tuple[list[str], list[bool]] | None:
+        """For each blob "present", "mounted" or "missing" at the parent, for each manifest
+        whether the parent holds it; None when the parent cannot answer in bulk."""
+        body = json.dumps({"blobs": [list(b) for b in blobs],
+                           "manifests": [list(m) for m in manifests]}).encode()
+        try:
+            resp = await self._request("POST", "/connreg/v1/sync/blobs/missing", content=body,
+                                       headers={"Content-Type": "application/json"})
+        except ParentRefused as exc:
+            if exc.status == 405 or exc.status == 404 and exc.code == "NOT_FOUND":
+                return None
+            raise
+        doc = resp.json()
+        states, held = doc.get("blobs"), doc.get("manifests")
+        if not isinstance(states, list) or len(states) != len(blobs) or \
+                not isinstance(held, list) or len(held) != len(manifests):
+            raise ParentRefused(resp.status_code, "malformed answer to blobs/missing")
+        return states, held
+
     # --- OCI writes (upward sync) ------------------------------------------------------------
     async def has_blob(self, repo: str, digest: str) -> bool:
         resp = await self._request("HEAD", f"/v2/{repo}/blobs/{digest}", ok=(200, 404))
@@ -461,9 +502,8 @@ class ParentClient:
                             headers={"Content-Length": "0"})
 
     async def push_blob(self, repo: str, digest: str, size: int, chunks) -> None:
-        """Upload a blob in one streamed POST+PUT; `chunks` is an async iterator of bytes."""
-        resp = await self._request("POST", f"/v2/{repo}/blobs/uploads/", ok=(202,))
-        location = resp.headers["Location"]
+        """Upload a blob in one streamed monolithic POST (`?digest=`, one round trip);
+        `chunks` is an async iterator of bytes."""
 
         async def metered():
             async for chunk in chunks:
@@ -471,8 +511,8 @@ class ParentClient:
                     await self.meter.account(len(chunk))
                 yield chunk
 
-        await self._request("PUT", location, ok=(201,), params={"digest": digest},
-                            content=metered(),
+        await self._request("POST", f"/v2/{repo}/blobs/uploads/", ok=(201,),
+                            params={"digest": digest}, content=metered(),
                             headers={"Content-Type": "application/octet-stream",
                                      "Content-Length": str(size)})
 

@@ -25,6 +25,7 @@ from connreg.control import activation
 from connreg.metrics.counts import outbox_counts
 from connreg.registry import Registry
 from connreg.storage.budget import find_out_of_space
+from connreg.sync.batch import apply_feed
 from connreg.sync.puller import PARENT, Puller
 from connreg.sync.pusher import Pusher
 from connreg.sync.remote import ParentBusy, ParentClient, ParentRefused, ParentUnavailable
@@ -238,11 +239,8 @@ class SyncService:
                 continue
             if feed["changes"]:
                 self.state.connection_state = "Syncing"
-                for change in feed["changes"]:
-                    if self.config.wants(change["repo"]) or not self.config.repositories:
-                        await self.puller.apply(change)
-                    # Per change, so a window closing mid-batch resumes right after it.
-                    await self.state.set(DOWN_CURSOR, str(change["seq"]))
+                await apply_feed(self.puller, feed["changes"], self._covers,
+                                 self.reg.settings.sync_apply_parallel)
                 self.state.connection_state = "Online"
             if feed["cursor"] != cursor:
                 await self.state.set(DOWN_CURSOR, str(feed["cursor"]))

@@ -275,14 +275,33 @@ class ParentClient:
             await self.meter.account(len(resp.content))
         return resp.json()
 
+    async def gzip_layer(self, repo: str, digest: str) -> dict | None:
+        """The plaintext chunk list of an analysed gzip layer (docs/delta.md "Gzip layers"),
+        `{"pending": true}` while its analysis is still to come, None when the parent cannot
+        offer it (or has no such endpoint)."""
+        resp = await self._request("GET", "/connreg/v1/sync/gzip", ok=(200, 202, 404),
+                                   params={"repo": repo, "digest": digest})
+        if self.meter:
+            await self.meter.account(len(resp.content))
+        return resp.json() if resp.status_code in (200, 202) else None
+
+    async def gzip_recon(self, repo: str, digest: str) -> bytes:
+        """The reconstruction file of an analysed gzip layer."""
+        resp = await self._request("GET", "/connreg/v1/sync/gzip/recon",
+                                   params={"repo": repo, "digest": digest})
+        if self.meter:
+            await self.meter.account(len(resp.content))
+        return resp.content
+
     async def stream_chunks(self, repo: str, digest: str, ranges: list[list[int]],
-                            piece: int = 64 * 1024) -> AsyncIterator[bytes]:
+                            piece: int = 64 * 1024, path: str = "/connreg/v1/sync/chunks"
+                            ) -> AsyncIterator[bytes]:
         """A chunk batch frame (`POST /connreg/v1/sync/chunks`, docs/delta.md) as it arrives,
         in pieces of at most `piece` bytes: the caller keeps each chunk as soon as it is
         complete, so an interruption loses at most the one in flight. Each piece is metered
         after the caller has handled it."""
         try:
-            async with self._client.stream("POST", "/connreg/v1/sync/chunks",
+            async with self._client.stream("POST", path,
                                            params={"repo": repo, "digest": digest},
                                            json={"ranges": ranges}) as resp:
                 if resp.status_code != 200:

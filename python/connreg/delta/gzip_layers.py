@@ -34,6 +34,10 @@ GZIP_MAGIC = b"\x1f\x8b\x08"
 # another key), so the two kinds of lists never mix.
 KEY_PREFIX = "gunzip+"
 QUIET_SECONDS = 1.0
+# Plaintext chunks are finer than the blobs' (64 KiB): a rebuilt layer's edits are small and
+# scattered (a changed file each), and each costs about one chunk; the list of a 200 MB tar is
+# then ~12,500 entries (~1 MB of JSON), still well under the bytes saved.
+PLAIN_PARAMS = _core.ChunkParams(4096, 16384, 65536)
 IDS_PER_QUERY = 500
 
 _SCHEMA = """
@@ -90,14 +94,14 @@ class _LowPriorityWorker:
 
 
 class GzipLayers:
-    def __init__(self, blobs, data_dir: Path, params: "_core.ChunkParams", settings):
+    def __init__(self, blobs, data_dir: Path, settings):
         self.blobs = blobs
-        self.params = params
-        self.key = KEY_PREFIX + params_key(params)
+        self.params = PLAIN_PARAMS
+        self.key = KEY_PREFIX + params_key(PLAIN_PARAMS)
         self.analysis = settings.gzip_analysis
         self.threshold = settings.delta_threshold_bytes
         self.dir = Path(data_dir) / "gzip-layers"
-        self.dir.mkdir(parents=True, exist_ok=True)
+        (self.dir / "work").mkdir(parents=True, exist_ok=True)  # staged plaintexts
         self._db = sqlite3.connect(self.dir / "index.sqlite", check_same_thread=False,
                                    isolation_level=None)
         self._db.executescript(_SCHEMA)

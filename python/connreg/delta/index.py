@@ -47,7 +47,7 @@ class ChunkIndex:
         self._slots = trio.CapacityLimiter(1)  # one blob at a time: indexing is background work
         # gzip layers: plaintext chunk lists and reconstruction data (delta/gzip_layers.py)
         from connreg.delta.gzip_layers import GzipLayers  # it uses params_key from here
-        self.gzip = GzipLayers(blobs, settings.data_dir, self.params, settings)
+        self.gzip = GzipLayers(blobs, settings.data_dir, settings)
 
     def chunks_of(self, digest: str) -> list[tuple[int, int, str]] | None:
         return self.meta.chunk_list(digest, self.key)

@@ -58,10 +58,8 @@ def push(node, repo: str, tag: str, layer: bytes) -> None:
 
 def gzip_hierarchy(tmp_path, **root_env: str) -> Hierarchy:
     h = Hierarchy(tmp_path)
-    h.env.update(SMALL_THRESHOLD)
-    root = h.start_root()
-    root.env.update(SMALL_THRESHOLD, **root_env)
-    root.restart()
+    h.env.update(SMALL_THRESHOLD, **root_env)  # the root's knobs do nothing at a child
+    h.start_root()
     return h
 
 

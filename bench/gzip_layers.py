@@ -130,9 +130,12 @@ def gzip_chunk_bytes(v1_gz: Path, v2_gz: Path) -> int:
 
 def recreate_in_child(recon: Path, plain: Path, out: Path) -> tuple[float, int]:
     """Seconds and peak RSS (bytes) of recreating the layer in a fresh process."""
-    code = ("import sys,time,resource; from connreg import _core; t=time.monotonic(); "
+    # VmHWM, not ru_maxrss: Linux keeps ru_maxrss across exec, so a child forked from this
+    # (large) process would report this process's peak.
+    code = ("import sys,time,re; from connreg import _core; t=time.monotonic(); "
             "_core.gzip_recreate_file(sys.argv[1], sys.argv[2], sys.argv[3]); "
-            "print(time.monotonic()-t, resource.getrusage(resource.RUSAGE_SELF).ru_maxrss)")
+            "hwm=re.search(r'VmHWM:\\s+(\\d+)', open('/proc/self/status').read()).group(1); "
+            "print(time.monotonic()-t, hwm)")
     proc = subprocess.run([sys.executable, "-c", code, str(recon), str(plain), str(out)],
                           check=True, capture_output=True, text=True)
     seconds, peak_kib = proc.stdout.split()

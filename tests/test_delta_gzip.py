@@ -7,10 +7,14 @@ from __future__ import annotations
 
 import gzip
 import io
+import os
 import random
+import shutil
+import subprocess
 import tarfile
 
 import httpx
+import pytest
 
 from connreg.testing.hierarchy import Hierarchy, wait_for
 from connreg.testing.oci import sha256
@@ -135,5 +139,43 @@ def test_what_cannot_be_recreated_still_arrives_by_chunks(tmp_path):
         wait_for(lambda: blob_at(edge, "img/base", sha256(odd)) == odd, 90, message="v3 at edge")
         assert f"gzip layer {sha256(odd)[:19]} cannot be recreated exactly" in root.log()
         assert "gzip layer delta not used for " + sha256(odd)[:19] in edge.log()
+    finally:
+        h.stop_all()
+
+
+GO_GZIP = """package main
+import ("compress/gzip"; "io"; "os")
+func main() { w := gzip.NewWriter(os.Stdout); if _, err := io.Copy(w, os.Stdin); err != nil { panic(err) }; if err := w.Close(); err != nil { panic(err) } }
+"""
+
+
+@pytest.mark.skipif(shutil.which("go") is None,
+                    reason="`go` is not installed (Debian golang-go): no Go-made layer to test")
+def test_rebuilt_go_layer_syncs_down_by_its_change(tmp_path):
+    """A layer made by Go's compress/gzip, as docker makes them (needs the vendored
+    preflate-rs fix for single one-bit Huffman codes)."""
+    (tmp_path / "gz.go").write_text(GO_GZIP)
+    exe = tmp_path / "gogzip"
+    subprocess.run(["go", "build", "-o", str(exe), str(tmp_path / "gz.go")], check=True,
+                   env={**os.environ, "GOCACHE": str(tmp_path / "gocache"), "GO111MODULE": "off"})
+
+    def go_layer(tar: bytes) -> bytes:
+        return subprocess.run([str(exe)], input=tar, capture_output=True, check=True).stdout
+
+    v1, v2 = go_layer(rootfs_tar(1)), go_layer(rootfs_tar(1, changed_every=60))
+    h = gzip_hierarchy(tmp_path / "nodes")
+    try:
+        h.create("gzgoedge", "ReadOnly", ["img/*"])
+        edge = h.start_child("gzgoedge", env=NO_ANALYSIS)
+        push(h.root, "img/go", "v1", v1)
+        wait_for(lambda: blob_at(edge, "img/go", sha256(v1)) == v1, 60, message="v1 at the edge")
+        after_v1 = child_bytes(h.root, "gzgoedge")
+        push(h.root, "img/go", "v2", v2)
+        wait_for(lambda: blob_at(edge, "img/go", sha256(v2)) == v2, 90, message="v2 at the edge")
+        moved = child_bytes(h.root, "gzgoedge") - after_v1
+        print(f"\nGo-made v2 layer {len(v2)} bytes: {moved} bytes on the link "
+              f"({100 * moved / len(v2):.1f}%)")
+        assert "recreated gzip layer " + sha256(v2)[:19] in edge.log()
+        assert moved < 0.3 * len(v2)
     finally:
         h.stop_all()

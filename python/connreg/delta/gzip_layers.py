@@ -193,6 +193,13 @@ class GzipLayers:
             self.recon_path(digest).unlink(missing_ok=True)
         await trio.to_thread.run_sync(fn)
 
+    async def prune(self) -> int:
+        """Forget layers whose blob is gone (after GC): index rows and reconstruction files."""
+        gone = [d for (d,) in self._rows("SELECT digest FROM layers") if not self.blobs.exists(d)]
+        for digest in gone:
+            await self.forget(digest)
+        return len(gone)
+
     # --- background indexing and analysis -------------------------------------------------
     def is_gzip(self, digest: str) -> bool:
         size = self.blobs.size(digest) or 0

@@ -105,9 +105,10 @@ def link_bytes(v1_gz: Path, v2_gz: Path, v2_tar: Path, recon: int) -> tuple[int,
     """(list JSON, batch frames, total) that cross the link for v2, v1 held by the child."""
     _, v1_chunks = _core.gzip_plain_chunks(str(v1_gz), PLAIN_PARAMS)
     size, v2_chunks = _core.gzip_plain_chunks(str(v2_gz), PLAIN_PARAMS)
-    listing = len(json.dumps({"digest": "sha256:" + "0" * 64, "size": v2_gz.stat().st_size,
-                              "plainSize": size, "reconSize": recon, "params": "x" * 40,
-                              "chunks": [list(c) for c in v2_chunks]}))
+    listing = len(gzip.compress(json.dumps({  # as the parent sends it (Content-Encoding)
+        "digest": "sha256:" + "0" * 64, "size": v2_gz.stat().st_size, "plainSize": size,
+        "reconSize": recon, "params": "x" * 40, "chunks": [list(c) for c in v2_chunks]}).encode(),
+        6))
     have = {c[2] for c in v1_chunks}
     missing = [(o, n) for o, n, cid in v2_chunks if cid not in have]
     frames = 0

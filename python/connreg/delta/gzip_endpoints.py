@@ -13,6 +13,9 @@ of R.
 
 from __future__ import annotations
 
+import gzip
+import json
+
 import trio
 from quart import Response, current_app, request
 
@@ -48,10 +51,15 @@ async def gzip_layer() -> Response:
     chunks = await trio.to_thread.run_sync(layers.plain_chunks, digest)
     body = {"digest": digest, "size": size, "plainSize": plain_size, "reconSize": recon_size,
             "params": layers.key, "chunks": [list(c) for c in chunks]}
-    resp = json_response(body)
+    data = json.dumps(body).encode()
+    headers = {}
+    if "gzip" in request.headers.get("Accept-Encoding", ""):
+        # ~12,500 entries for a 200 MB tar: the hex ids halve when compressed
+        data = await trio.to_thread.run_sync(gzip.compress, data, 6)
+        headers["Content-Encoding"] = "gzip"
     if child:
-        TRAFFIC_BYTES[child] += len(await resp.get_data())
-    return resp
+        TRAFFIC_BYTES[child] += len(data)
+    return Response(data, content_type="application/json", headers=headers)
 
 
 @bp.route("/connreg/v1/sync/gzip/recon", methods=["GET"])

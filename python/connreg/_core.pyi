@@ -70,6 +70,11 @@ class CorruptChunk(CoreError):
     The message names the 0-based entry and, once its header is readable, the chunk id.
     """
 
+class GzipError(CoreError):
+    """A gzip layer cannot be analysed or recreated exactly: not a single gzip member, a
+    compressor preflate cannot model, corrupt reconstruction data, or a plaintext that does not
+    match it (docs/delta.md "Gzip layers")."""
+
 # --- digests ----------------------------------------------------------------------------------
 
 @final
@@ -403,3 +408,31 @@ def zstd_decompress(data: bytes, max_size: int) -> bytes:
     Raises:
         CoreError: ``data`` is not valid zstd, or it decompresses to more than ``max_size``.
     """
+
+# --- gzip layers (docs/delta.md "Gzip layers"); every function releases the GIL ---------------
+
+def gzip_analyse(gzip_path: str, recon_path: str, params: ChunkParams | None = None
+                 ) -> tuple[int, int, int, int, list[tuple[int, int, str]]]:
+    """Analyse a gzip file with preflate, writing its reconstruction file: ``(plain_size,
+    gzip_size, recon_size, segments, plaintext chunks)``. Raises :class:`GzipError`."""
+
+def gzip_recreate(recon_path: str, plain_path: str, upload: Upload) -> int:
+    """Recreate the gzip layer from its plaintext file and reconstruction file, appending it
+    to ``upload`` (whose commit verifies the digest); returns the bytes appended."""
+
+def gzip_recreate_file(recon_path: str, plain_path: str, out_path: str) -> int:
+    """As :func:`gzip_recreate`, into a plain file."""
+
+def gzip_plain_chunks(gzip_path: str, params: ChunkParams | None = None
+                      ) -> tuple[int, list[tuple[int, int, str]]]:
+    """``(plain_size, chunks)`` of a gzip file's plaintext (inflate only)."""
+
+def gunzip_to_file(gzip_path: str, out_path: str) -> int:
+    """Write a gzip file's plaintext to ``out_path``; returns its length."""
+
+def gunzip_ranges(gzip_path: str, ranges: list[tuple[int, int]]) -> list[bytes]:
+    """The bytes of each ``(offset, length)`` of the plaintext, in the order asked (one
+    inflate pass; ranges may repeat, distinct ones must not overlap)."""
+
+def gunzip_frame(gzip_path: str, ranges: list[tuple[int, int]], level: int = 3) -> bytes:
+    """:func:`gunzip_ranges` as a chunk batch frame (as :func:`encode_chunks`)."""

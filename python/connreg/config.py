@@ -132,6 +132,12 @@ class Settings:
     delta_threshold_bytes: int = 1024 * 1024
     # Serve chunk lists and batches to children (off: children fall back to whole blobs).
     delta: bool = True
+    # Gzip layers by their uncompressed change (docs/delta.md "Gzip layers"): analyse each
+    # stored gzip layer once in the background (one low-priority thread, ~6-16 s of CPU per
+    # 95 MB) so children can fetch its change and recreate it; off on nodes without children.
+    gzip_analysis: bool = True
+    # Fetch gzip layers from the parent by their uncompressed change when it has analysed them.
+    gzip_delta: bool = True
 
     # --- metrics and dashboard (docs/operations.md) -------------------------------------------
     # GET /metrics without credentials, for a scraper on a private network; off: the admin or
@@ -177,6 +183,8 @@ class Settings:
     test_corrupt_chunk_batches: int = 0
     # Flip one byte in the first N object batches this node serves (sync/batch_endpoints.py).
     test_corrupt_object_batches: int = 0
+    # Flip one byte in the first N gzip reconstruction files this node serves (tests).
+    test_corrupt_gzip_recon: int = 0
 
     @property
     def advertised(self) -> str:

@@ -65,6 +65,12 @@ pub enum CoreError {
     #[error("zstd: {0}")]
     Compression(String),
 
+    /// A gzip layer this crate cannot analyse or recreate exactly (not a single gzip member,
+    /// a compressor preflate cannot model, corrupt reconstruction data, a plaintext that does
+    /// not match it).
+    #[error("gzip: {0}")]
+    Gzip(String),
+
     /// An I/O failure; `context` names the operation and path, `source` is the OS error.
     #[error("{context}: {source}")]
     Io {

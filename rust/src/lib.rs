@@ -5,11 +5,13 @@
 //! - [`digest`]: algorithms, streaming digesters, OCI digest validation (pure Rust).
 //! - [`store`]: the content-addressed blob store and uploads (pure Rust).
 //! - [`delta`]: FastCDC chunking, BLAKE3 chunk ids, zstd chunk batch frames (pure Rust).
+//! - [`gzip`]: gzip layers as plaintext + preflate reconstruction data (pure Rust).
 //! - `py`: thin pyo3 wrappers, the GIL choke point and the Python exception mapping.
 
 pub mod delta;
 pub mod digest;
 pub mod errors;
+pub mod gzip;
 pub mod store;
 
 mod py;
@@ -30,5 +32,6 @@ fn _core(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(py::delta::decode_chunks, m)?)?;
     m.add_function(wrap_pyfunction!(py::delta::zstd_compress, m)?)?;
     m.add_function(wrap_pyfunction!(py::delta::zstd_decompress, m)?)?;
+    py::gzip::register(m)?;
     Ok(())
 }

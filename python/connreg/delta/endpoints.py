@@ -129,3 +129,7 @@ def _maybe_corrupt(frame: bytes) -> bytes:
         data[-1] ^= 0xFF
         return bytes(data)
     return frame
+
+
+# The gzip-layer routes share this blueprint (delta/gzip_endpoints.py).
+from connreg.delta import gzip_endpoints  # noqa: E402,F401

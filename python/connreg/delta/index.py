@@ -45,6 +45,9 @@ class ChunkIndex:
         self._wake = trio.Event()
         self._last_ingest = float("-inf")
         self._slots = trio.CapacityLimiter(1)  # one blob at a time: indexing is background work
+        # gzip layers: plaintext chunk lists and reconstruction data (delta/gzip_layers.py)
+        from connreg.delta.gzip_layers import GzipLayers  # it uses params_key from here
+        self.gzip = GzipLayers(blobs, settings.data_dir, settings)
 
     def chunks_of(self, digest: str) -> list[tuple[int, int, str]] | None:
         return self.meta.chunk_list(digest, self.key)
@@ -105,6 +108,7 @@ class ChunkIndex:
         self._pending[digest] = None
         self._last_ingest = trio.current_time()
         self._wake.set()
+        self.gzip.schedule(digest)
 
     async def catch_up(self) -> None:
         """Index every blob still waiting: the caller is about to look chunks up."""
@@ -122,8 +126,13 @@ class ChunkIndex:
         self._pending.pop(digest, None)
 
     async def run(self, task_status=trio.TASK_STATUS_IGNORED) -> None:
-        """Background indexer, owned by the app's nursery."""
-        task_status.started()
+        """Background indexer (and the gzip layers' one), owned by the app's nursery."""
+        async with trio.open_nursery() as nursery:
+            await nursery.start(self.gzip.run)
+            task_status.started()
+            await self._run()
+
+    async def _run(self) -> None:
         while True:
             await self._wake.wait()
             self._wake = trio.Event()

@@ -311,3 +311,7 @@ async def append_chunks(upload_id: str) -> Response:
             await discard_after_full(reg, upload_id, exc)
             raise
     return json_response({"size": size}, 202, headers=session_headers(repo, upload_id, size))
+
+
+# The gzip-layer routes share this blueprint (delta/gzip_receive.py).
+from connreg.delta import gzip_receive  # noqa: E402,F401

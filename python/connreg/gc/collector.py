@@ -251,6 +251,7 @@ class GarbageCollector:
                 report.chunk_rows += rows
         if plan.orphan_chunk_lists:
             report.chunk_rows += await meta.gc_drop_chunk_lists(list(plan.orphan_chunk_lists))
+        await self.reg.chunk_index.gzip.prune()  # gzip layers' plaintext lists and recon files
         if plan.repositories:
             report.repositories = await meta.gc_drop_empty_repositories(plan.repositories)
             for repo in report.repositories:

@@ -17,6 +17,7 @@ import trio
 from connreg import _core
 from connreg.content import INDEX_TYPES, delete_reference, store_manifest
 from connreg.delta.fetch import DeltaFetcher, DeltaUnavailable
+from connreg.delta.gzip_fetch import GzipDeltaFetcher
 from connreg.errors import RegistryError
 from connreg.locks import sync as locks_sync
 from connreg.registry import Registry
@@ -43,6 +44,9 @@ class Puller:
         self.parent = parent
         self.state = state
         self.delta = DeltaFetcher(reg.blobs, reg.chunk_index, parent, state)
+        # gzip layers by their uncompressed change (docs/delta.md "Gzip layers")
+        self.gzip_delta = (GzipDeltaFetcher(reg.blobs, reg.chunk_index.gzip, parent, state)
+                           if reg.settings.gzip_delta else None)
         self.delta_threshold = reg.settings.delta_threshold_bytes
         self._blob_slots = trio.CapacityLimiter(parallel_blobs)
         self._blob_locks: dict[str, trio.Lock] = {}
@@ -78,6 +82,12 @@ class Puller:
         self.reg.budget.check(max(size - held, 0), f"blob {digest[:19]} ({repo})", holding=held)
         self.state.transfer.begin(digest, size, held)  # bytes left and ETA while it runs
         try:
+            if size >= self.delta_threshold and not held and self.gzip_delta is not None:
+                try:  # a chunk transfer already under way (held bytes) is continued instead
+                    await self.gzip_delta.fetch(repo, digest)
+                    return
+                except DeltaUnavailable as exc:
+                    log.info("gzip layer delta not used for %s: %s", digest[:19], exc)
             if size >= self.delta_threshold:
                 try:
                     await self.delta.fetch(repo, digest)

@@ -24,6 +24,7 @@ import logging
 import trio
 
 from connreg.delta.fetch import DeltaUnavailable
+from connreg.delta.gzip_push import GzipDeltaPusher
 from connreg.delta.push import DeltaPusher
 from connreg.registry import Registry
 from connreg.storage import Change, ParkedChange
@@ -51,6 +52,9 @@ class Pusher:
         self.puller = puller  # fetches the parent's side of a conflict
         # Large blobs go by chunks the parent lacks, when delta transfer is on here.
         self.delta = DeltaPusher(reg, parent, state) if reg.settings.delta else None
+        # gzip layers by their uncompressed change (docs/delta.md "Gzip layers, upward")
+        self.gzip_delta = (GzipDeltaPusher(reg, parent, state)
+                           if reg.settings.delta and reg.settings.gzip_delta else None)
         self._blob_slots = trio.CapacityLimiter(parallel_blobs)
         self.parked = ParkedOutbox(reg.meta, explain=parent.explain_refusal)
         # What the parent holds of the batch in flight, asked in bulk (sync/batch.py).
@@ -189,6 +193,12 @@ class Pusher:
         whole (small, delta off here, or a parent that cannot take chunks)."""
         if self.delta is None or size < self.reg.settings.delta_threshold_bytes:
             return False
+        if self.gzip_delta is not None and self.state.get(push_session_key(repo, digest)) is None:
+            try:  # a chunk push already under way (a session) is continued instead
+                await self.gzip_delta.push(repo, digest)
+                return True
+            except DeltaUnavailable as exc:
+                log.info("gzip layer delta not used for push of %s: %s", digest[:19], exc)
         try:
             await self.delta.push(repo, digest, size)
             return True

@@ -318,14 +318,33 @@ class ParentClient:
             await self.meter.account(len(resp.content))
         return resp.json()
 
+    async def gzip_layer(self, repo: str, digest: str) -> dict | None:
+        """The plaintext chunk list of an analysed gzip layer (docs/delta.md "Gzip layers"),
+        `{"pending": true}` while its analysis is still to come, None when the parent cannot
+        offer it (or has no such endpoint)."""
+        resp = await self._request("GET", "/connreg/v1/sync/gzip", ok=(200, 202, 404),
+                                   params={"repo": repo, "digest": digest})
+        if self.meter:
+            await self.meter.account(len(resp.content))
+        return resp.json() if resp.status_code in (200, 202) else None
+
+    async def gzip_recon(self, repo: str, digest: str) -> bytes:
+        """The reconstruction file of an analysed gzip layer."""
+        resp = await self._request("GET", "/connreg/v1/sync/gzip/recon",
+                                   params={"repo": repo, "digest": digest})
+        if self.meter:
+            await self.meter.account(len(resp.content))
+        return resp.content
+
     async def stream_chunks(self, repo: str, digest: str, ranges: list[list[int]],
-                            piece: int = 64 * 1024) -> AsyncIterator[bytes]:
+                            piece: int = 64 * 1024, path: str = "/connreg/v1/sync/chunks"
+                            ) -> AsyncIterator[bytes]:
         """A chunk batch frame (`POST /connreg/v1/sync/chunks`, docs/delta.md) as it arrives,
         in pieces of at most `piece` bytes: the caller keeps each chunk as soon as it is
         complete, so an interruption loses at most the one in flight. Each piece is metered
         after the caller has handled it."""
         try:
-            async with self._client.stream("POST", "/connreg/v1/sync/chunks",
+            async with self._client.stream("POST", path,
                                            params={"repo": repo, "digest": digest},
                                            json={"ranges": ranges}) as resp:
                 if resp.status_code != 200:
@@ -339,6 +358,48 @@ class ParentClient:
                         await self.meter.account(len(data))
         except httpx.HTTPError as exc:
             raise ParentUnavailable(f"POST chunks of {digest}: {self._why(exc)}") from exc
+
+    async def gzip_base(self, repo: str, params: str, ids: list[str]) -> dict | None:
+        """The parent's previous version of a gzip layer with these plaintext chunks
+        (`{"base", "known"}`); None when it cannot take gzip layers by their change."""
+        body = json.dumps({"params": params, "ids": ids}).encode()
+        if self.meter:
+            await self.meter.account(len(body))
+        try:
+            resp = await self._request("POST", "/connreg/v1/sync/gzip/base", params={"repo": repo},
+                                       content=body, headers={"Content-Type": "application/json"})
+        except ParentRefused as exc:
+            if exc.status in (400, 404, 405):
+                return None
+            raise
+        if self.meter:
+            await self.meter.account(len(resp.content))
+        doc = resp.json()
+        if not isinstance(doc.get("known"), list) or len(doc["known"]) != len(ids):
+            raise ParentRefused(resp.status_code, "malformed answer to gzip/base")
+        return doc
+
+    async def gzip_push_size(self, repo: str, digest: str) -> int:
+        resp = await self._request("GET", "/connreg/v1/sync/gzip/push",
+                                   params={"repo": repo, "digest": digest})
+        return int(resp.json()["size"])
+
+    async def gzip_push_append(self, repo: str, digest: str, base: str, offset: int,
+                               body: bytes) -> int:
+        if self.meter:
+            await self.meter.account(len(body))
+        resp = await self._request("POST", "/connreg/v1/sync/gzip/push", ok=(202,),
+                                   params={"repo": repo, "digest": digest, "base": base,
+                                           "offset": offset},
+                                   content=body, headers={"Content-Type": PLAN_CONTENT_TYPE})
+        return int(resp.json()["size"])
+
+    async def gzip_push_finish(self, repo: str, digest: str, recon: bytes) -> None:
+        if self.meter:
+            await self.meter.account(len(recon))
+        await self._request("PUT", "/connreg/v1/sync/gzip/push", ok=(201,),
+                            params={"repo": repo, "digest": digest}, content=recon,
+                            headers={"Content-Type": "application/octet-stream"})
 
     async def known_chunks(self, repo: str, params: str, ids: list[str]) -> list[bool] | None:
         """Which chunks the parent can copy itself for a push to `repo`; None when it cannot

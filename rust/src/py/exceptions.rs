@@ -45,6 +45,13 @@ pyo3::create_exception!(
 
 pyo3::create_exception!(
     connreg._core,
+    GzipError,
+    CoreError,
+    "A gzip layer cannot be analysed or recreated exactly (unsupported compressor, corrupt data, wrong plaintext)."
+);
+
+pyo3::create_exception!(
+    connreg._core,
     StorageFull,
     CoreError,
     "The filesystem is out of space (ENOSPC) or quota (EDQUOT); the write did not happen or was undone."
@@ -63,6 +70,7 @@ impl From<Error> for PyErr {
             Error::BlobNotFound(_) => BlobNotFound::new_err(msg),
             Error::UploadNotFound(_) => UploadNotFound::new_err(msg),
             Error::CorruptChunk { .. } => CorruptChunk::new_err(msg),
+            Error::Gzip(_) => GzipError::new_err(msg),
             Error::InvalidUploadId(_)
             | Error::OutOfRange { .. }
             | Error::InvalidArgument(_)
@@ -86,5 +94,6 @@ pub(crate) fn register(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add("UploadNotFound", py.get_type::<UploadNotFound>())?;
     m.add("CorruptChunk", py.get_type::<CorruptChunk>())?;
     m.add("StorageFull", py.get_type::<StorageFull>())?;
+    m.add("GzipError", py.get_type::<GzipError>())?;
     Ok(())
 }

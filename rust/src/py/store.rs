@@ -146,6 +146,12 @@ pub(crate) struct PyUpload {
     inner: Upload,
 }
 
+impl PyUpload {
+    pub(crate) fn inner(&self) -> &Upload {
+        &self.inner
+    }
+}
+
 #[pymethods]
 impl PyUpload {
     #[getter]

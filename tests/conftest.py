@@ -41,3 +41,17 @@ def hierarchy(tmp_path) -> Hierarchy:
 
 def pytest_report_header(config):
     return f"skopeo: {shutil.which('skopeo') or 'not found'}"
+
+
+@pytest.fixture(scope="session")
+def postgres_server():
+    """One throwaway PostgreSQL cluster on loopback for the session (testing/postgres.py);
+    tests take a fresh database each with `postgres_server.create_database(name)`."""
+    from connreg.testing import postgres
+
+    why = postgres.available()
+    if why:
+        pytest.skip(why)
+    server = postgres.start_postgres()
+    yield server
+    server.stop()

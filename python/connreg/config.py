@@ -128,6 +128,18 @@ class Settings:
     # Serve chunk lists and batches to children (off: children fall back to whole blobs).
     delta: bool = True
 
+    # --- scaled root: shared engines for N replicas (docs/scaling.md) -------------------------
+    # postgresql://… puts metadata and the control plane on PostgreSQL, shared by every replica
+    # ("": SQLite in the data dir). May carry a password: never logged.
+    metadata_url: str = field(default="", repr=False)
+    # Where blobs live: "" = <data_dir>/store; a folder path every replica mounts; or
+    # s3://BUCKET[/PREFIX] for S3-compatible object storage.
+    blob_store: str = ""
+    # Endpoint URL of an S3-compatible store (MinIO, Ceph, rclone …); "": AWS's own.
+    s3_endpoint: str = ""
+    # Write connections per replica to PostgreSQL (writes are serialized by a lock anyway).
+    metadata_pool_size: int = 4
+
     # --- test-only knobs (never set in production; documented in docs/sync.md) ---------------
     # Shifts this node's clock for sync schedules, change-log retention and the token service
     # (token times, password expiry).

@@ -50,6 +50,8 @@ class UploadSessions:
         self._locks: dict[str, list] = {}
         # Last request per session since the last purge pass (written to the store there).
         self._activity: dict[str, float] = {}
+        # Set by the Registry when other replicas share the blob store (sync_with_store).
+        self.shared = False
 
     async def create(self, upload_id: str, repo: str, owner: str) -> None:
         """Record a new session of `owner`; raises UploadSessionLimit beyond a cap.
@@ -78,6 +80,14 @@ class UploadSessions:
         upload = self.blobs.upload(upload_id)
         self._close_idle_files()
         return upload
+
+    async def sync_with_store(self, upload: _core.Upload) -> None:
+        """On a scaled root another replica may have appended to the session since this one
+        last saw it (clients are not sticky): an empty write makes the handle re-read what
+        changed on the shared store, so range checks and Range headers use the real size.
+        In a worker thread: re-hashing what the other replica wrote takes time."""
+        if self.shared:
+            await trio.to_thread.run_sync(upload.write, b"")
 
     @asynccontextmanager
     async def lock(self, upload_id: str) -> AsyncIterator[None]:

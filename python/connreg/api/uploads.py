@@ -246,6 +246,7 @@ def require_upload(reg: Registry, name: str, upload_id: str) -> _core.Upload:
 async def patch_upload(reg: Registry, name: str, upload_id: str) -> Response:
     async with reg.upload_lock(upload_id):
         upload = require_upload(reg, name, upload_id)
+        await reg.uploads.sync_with_store(upload)  # another replica may have appended
         exact = _check_content_range(upload, name, upload_id)
         size = await _append_body(reg, upload, name, exact)
     return empty(202, session_headers(name, upload_id, size))
@@ -255,6 +256,7 @@ async def finish_upload(reg: Registry, name: str, upload_id: str) -> Response:
     digest = request.args.get("digest")
     async with reg.upload_lock(upload_id):
         upload = require_upload(reg, name, upload_id)
+        await reg.uploads.sync_with_store(upload)  # another replica may have appended
         if digest is None:
             raise RegistryError(errors.DIGEST_INVALID, message="digest query parameter required")
         check_digest(digest)
@@ -265,6 +267,7 @@ async def finish_upload(reg: Registry, name: str, upload_id: str) -> Response:
 
 async def upload_status(reg: Registry, name: str, upload_id: str) -> Response:
     upload = require_upload(reg, name, upload_id)
+    await reg.uploads.sync_with_store(upload)  # another replica may have appended
     return empty(204, session_headers(name, upload_id, upload.size))
 
 

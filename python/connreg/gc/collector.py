@@ -162,7 +162,8 @@ class GarbageCollector:
                       dry_run: bool = False, node_running: bool = True) -> GcReport:
         """One mark and sweep. `node_running`: False only for offline GC on a stopped node,
         which may also take upload leftovers however young."""
-        async with self._lock:
+        # Replicas of a scaled root share the stores: one collects at a time, cluster-wide.
+        async with self._lock, self.reg.gc_exclusion():
             report = GcReport(dry_run, grace_seconds, untagged_retention_seconds)
             started = trio.current_time()
             now = time.time()

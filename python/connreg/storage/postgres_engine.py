@@ -16,7 +16,8 @@ from __future__ import annotations
 
 import logging
 import threading
-from typing import Callable
+from contextlib import asynccontextmanager
+from typing import AsyncIterator, Callable
 
 import psycopg
 import trio
@@ -46,10 +47,21 @@ def redact(url: str) -> str:
     return " ".join(f"{k}={v}" for k, v in info.items())
 
 
+class EngineUnreachable(Exception):
+    """The database cannot be reached or migrated at start; the message names it (no
+    password)."""
+
+
 class PostgresEngine:
     def __init__(self, url: str, pool_size: int = 4, connect_timeout: float = 10.0):
         self.url = url
-        self.applied = migrations.apply(url)
+        try:
+            self.applied = migrations.apply(url)
+        except psycopg.OperationalError as exc:
+            raise EngineUnreachable(f"cannot reach the metadata database {redact(url)}: "
+                                    f"{str(exc).strip().splitlines()[-1]}") from None
+        except migrations.SchemaTooNew as exc:
+            raise EngineUnreachable(str(exc)) from None
         if self.applied:
             log.info("applied schema migration(s) %s to %s", self.applied, redact(url))
         self.pool = ConnectionPool(url, min_size=1, max_size=pool_size, open=True,
@@ -134,6 +146,26 @@ class PostgresEngine:
                     trio.from_thread.run_sync(self.wake_changes, trio_token=self._trio_token)
                 except trio.RunFinishedError:
                     self._stop.set()
+
+    @asynccontextmanager
+    async def gc_lock(self) -> AsyncIterator[None]:
+        """Hold the cluster-wide GC lock (a session advisory lock on a connection of its own,
+        waited for in a worker thread). A replica killed mid-collection drops its connection,
+        and with it the lock."""
+        conn = await trio.to_thread.run_sync(
+            lambda: psycopg.connect(self.url, autocommit=True))
+        try:
+            while True:  # poll, so cancelling the wait never leaves a thread blocked in it
+                got = await trio.to_thread.run_sync(
+                    lambda: conn.execute("SELECT pg_try_advisory_lock(%s)",
+                                         (GC_LOCK,)).fetchone()[0])
+                if got:
+                    break
+                await trio.sleep(0.5)
+            yield
+        finally:
+            with trio.CancelScope(shield=True):
+                await trio.to_thread.run_sync(conn.close)  # releases the lock with the session
 
     def close(self) -> None:
         self._stop.set()

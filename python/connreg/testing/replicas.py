@@ -40,20 +40,27 @@ class ScaledRoot:
     def admin(self) -> tuple[str, str]:
         return ("admin", self.env["CONNREG_ADMIN_PASSWORD"])
 
-    def node_args(self) -> list[str]:
+    def node_args(self, balancer_port: int) -> list[str]:
+        # children are told to reach the root at the balancer, never at one replica
         return ["--metadata-url", self.metadata_url, "--blob-store", self.blob_store,
-                *self.args]
+                "--advertise-address", f"127.0.0.1:{balancer_port}", *self.args]
 
     def start(self) -> "ScaledRoot":
         from concurrent.futures import ThreadPoolExecutor
+        lb_port = free_port()
         self.nodes = [Node(data_dir=self.base / f"replica{i}", port=free_port(),
-                           extra_args=self.node_args(), env=dict(self.env))
+                           extra_args=self.node_args(lb_port), env=dict(self.env))
                       for i in range(self.replicas)]
         with ThreadPoolExecutor(len(self.nodes)) as pool:  # they start side by side
             for started in [pool.submit(n.start, 60) for n in self.nodes]:
                 started.result()
-        self.balancer = Balancer([n.port for n in self.nodes]).start()
+        self.balancer = Balancer([n.port for n in self.nodes], port=lb_port).start()
         return self
+
+    def as_node(self) -> Node:
+        """The balancer dressed as a Node (url, host, admin password) for helpers that take
+        one, such as testing.hierarchy; stopping it does nothing."""
+        return Node(data_dir=self.base / "balancer", port=self.balancer.port, env=dict(self.env))
 
     def wait_ready(self, node: Node, timeout: float = 60.0) -> None:
         import time

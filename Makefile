@@ -18,6 +18,11 @@ deps:
 	@command -v dockerd >/dev/null 2>&1 || { \
 	  (apt-get update -qq || true) && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq docker.io \
 	  || echo "docker.io not installed: the real-docker test will skip"; }
+	@# PostgreSQL and nginx for the scaled-root tests (docs/scaling.md): run by the fixtures on loopback.
+	@ls /usr/lib/postgresql/*/bin/postgres >/dev/null 2>&1 || { \
+	  (apt-get update -qq || true) && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq postgresql; }
+	@test -x /usr/sbin/nginx || { \
+	  (apt-get update -qq || true) && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq nginx-light; }
 
 venv: $(PY)
 $(PY):

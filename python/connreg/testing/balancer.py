@@ -20,7 +20,7 @@ import httpx
 from connreg.testing.node import free_port
 
 CONFIG = """
-worker_processes 1;
+worker_processes {workers};
 daemon off;
 pid {root}/nginx.pid;
 error_log {root}/error.log warn;
@@ -70,6 +70,7 @@ class Balancer:
     port: int = field(default_factory=free_port)
     root: Path = field(default_factory=lambda: Path(tempfile.mkdtemp(prefix="connreg-lb-")))
     proc: subprocess.Popen | None = None
+    workers: int = 1  # nginx worker processes ("auto" is one per core)
 
     @property
     def url(self) -> str:
@@ -84,7 +85,8 @@ class Balancer:
         servers = "\n".join(f"        server 127.0.0.1:{p} max_fails=1 fail_timeout=2s;"
                             for p in self.upstreams)
         path = self.root / "nginx.conf"
-        path.write_text(CONFIG.format(root=self.root, port=self.port, servers=servers))
+        path.write_text(CONFIG.format(root=self.root, port=self.port, servers=servers,
+                                      workers=self.workers))
         return path
 
     def start(self, timeout: float = 30.0) -> "Balancer":

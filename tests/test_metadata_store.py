@@ -340,3 +340,34 @@ async def test_control_store_transactions_and_generation(backend):
         with trio.fail_after(10):
             while a.generation < b.generation:
                 await trio.sleep(0.05)
+
+
+def test_failed_logins_are_counted_across_replicas(postgres_server):
+    """Shared throttling (auth/shared_ratelimit.py): failures at two replicas add up to one
+    lockout that both enforce; a success forgets the pair everywhere."""
+    from connreg.auth.shared_ratelimit import SharedFailureLimiter
+    from connreg.storage.postgres_engine import PostgresEngine
+
+    url = postgres_server.create_database(f"suite{next(_names)}")
+    engines = [PostgresEngine(url), PostgresEngine(url)]
+    try:
+        a, b = (SharedFailureLimiter(e, limit=3, window=60, max_lockout=600) for e in engines)
+        for limiter in (a, a):
+            assert limiter.reserve("Guessed", "10.0.0.9") is None
+            assert limiter.failed("Guessed", "10.0.0.9") is None
+        assert b.reserve("guessed", "10.0.0.9") is None  # names are case-insensitive
+        assert b.failed("guessed", "10.0.0.9") == 60  # the third failure, at the other replica
+        refusal = a.reserve("guessed", "10.0.0.9")
+        assert refusal is not None and 0 < refusal.retry_after <= 60
+        assert a.retry_after("guessed", "10.0.0.9") is not None
+        assert a.reserve("guessed", "10.0.0.8") is None  # another source is not locked out
+        a.succeeded("guessed", "10.0.0.8")
+        assert b.reserve("other", "10.0.0.9") is None  # nor another account
+        b.succeeded("other", "10.0.0.9")
+        engines[0].execute("UPDATE login_lockouts SET locked_until = 0")  # the lockout ends
+        assert b.reserve("guessed", "10.0.0.9") is None
+        b.succeeded("guessed", "10.0.0.9")
+        assert engines[1].execute("SELECT count(*) FROM login_lockouts")[0][0] == 0
+    finally:
+        for e in engines:
+            e.close()

@@ -81,12 +81,18 @@ class PostgresEngine:
     # --- reads on the event loop --------------------------------------------------------
     def read(self, sql: str, args: tuple | list = ()) -> list[tuple]:
         """Run one read statement on the reader connection; one reconnect on a broken one."""
+        return self.execute(sql, args)
+
+    def execute(self, sql: str, args: tuple | list | dict = ()) -> list[tuple]:
+        """Run one statement (a write too, autocommit) on the reader connection; its rows,
+        if it returns any. For small, rare writes on the event loop (login throttling)."""
         with self._reader_lock:
             for attempt in (1, 2):
                 try:
                     if self._reader is None or self._reader.closed:
                         self._reader = psycopg.connect(self.url, autocommit=True)
-                    return self._reader.execute(sql, args).fetchall()
+                    cur = self._reader.execute(sql, args)
+                    return cur.fetchall() if cur.description else []
                 except psycopg.OperationalError:
                     if self._reader is not None:
                         self._reader.close()

@@ -133,7 +133,8 @@ class UploadSessions:
         ttl = self.settings.upload_ttl_seconds
         on_disk = dict(await trio.to_thread.run_sync(self.blobs.list_uploads))
         rows = self.meta.upload_ids()
-        settled = now if startup else now - _ROW_WITHOUT_FILE_GRACE_SECONDS
+        # (Replicas sharing the store: another one may be starting a session right now.)
+        settled = now if startup and not self.shared else now - _ROW_WITHOUT_FILE_GRACE_SECONDS
         ended = set(self.meta.expired_uploads(now - ttl))
         ended.update(i for i in self.meta.expired_uploads(settled) if i not in on_disk)
         # in use, or active while the activity above was being written: not expired

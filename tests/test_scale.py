@@ -14,11 +14,13 @@ import threading
 import time
 
 import httpx
+import psycopg
 import pytest
 
 from connreg.testing.hierarchy import ADMIN_PASSWORD, Hierarchy, cli, wait_for
 from connreg.testing.node import Node
 from connreg.testing.oci import OCI_MANIFEST, make_image
+from connreg.storage.postgres_engine import GC_LOCK
 from connreg.testing.replicas import ScaledRoot, start_scaled_root
 from helpers import push_image
 
@@ -193,3 +195,43 @@ def test_an_edge_syncs_through_the_balancer(scaled, tmp_path):
         assert status["name"] == "edgeone"
     finally:
         h.nodes["edgeone"].stop() if "edgeone" in h.nodes else None
+
+
+def test_garbage_collection_runs_on_one_replica_at_a_time(scaled):
+    """Both replicas are asked to collect at once while a third party holds the cluster-wide
+    GC lock: neither starts until it is released (with its session), then they take turns,
+    so the garbage goes exactly once and what is tagged stays."""
+    doomed, kept = make_image([70_000, 8_000]), make_image([30_000])
+    with client(scaled) as c:
+        push_image(c, "scale/gc", kept, "kept")
+        push_image(c, "scale/gc", doomed, "old")
+        assert c.delete(f"/v2/scale/gc/manifests/{doomed.digest}").status_code == 202
+    reports: list[dict] = []
+
+    def collect(node: Node) -> None:
+        r = httpx.post(f"{node.url}/connreg/v1/gc", auth=scaled.admin, timeout=120,
+                       json={"gracePeriodSeconds": 0, "untaggedRetentionSeconds": 0})
+        assert r.status_code == 200, r.text
+        reports.append(r.json())
+
+    # Another replica's collection in progress: the lock held from here.
+    holder = psycopg.connect(scaled.metadata_url, autocommit=True)
+    holder.execute("SELECT pg_advisory_lock(%s)", (GC_LOCK,))
+    threads = [threading.Thread(target=collect, args=(n,)) for n in scaled.nodes]
+    for t in threads:
+        t.start()
+    time.sleep(2)  # long enough for a collection this small to finish, were it not waiting
+    assert reports == [] and all(t.is_alive() for t in threads)
+    holder.close()  # its session ends: the lock goes with it (as when a replica is killed)
+    for t in threads:
+        t.join(180)
+    assert len(reports) == 2
+    assert sorted(bool(r["blobs"]) for r in reports) == [False, True], reports
+    with client(scaled) as c:
+        layer = "sha256:" + hashlib.sha256(doomed.layers[0]).hexdigest()
+        assert c.head(f"/v2/scale/gc/blobs/{layer}").status_code == 404
+        r = c.get("/v2/scale/gc/manifests/kept", headers={"Accept": OCI_MANIFEST})
+        assert r.status_code == 200 and r.content == kept.manifest
+        for blob in kept.blobs():
+            digest = "sha256:" + hashlib.sha256(blob).hexdigest()
+            assert c.get(f"/v2/scale/gc/blobs/{digest}").content == blob

@@ -43,6 +43,11 @@ def _gc(args: argparse.Namespace) -> int:
     from connreg.registry import Registry
 
     settings = Settings.load(config_file=args.config, overrides={"data_dir": args.data_dir})
+    if settings.metadata_url.strip():
+        # No grace period offline, and replicas elsewhere may be serving the shared engines.
+        print("connreg: error: offline GC is for a single node; the replicas of a scaled root "
+              "collect online (`connreg gc run --registry URL`), one at a time", file=sys.stderr)
+        return 2
     if not (settings.data_dir / "metadata.sqlite").exists():
         print(f"connreg: error: no registry data in {settings.data_dir}", file=sys.stderr)
         return 1

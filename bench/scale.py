@@ -6,10 +6,11 @@
   pg-2          two replicas on the same PostgreSQL and folder, behind nginx (no stickiness)
 
 Workload (bench/run.py's, reused): push of the Debian image with skopeo (fresh repository per
-run), pull into a fresh OCI layout, manifest GET by tag with wrk. Medians; ratios against the
-single node on SQLite.
+run), pull into a fresh OCI layout, manifest GET by tag with wrk. All four are up at once and
+measured in turn, round after round (a shared machine's load drifts; interleaving spreads it
+evenly). Medians; ratios against the single node on SQLite.
 
-    .venv/bin/python bench/scale.py [--runs 5] [--wrk-duration 10] [--blob-store s3://…]
+    .venv/bin/python bench/scale.py [--runs 5] [--wrk-rounds 3] [--blob-store s3://…]
 
 Results: bench/RESULTS.md, section "Scaled root".
 """
@@ -50,23 +51,14 @@ def start_nodes(workdir: Path, count: int, args: list[str]) -> list[Node]:
     return nodes
 
 
-def measure(target: Target, runs: int, wrk: tuple[int, int, int], workdir: Path,
-            info: dict) -> dict:
-    pushes, pulls = [], []
-    for i in range(runs):
-        # a fresh repository per push: nothing linked there yet, every blob uploaded
-        base.REPO_NAME = f"bench/{target.name.replace('+', '-')}-{i}"
-        pushes.append(base.push(target, base.TAG))
-        pulls.append(base.pull(target, base.TAG, workdir))
-    base.verify_manifest(target, info)
-    w = base.wrk_manifest(target, *wrk)
-    return {"push": pushes, "pull": pulls, "wrk": w}
+CONFIGS = (("sqlite", 0), ("sqlite+lb", 0), ("pg-1", 1), ("pg-2", 2))
 
 
 def main() -> int:
     ap = argparse.ArgumentParser()
     ap.add_argument("--runs", type=int, default=5)
-    ap.add_argument("--wrk-duration", type=int, default=10)
+    ap.add_argument("--wrk-duration", type=int, default=5, help="seconds per wrk round")
+    ap.add_argument("--wrk-rounds", type=int, default=3)
     ap.add_argument("--wrk-threads", type=int, default=2)
     ap.add_argument("--wrk-conns", type=int, default=32)
     ap.add_argument("--nginx-workers", type=int, default=1)
@@ -80,32 +72,50 @@ def main() -> int:
     started = time.time()
     workdir = Path(tempfile.mkdtemp(prefix="connreg-scale-bench-"))
     pg = start_postgres()
-    results: dict[str, dict] = {}
+    nodes: list[Node] = []
+    balancers: list[Balancer] = []
+    targets: dict[str, Target] = {}
     try:
-        for name, replicas in (("sqlite", 0), ("sqlite+lb", 0), ("pg-1", 1), ("pg-2", 2)):
+        for name, replicas in CONFIGS:
             here = workdir / name.replace("+", "-")
             if replicas == 0:
-                nodes = start_nodes(here, 1, [])
+                mine = start_nodes(here, 1, [])
             else:
                 store = args.blob_store or str(here / "shared-blobs")
                 url = pg.create_database(name.replace("-", "_"))
-                nodes = start_nodes(here, replicas, ["--metadata-url", url, "--blob-store", store])
-            lb = None
+                mine = start_nodes(here, replicas,
+                                   ["--metadata-url", url, "--blob-store", store])
+            nodes += mine
+            host = mine[0].host
             if name != "sqlite":
-                lb = Balancer([n.port for n in nodes], workers=args.nginx_workers).start()
-            target = Target(name, lb.host if lb else nodes[0].host)
-            base.log(f"{name}: {len(nodes)} node(s){' behind nginx' if lb else ''}")
-            try:
-                results[name] = measure(target, args.runs, wrk, here, info)
-            finally:
-                if lb:
-                    lb.stop()
-                for n in nodes:
-                    n.stop()
-            base.log(f"{name}: push {statistics.median(results[name]['push']):.2f}s, pull "
-                     f"{statistics.median(results[name]['pull']):.2f}s, "
-                     f"{results[name]['wrk']['rps']:.0f} manifest GET/s")
+                lb = Balancer([n.port for n in mine], workers=args.nginx_workers).start()
+                balancers.append(lb)
+                host = lb.host
+            targets[name] = Target(name, host)
+            base.log(f"{name}: {len(mine)} node(s){' behind nginx' if name != 'sqlite' else ''}")
+        results = {name: {"push": [], "pull": [], "wrk": []} for name in targets}
+        for i in range(args.runs):
+            for name, target in targets.items():
+                # a fresh repository per push: nothing linked there yet, every blob uploaded
+                base.REPO_NAME = f"bench/{name.replace('+', '-')}-{i}"
+                results[name]["push"].append(base.push(target, base.TAG))
+                results[name]["pull"].append(base.pull(target, base.TAG, workdir))
+            base.log(f"push/pull round {i + 1}/{args.runs} done")
+        last = f"{args.runs - 1}"
+        for name, target in targets.items():
+            base.REPO_NAME = f"bench/{name.replace('+', '-')}-{last}"
+            base.verify_manifest(target, info)  # the right bytes, before counting answers
+        for i in range(args.wrk_rounds):
+            for name, target in targets.items():
+                base.REPO_NAME = f"bench/{name.replace('+', '-')}-{last}"
+                results[name]["wrk"].append(base.wrk_manifest(target, *wrk))
+            base.log(f"wrk round {i + 1}/{args.wrk_rounds}: " + ", ".join(
+                f"{n} {r['wrk'][-1]['rps']:.0f}/s" for n, r in results.items()))
     finally:
+        for lb in balancers:
+            lb.stop()
+        for n in nodes:
+            n.stop()
         pg.stop()
         shutil.rmtree(workdir, ignore_errors=True)
     print(render(args, info, results, time.time() - started))
@@ -114,20 +124,23 @@ def main() -> int:
 
 def render(args, info, res, elapsed) -> str:
     names = list(res)
-    one = res["sqlite"]
 
     def cell(name, key):
         xs = res[name][key]
         return f"{statistics.median(xs):.2f} s ({min(xs):.2f}–{max(xs):.2f})"
 
+    def rps(name):
+        return statistics.median(w["rps"] for w in res[name]["wrk"])
+
     def ratio(name, key):
         if key == "wrk":
-            return res[name]["wrk"]["rps"] / one["wrk"]["rps"]
-        return statistics.median(res[name][key]) / statistics.median(one[key])
+            return rps(name) / rps("sqlite")
+        return statistics.median(res[name][key]) / statistics.median(res["sqlite"][key])
 
     lines = [f"Run {time.strftime('%Y-%m-%d %H:%M')} UTC, took {elapsed / 60:.1f} min, "
              f"connreg at git {base.git_rev()}; {args.runs} push/pull runs per column, wrk "
-             f"-t{args.wrk_threads} -c{args.wrk_conns} -d{args.wrk_duration}s, nginx "
+             f"-t{args.wrk_threads} -c{args.wrk_conns} -d{args.wrk_duration}s × "
+             f"{args.wrk_rounds} rounds (median), configurations interleaved, nginx "
              f"worker_processes {args.nginx_workers}, {os.cpu_count()} CPUs.", "",
              f"Image: {info['total'] / 1e6:.1f} MB ({len(info['layers'])} layer(s)).", "",
              "| metric | " + " | ".join(names) + " |",
@@ -138,19 +151,16 @@ def render(args, info, res, elapsed) -> str:
              "| pull, skopeo registry→oci, median (min–max) | "
              + " | ".join(cell(n, "pull") for n in names) + " |",
              "| pull vs sqlite | " + " | ".join(f"{ratio(n, 'pull'):.2f}×" for n in names) + " |",
-             "| manifest GET by tag, req/s (p50, p99) | "
-             + " | ".join(f"{res[n]['wrk']['rps']:,.0f} ({res[n]['wrk']['p50']}, "
-                          f"{res[n]['wrk']['p99']})" for n in names) + " |",
+             "| manifest GET by tag, req/s, median of rounds (min–max) | "
+             + " | ".join(f"{rps(n):,.0f} ({min(w['rps'] for w in res[n]['wrk']):,.0f}–"
+                          f"{max(w['rps'] for w in res[n]['wrk']):,.0f})" for n in names) + " |",
              "| manifest GET/s vs sqlite | "
-             + " | ".join(f"{ratio(n, 'wrk'):.2f}×" for n in names) + " |"]
-    if "pg-1" in res and "pg-2" in res:
-        lines += ["", f"Two replicas vs one: {res['pg-2']['wrk']['rps'] / res['pg-1']['wrk']['rps']:.2f}× "
-                  "the manifest GET/s."]
-    bad = [n for n in names if res[n]["wrk"]["non2xx"] or res[n]["wrk"]["socket_errors"]]
+             + " | ".join(f"{ratio(n, 'wrk'):.2f}×" for n in names) + " |",
+             "", f"Two replicas vs one: {rps('pg-2') / rps('pg-1'):.2f}× the manifest GET/s."]
+    bad = [f"{n}: {w['non2xx']} non-2xx, {w['socket_errors'] or 'no'} socket errors"
+           for n in names for w in res[n]["wrk"] if w["non2xx"] or w["socket_errors"]]
     if bad:
-        lines += ["", "Non-2xx answers or socket errors: " + ", ".join(
-            f"{n}: {res[n]['wrk']['non2xx']} non-2xx, {res[n]['wrk']['socket_errors']}"
-            for n in bad)]
+        lines += ["", "Non-2xx answers or socket errors: " + "; ".join(bad)]
     return "\n".join(lines)
 
 

@@ -55,3 +55,14 @@ def postgres_server():
     server = postgres.start_postgres()
     yield server
     server.stop()
+
+
+@pytest.fixture(scope="session")
+def s3_store_server(tmp_path_factory):
+    """One `rclone serve s3` on loopback for the session's scaled roots (testing/s3.py); each
+    takes its own prefix with `s3_store_server.url(prefix)`."""
+    from connreg.testing.s3 import start_s3_server
+
+    server = start_s3_server(tmp_path_factory.mktemp("s3") / "root")
+    yield server
+    server.stop()

@@ -43,11 +43,14 @@ class PostgresMetadataStore:
         self.release_headroom: Callable[[], bool] | None = None
         self._changed = trio.Event()
         engine.wake_changes = self._wake
+        # The manifest row read along with the last resolve_tag (see there); taken once.
+        self._resolved: ManifestRecord | None = None
 
     def close(self) -> None:
         pass  # the engine is closed by whoever opened it (it serves the control store too)
 
     def _wake(self) -> None:
+        self._resolved = None  # a write or a change elsewhere: never hand out an older row
         self._changed.set()
         self._changed = trio.Event()
 
@@ -120,6 +123,9 @@ class PostgresMetadataStore:
 
     # --- manifests and tags -------------------------------------------------------------
     def get_manifest(self, repo: str, digest: str) -> ManifestRecord | None:
+        resolved, self._resolved = self._resolved, None
+        if resolved is not None and resolved.repo == repo and resolved.digest == digest:
+            return resolved
         row = self._one(
             "SELECT media_type, size, subject, artifact_type, annotations FROM manifests"
             " WHERE repo = %s AND digest = %s", (repo, digest))
@@ -128,8 +134,18 @@ class PostgresMetadataStore:
         return ManifestRecord(repo, digest, row[0], row[1], row[2], row[3], row[4])
 
     def resolve_tag(self, repo: str, tag: str) -> str | None:
-        row = self._one("SELECT digest FROM tags WHERE repo = %s AND tag = %s", (repo, tag))
-        return row[0] if row else None
+        # One round trip for the usual pair "resolve the tag, then get its manifest": the row
+        # comes along and the very next get_manifest of that digest takes it (a read as of
+        # this moment, no older than two separate reads would be).
+        row = self._one(
+            "SELECT t.digest, m.media_type, m.size, m.subject, m.artifact_type, m.annotations"
+            " FROM tags t LEFT JOIN manifests m ON m.repo = t.repo AND m.digest = t.digest"
+            " WHERE t.repo = %s AND t.tag = %s", (repo, tag))
+        if row is None:
+            return None
+        if row[1] is not None:
+            self._resolved = ManifestRecord(repo, row[0], row[1], row[2], row[3], row[4], row[5])
+        return row[0]
 
     def list_tags(self, repo: str, n: int | None, last: str | None) -> list[str]:
         sql = "SELECT tag FROM tags WHERE repo = %s AND tag > %s ORDER BY tag"

@@ -46,6 +46,7 @@ class PostgresServer:
     root: Path
     port: int
     proc_user: str | None
+    options: str = ""  # the server's command-line settings (pg_ctl -o)
 
     def url(self, database: str = "postgres") -> str:
         return f"postgresql://postgres@127.0.0.1:{self.port}/{database}"
@@ -61,6 +62,16 @@ class PostgresServer:
         if self.proc_user:
             cmd = ("runuser", "-u", self.proc_user, "--", *cmd)
         return subprocess.run(cmd, check=True, capture_output=True, text=True, **kw)
+
+    def pause(self) -> None:
+        """Stop the server, keeping its data (a database outage); `resume` starts it again."""
+        self._run(str(server_binaries() / "pg_ctl"), "-D", str(self.root / "data"),
+                  "-m", "fast", "-w", "stop", timeout=60)
+
+    def resume(self, timeout: float = 60.0) -> None:
+        self._run(str(server_binaries() / "pg_ctl"), "-D", str(self.root / "data"),
+                  "-l", str(self.root / "server.log"), "-o", self.options, "-w",
+                  "-t", str(int(timeout)), "start", timeout=timeout + 10)
 
     def stop(self) -> None:
         bins = server_binaries()
@@ -89,8 +100,8 @@ def start_postgres(max_connections: int = 200, timeout: float = 60.0) -> Postgre
     options = (f"-c listen_addresses=127.0.0.1 -p {server.port} -k {root}"
                f" -c fsync=off -c synchronous_commit=off -c full_page_writes=off"
                f" -c max_connections={max_connections}")
-    server._run(str(bins / "pg_ctl"), "-D", str(root / "data"), "-l", str(root / "server.log"),
-                "-o", options, "-w", "-t", str(int(timeout)), "start", timeout=timeout + 10)
+    server.options = options
+    server.resume(timeout)
     deadline = time.monotonic() + timeout
     while True:
         try:

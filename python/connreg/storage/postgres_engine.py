@@ -47,6 +47,14 @@ def redact(url: str) -> str:
     return " ".join(f"{k}={v}" for k, v in info.items())
 
 
+# Every connection: give up connecting after 5 s, and notice a server that vanished (no RST:
+# a dead host, a cut network) within ~15 s instead of the kernel's minutes, so neither the
+# event loop's reads nor a pooled writer hang on it; a read never runs longer than 15 s.
+CONNECT_OPTIONS = {"connect_timeout": 5, "keepalives": 1, "keepalives_idle": 5,
+                   "keepalives_interval": 2, "keepalives_count": 3, "tcp_user_timeout": 15000}
+READER_OPTIONS = {**CONNECT_OPTIONS, "options": "-c statement_timeout=15000"}
+
+
 class EngineUnreachable(Exception):
     """The database cannot be reached or migrated at start; the message names it (no
     password)."""
@@ -65,7 +73,8 @@ class PostgresEngine:
         if self.applied:
             log.info("applied schema migration(s) %s to %s", self.applied, redact(url))
         self.pool = ConnectionPool(url, min_size=1, max_size=pool_size, open=True,
-                                   kwargs={"autocommit": True}, timeout=connect_timeout,
+                                   kwargs={"autocommit": True, **CONNECT_OPTIONS},
+                                   timeout=connect_timeout,
                                    check=ConnectionPool.check_connection,
                                    name="connreg-metadata")
         self._reader: psycopg.Connection | None = None
@@ -90,7 +99,8 @@ class PostgresEngine:
             for attempt in (1, 2):
                 try:
                     if self._reader is None or self._reader.closed:
-                        self._reader = psycopg.connect(self.url, autocommit=True)
+                        self._reader = psycopg.connect(self.url, autocommit=True,
+                                                       **READER_OPTIONS)
                     cur = self._reader.execute(sql, args)
                     return cur.fetchall() if cur.description else []
                 except psycopg.OperationalError:
@@ -126,7 +136,7 @@ class PostgresEngine:
         backoff = 0.5
         while not self._stop.is_set():
             try:
-                with psycopg.connect(self.url, autocommit=True) as conn:
+                with psycopg.connect(self.url, autocommit=True, **CONNECT_OPTIONS) as conn:
                     conn.execute(f"LISTEN {CHANGES_CHANNEL}")
                     conn.execute(f"LISTEN {CONTROL_CHANNEL}")
                     backoff = 0.5
@@ -159,7 +169,7 @@ class PostgresEngine:
         waited for in a worker thread). A replica killed mid-collection drops its connection,
         and with it the lock."""
         conn = await trio.to_thread.run_sync(
-            lambda: psycopg.connect(self.url, autocommit=True))
+            lambda: psycopg.connect(self.url, autocommit=True, **CONNECT_OPTIONS))
         try:
             while True:  # poll, so cancelling the wait never leaves a thread blocked in it
                 got = await trio.to_thread.run_sync(

@@ -36,7 +36,7 @@ def available() -> list[tuple[int, str, str]]:
 def apply(conninfo: str) -> list[int]:
     """Bring the database at `conninfo` up to date; returns the versions applied now."""
     applied_now = []
-    with psycopg.connect(conninfo, autocommit=True) as conn:
+    with psycopg.connect(conninfo, autocommit=True, connect_timeout=10) as conn:
         known = {v for v, _, _ in available()}
         with conn.transaction():
             conn.execute("SELECT pg_advisory_xact_lock(%s)", (MIGRATION_LOCK,))

@@ -139,6 +139,15 @@ class Settings:
     s3_endpoint: str = ""
     # Write connections per replica to PostgreSQL (writes are serialized by a lock anyway).
     metadata_pool_size: int = 4
+    # S3 blob store only: answer blob GETs with a 307 to a presigned URL of the object, so the
+    # bytes flow from the store, not through a replica (distribution's `redirect`); only for
+    # clients that can reach the store's endpoint.
+    blob_redirect: bool = False
+    # How long such a presigned URL stays valid (1 s .. 7 days, SigV4's limit).
+    blob_redirect_seconds: int = 300
+    # Plain http to a non-loopback s3_endpoint (a store on a private network): credentials are
+    # signed, not sent, but blobs travel unencrypted. Loopback endpoints may always use http.
+    s3_allow_http: bool = False
 
     # --- test-only knobs (never set in production; documented in docs/sync.md) ---------------
     # Shifts this node's clock for sync schedules, change-log retention and the token service

@@ -54,7 +54,9 @@ def open_blob_store(settings: Settings):
     s3_store = getattr(_core, "S3BlobStore", None)
     if s3_store is None:
         raise BackendError("blob_store s3://…: this build of connreg has no S3 blob store")
-    return s3_store(where.bucket, where.prefix, settings.s3_endpoint or None)
+    url = f"s3://{where.bucket}/{where.prefix}".rstrip("/")
+    return s3_store(url, endpoint=settings.s3_endpoint or None,
+                    allow_http=settings.s3_allow_http)
 
 
 def metadata_kind(settings: Settings) -> str:

@@ -2,7 +2,7 @@
 
   sqlite        one node on SQLite + its data dir, clients straight at it (today's default)
   sqlite+lb     the same node behind nginx (what the balancer alone costs)
-  pg-1          one replica on PostgreSQL + a shared blob folder, behind nginx
+  pg-1          one replica on PostgreSQL + a shared blob folder (or S3: --s3), behind nginx
   pg-2          two replicas on the same PostgreSQL and folder, behind nginx (no stickiness)
 
 Workload (bench/run.py's, reused): push of the Debian image with skopeo (fresh repository per
@@ -10,7 +10,7 @@ run), pull into a fresh OCI layout, manifest GET by tag with wrk. All four are u
 measured in turn, round after round (a shared machine's load drifts; interleaving spreads it
 evenly). Medians; ratios against the single node on SQLite.
 
-    .venv/bin/python bench/scale.py [--runs 5] [--wrk-rounds 3] [--blob-store s3://…]
+    .venv/bin/python bench/scale.py [--runs 5] [--wrk-rounds 3] [--s3]
 
 Results: bench/RESULTS.md, section "Scaled root".
 """
@@ -43,9 +43,10 @@ class Target:
     host: str
 
 
-def start_nodes(workdir: Path, count: int, args: list[str]) -> list[Node]:
-    nodes = [Node(data_dir=workdir / f"n{i}", port=free_port(), extra_args=["--no-auth", *args])
-             for i in range(count)]
+def start_nodes(workdir: Path, count: int, args: list[str],
+                env: dict[str, str] | None = None) -> list[Node]:
+    nodes = [Node(data_dir=workdir / f"n{i}", port=free_port(), extra_args=["--no-auth", *args],
+                  env=dict(env or {})) for i in range(count)]
     for n in nodes:
         n.start(timeout=120)
     return nodes
@@ -62,8 +63,8 @@ def main() -> int:
     ap.add_argument("--wrk-threads", type=int, default=2)
     ap.add_argument("--wrk-conns", type=int, default=32)
     ap.add_argument("--nginx-workers", type=int, default=1)
-    ap.add_argument("--blob-store", default="", help="s3://… for the replicas (default: a "
-                    "shared folder); S3 endpoint/credentials from CONNREG_S3_ENDPOINT/AWS_*")
+    ap.add_argument("--s3", action="store_true", help="replicas store blobs in S3 (a local "
+                    "`rclone serve s3`, testing/s3.py) instead of a shared folder")
     args = ap.parse_args()
     base.ensure_tools()
     base.ensure_image()
@@ -72,6 +73,10 @@ def main() -> int:
     started = time.time()
     workdir = Path(tempfile.mkdtemp(prefix="connreg-scale-bench-"))
     pg = start_postgres()
+    s3 = None
+    if args.s3:
+        from connreg.testing.s3 import start_s3_server
+        s3 = start_s3_server(workdir / "s3")
     nodes: list[Node] = []
     balancers: list[Balancer] = []
     targets: dict[str, Target] = {}
@@ -81,10 +86,11 @@ def main() -> int:
             if replicas == 0:
                 mine = start_nodes(here, 1, [])
             else:
-                store = args.blob_store or str(here / "shared-blobs")
+                store = s3.url(name) if s3 else str(here / "shared-blobs")
                 url = pg.create_database(name.replace("-", "_"))
                 mine = start_nodes(here, replicas,
-                                   ["--metadata-url", url, "--blob-store", store])
+                                   ["--metadata-url", url, "--blob-store", store],
+                                   s3.env() if s3 else {})
             nodes += mine
             host = mine[0].host
             if name != "sqlite":
@@ -117,6 +123,8 @@ def main() -> int:
         for n in nodes:
             n.stop()
         pg.stop()
+        if s3 is not None:
+            s3.stop()
         shutil.rmtree(workdir, ignore_errors=True)
     print(render(args, info, results, time.time() - started))
     return 0
@@ -141,7 +149,8 @@ def render(args, info, res, elapsed) -> str:
              f"connreg at git {base.git_rev()}; {args.runs} push/pull runs per column, wrk "
              f"-t{args.wrk_threads} -c{args.wrk_conns} -d{args.wrk_duration}s × "
              f"{args.wrk_rounds} rounds (median), configurations interleaved, nginx "
-             f"worker_processes {args.nginx_workers}, {os.cpu_count()} CPUs.", "",
+             f"worker_processes {args.nginx_workers}, {os.cpu_count()} CPUs; replicas' blobs in "
+             f"{'S3 (rclone serve s3 on loopback)' if args.s3 else 'a shared folder'}.", "",
              f"Image: {info['total'] / 1e6:.1f} MB ({len(info['layers'])} layer(s)).", "",
              "| metric | " + " | ".join(names) + " |",
              "| --- |" + " --- |" * len(names),

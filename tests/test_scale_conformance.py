@@ -1,5 +1,6 @@
 """The whole OCI conformance suite (tests/test_conformance.py, every spec, unchanged) against a
-scaled root: two replicas on PostgreSQL and one blob store, behind nginx without stickiness.
+scaled root: two replicas on PostgreSQL and S3 (`rclone serve s3`), behind nginx without
+stickiness.
 
 The specs are imported, so pytest collects each of them here a second time; this module's own
 `reg` fixture (which pytest prefers for tests collected here) points them at the balancer.
@@ -21,10 +22,12 @@ from connreg.testing.replicas import start_scaled_root
 
 
 @pytest.fixture(scope="module")
-def reg(tmp_path_factory, postgres_server):
+def reg(tmp_path_factory, postgres_server, s3_store_server):
     root = start_scaled_root(tmp_path_factory.mktemp("conformance-replicas"),
                              postgres_server.create_database("conformance_replicas"),
-                             env={"CONNREG_ADMIN_PASSWORD": secrets.token_urlsafe(18)})
+                             blob_store=s3_store_server.url("conformance"),
+                             env={"CONNREG_ADMIN_PASSWORD": secrets.token_urlsafe(18),
+                                  **s3_store_server.env()})
     conformance.D.__init__()
     conformance.S.__init__()
     r = conformance.Registry(root.url, root.admin)

@@ -1,5 +1,5 @@
-"""`connreg maintenance migrate`: a single-node root (SQLite + folder) moved onto PostgreSQL and a
-shared blob store loses nothing, can be re-run, and the replicas then serve what it served —
+"""`connreg maintenance migrate`: a single-node root (SQLite + folder) moved onto PostgreSQL and S3
+(`rclone serve s3`) loses nothing, can be re-run, and the replicas then serve what it served —
 tokens issued before the move included (the signing key moves too)."""
 
 from __future__ import annotations
@@ -15,13 +15,14 @@ import psycopg
 
 from connreg.testing.hierarchy import ADMIN_PASSWORD
 from connreg.testing.node import start_node
-from connreg.testing.oci import OCI_MANIFEST, make_image
+from connreg.testing.oci import OCI_MANIFEST, make_image, sha256
 from connreg.testing.replicas import start_scaled_root
 from helpers import push_image
 
 
-def migrate(data_dir, url, store) -> subprocess.CompletedProcess:
+def migrate(data_dir, url, store, s3_env) -> subprocess.CompletedProcess:
     env = {k: v for k, v in os.environ.items() if not k.startswith("CONNREG_")}
+    env.update(s3_env)
     return subprocess.run([sys.executable, "-m", "connreg", "maintenance", "migrate",
                            "--data-dir", str(data_dir), "--metadata-url", url,
                            "--blob-store", str(store)],
@@ -35,7 +36,7 @@ def bearer(url: str, auth, scope: str) -> str:
     return r.json()["token"]
 
 
-def test_migrate_a_single_node_onto_postgres_and_a_shared_store(tmp_path, postgres_server):
+def test_migrate_a_single_node_onto_postgres_and_s3(tmp_path, postgres_server, s3_store_server):
     node = start_node(tmp_path / "single", admin_password=ADMIN_PASSWORD)
     images = {f"v{i}": make_image([20_000 * (i + 1), 5_000]) for i in range(3)}
     with httpx.Client(base_url=node.url, auth=node.admin, timeout=30) as c:
@@ -55,25 +56,23 @@ def test_migrate_a_single_node_onto_postgres_and_a_shared_store(tmp_path, postgr
     assert len(log_before) == 4
 
     url = postgres_server.create_database("migrated")
-    store = tmp_path / "shared-blobs"
-    first = migrate(node.data_dir, url, store)
+    store, s3_env = s3_store_server.url("migrated"), s3_store_server.env()
+    first = migrate(node.data_dir, url, store, s3_env)
     assert first.returncode == 0, first.stderr
     assert "everything is at the destination" in first.stdout
-    again = migrate(node.data_dir, url, store)  # idempotent: nothing new the second time
+    again = migrate(node.data_dir, url, store, s3_env)  # idempotent: nothing new the second time
     assert again.returncode == 0, again.stderr
     assert "blobs: 0 copied" in again.stdout
     assert all(part.endswith("/0 new") for part in again.stdout.split("rows (source/new): ")[1]
                .strip().splitlines()[0].split(", ")), again.stdout
     # resumable: a blob lost at the destination (an interrupted run) is copied again
-    victim = next((store / "blobs" / "sha256").rglob("*"))
-    while victim.is_dir():
-        victim = next(victim.iterdir())
-    victim.unlink()
-    resumed = migrate(node.data_dir, url, store)
+    assert s3_store_server.blob_store("migrated").delete(sha256(images["v0"].layers[0]))
+    resumed = migrate(node.data_dir, url, store, s3_env)
     assert resumed.returncode == 0 and "blobs: 1 copied" in resumed.stdout, resumed.stdout
 
-    root = start_scaled_root(tmp_path / "replicas", url, blob_store=str(store),
-                             env={"CONNREG_ADMIN_PASSWORD": ADMIN_PASSWORD})
+    # one replica suffices here: serving through two is what the other scaled tests show
+    root = start_scaled_root(tmp_path / "replicas", url, blob_store=store, replicas=1,
+                             env={"CONNREG_ADMIN_PASSWORD": ADMIN_PASSWORD, **s3_env})
     try:
         with httpx.Client(base_url=root.url, auth=root.admin, timeout=30) as c:
             assert c.get("/v2/_catalog").json() == feed_before

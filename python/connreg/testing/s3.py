@@ -18,7 +18,6 @@ from __future__ import annotations
 import os
 import secrets
 import shutil
-import socket
 import subprocess
 import sys
 import time
@@ -26,6 +25,8 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterator
+
+import httpx
 
 from connreg.testing.node import free_port
 
@@ -105,10 +106,14 @@ class S3Server:
                 raise RuntimeError(f"rclone serve s3 exited with {self.proc.returncode}; "
                                    f"see {self.log_path}")
             try:
-                with socket.create_connection(("127.0.0.1", self.port), timeout=1):
+                # rclone's own answer (an S3 error document for an unsigned request), not
+                # whatever else might have taken the port meanwhile
+                answer = httpx.get(self.endpoint, timeout=2)
+                if "<Error>" in answer.text and self.proc.poll() is None:
                     return self
-            except OSError:
-                time.sleep(0.05)
+            except httpx.HTTPError:
+                pass
+            time.sleep(0.05)
         self.stop()
         raise RuntimeError(f"rclone serve s3 did not listen within {timeout}s; see {self.log_path}")
 

@@ -81,6 +81,14 @@ class UploadSessions:
         self._close_idle_files()
         return upload
 
+    async def open(self, upload_id: str) -> _core.Upload:
+        """`handle`, with the store asked from a worker thread (on S3 opening a session is
+        a request for its state): for request handlers."""
+        self._activity[upload_id] = time.time()
+        upload = await trio.to_thread.run_sync(self.blobs.upload, upload_id)
+        self._close_idle_files()
+        return upload
+
     async def sync_with_store(self, upload: _core.Upload) -> None:
         """On a scaled root another replica may have appended to the session since this one
         last saw it (clients are not sticky): an empty write makes the handle re-read what

@@ -139,7 +139,7 @@ def test_replica_killed_during_a_pull_the_retry_resumes_elsewhere(scaled):
     """A blob download stalls half-way (the reader stops reading); the replica sending it is
     killed. The client resumes with a Range request through the balancer and gets the rest
     from the other replica: the assembled blob matches its digest."""
-    data = os.urandom(32 * MiB)  # more than the socket and proxy buffers on the way hold
+    data = os.urandom(64 * MiB)  # far more than the socket and proxy buffers on the way hold
     with client(scaled) as c:
         digest = "sha256:" + hashlib.sha256(data).hexdigest()
         r = c.post("/v2/scale/pull/blobs/uploads/", params={"digest": digest}, content=data)
@@ -152,9 +152,10 @@ def test_replica_killed_during_a_pull_the_retry_resumes_elsewhere(scaled):
                 received += chunk
                 if len(received) >= 4 * MiB:
                     break
-            wait_for(lambda: any(sending_to_balancer(n) for n in scaled.nodes), 30,
-                     message="a replica blocked sending the blob")
-            victim = next(n for n in scaled.nodes if sending_to_balancer(n))
+            senders: list[Node] = []
+            wait_for(lambda: senders.extend(n for n in scaled.nodes if sending_to_balancer(n))
+                     or senders, 30, message="a replica blocked sending the blob")
+            victim = senders[0]
             victim.kill()
             with pytest.raises(httpx.HTTPError):
                 for chunk in stream:

@@ -86,6 +86,8 @@ class PostgresEngine:
         self._trio_token = None
         self._stop = threading.Event()
         self._listener: threading.Thread | None = None
+        # The listener re-reads the counters this often even without a notification.
+        self.recheck_seconds = 1.0
 
     # --- reads on the event loop --------------------------------------------------------
     def read(self, sql: str, args: tuple | list = ()) -> list[tuple]:
@@ -142,7 +144,7 @@ class PostgresEngine:
                     backoff = 0.5
                     while not self._stop.is_set():
                         self._observe(*self._counters(conn))
-                        for _ in conn.notifies(timeout=1.0, stop_after=1):
+                        for _ in conn.notifies(timeout=self.recheck_seconds, stop_after=1):
                             pass  # whatever it said, the counters above are re-read now
             except psycopg.Error as exc:
                 if self._stop.is_set():

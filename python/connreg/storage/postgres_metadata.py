@@ -43,6 +43,8 @@ class PostgresMetadataStore:
         self.release_headroom: Callable[[], bool] | None = None
         self._changed = trio.Event()
         engine.wake_changes = self._wake
+        # wait_for_change re-reads the log this often even without a notification.
+        self.recheck_seconds = 1.0
         # The manifest row read along with the last resolve_tag (see there); taken once.
         self._resolved: ManifestRecord | None = None
 
@@ -308,7 +310,7 @@ class PostgresMetadataStore:
         self.engine.start_listening()
         with trio.move_on_after(timeout):
             while self.change_bounds()[1] <= after:
-                with trio.move_on_after(1.0):
+                with trio.move_on_after(self.recheck_seconds):
                     await self._changed.wait()
 
     # --- chunk index (delta transfer) -----------------------------------------------------

@@ -187,8 +187,7 @@ impl S3Upload {
         let sh = &self.shared;
         let blob_key = sh.blob_key(&expected);
         if sh.head(&blob_key)?.is_some() {
-            sh.remove_upload(&self.id)?; // deduplicated
-            inner.closed = true;
+            self.discard(inner)?; // deduplicated
             return Ok(expected.to_string());
         }
         match &multipart {
@@ -225,8 +224,7 @@ impl S3Upload {
                         return Err(CoreError::UploadNotFound(self.id.clone()));
                     };
                     if actual != expected.hex() || size != st.size {
-                        sh.remove_upload(&self.id)?;
-                        inner.closed = true;
+                        self.discard(inner)?;
                         return Err(mismatch(actual));
                     }
                 }
@@ -243,7 +241,21 @@ impl S3Upload {
     /// Remove the upload (multipart upload, state, data); idempotent.
     pub fn abort(&self) -> Result<()> {
         let mut inner = self.lock();
+        self.discard(&mut inner)
+    }
+
+    /// Close the handle and remove the upload: the multipart upload this handle knows (it may
+    /// have started one not yet flushed) and whatever the stored state names.
+    fn discard(&self, inner: &mut Inner) -> Result<()> {
         inner.closed = true;
+        if let Some(mp) = inner.state.multipart.take() {
+            let data_key = self.shared.data_key(&self.id);
+            match block_on(self.shared.s3.abort_multipart(&data_key, &mp)) {
+                Ok(()) => {}
+                Err(e) if is_not_found(&e) => {}
+                Err(e) => return Err(s3_error("abort multipart", &data_key, e)),
+            }
+        }
         self.shared.remove_upload(&self.id)
     }
 

@@ -41,3 +41,28 @@ def hierarchy(tmp_path) -> Hierarchy:
 
 def pytest_report_header(config):
     return f"skopeo: {shutil.which('skopeo') or 'not found'}"
+
+
+@pytest.fixture(scope="session")
+def postgres_server():
+    """One throwaway PostgreSQL cluster on loopback for the session (testing/postgres.py);
+    tests take a fresh database each with `postgres_server.create_database(name)`."""
+    from connreg.testing import postgres
+
+    why = postgres.available()
+    if why:
+        pytest.skip(why)
+    server = postgres.start_postgres()
+    yield server
+    server.stop()
+
+
+@pytest.fixture(scope="session")
+def s3_store_server(tmp_path_factory):
+    """One `rclone serve s3` on loopback for the session's scaled roots (testing/s3.py); each
+    takes its own prefix with `s3_store_server.url(prefix)`."""
+    from connreg.testing.s3 import start_s3_server
+
+    server = start_s3_server(tmp_path_factory.mktemp("s3") / "root")
+    yield server
+    server.stop()

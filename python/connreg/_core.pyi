@@ -17,6 +17,8 @@ __all__ = [
     "DigestMismatch",
     "Digester",
     "InvalidDigest",
+    "S3BlobStore",
+    "S3Upload",
     "StorageFull",
     "UnsupportedAlgorithm",
     "Upload",
@@ -202,8 +204,15 @@ class BlobStore:
     def delete(self, digest: str) -> bool:
         """Remove the blob; ``True`` if it existed."""
 
+    def stat(self, digest: str) -> tuple[int, float] | None:
+        """``(size, mtime)`` of the blob's file, or ``None`` if it is not in the store."""
+
     def list_digests(self) -> list[str]:
         """Every committed blob's digest, sorted (for garbage collection)."""
+
+    def list_blobs(self) -> list[tuple[str, int, float]]:
+        """``(digest, size, mtime)`` of every committed blob, sorted by digest (garbage
+        collection; one listing on either store)."""
 
     def upload(self, upload_id: str) -> Upload:
         """Open the upload ``upload_id``, creating it if absent.
@@ -323,6 +332,139 @@ class Upload:
         it. ``False`` (nothing done) if no descriptor is open or a call is running on the
         upload right now; never waits."""
 
+    def flush(self) -> int:
+        """Nothing to do (every write is already in the file); returns the size. Callers flush
+        after each request that wrote, for :class:`S3Upload`'s sake."""
+
+# --- blob store on S3-compatible object storage (docs/storage.md) -----------------------------
+
+@final
+class S3BlobStore:
+    """The blob store on S3-compatible object storage, with :class:`BlobStore`'s methods::
+
+        <prefix>/blobs/<alg>/<first two hex>/<hex>   committed blobs (verified, immutable)
+        <prefix>/uploads/<upload_id>/state           an upload session's state
+        <prefix>/uploads/<upload_id>/data            its multipart upload, assembled at commit
+
+    Every method is a blocking request to the store (retrying 5xx with backoff) with the GIL
+    released: call them from worker threads. Errors from the store raise :class:`CoreError`
+    naming the operation and key (never credentials). Differences from :class:`BlobStore`:
+    ``path_for`` raises (no local file), ``release_idle_uploads`` returns 0, and uploads must be
+    flushed (:meth:`S3Upload.flush`).
+    """
+
+    def __new__(
+        cls,
+        url: str,
+        endpoint: str | None = None,
+        region: str | None = None,
+        access_key_id: str | None = None,
+        secret_access_key: str | None = None,
+        session_token: str | None = None,
+        allow_http: bool = False,
+        part_size: int | None = None,
+    ) -> Self:
+        """Open ``url`` (``s3://BUCKET[/PREFIX]``); nothing is sent yet.
+
+        ``endpoint`` defaults to ``CONNREG_S3_ENDPOINT`` (else AWS S3), credentials to
+        ``AWS_ACCESS_KEY_ID``/``AWS_SECRET_ACCESS_KEY``/``AWS_SESSION_TOKEN``, the region to
+        ``AWS_REGION``/``AWS_DEFAULT_REGION``/``us-east-1``. Requests are path-style; plain
+        http only to a loopback endpoint unless ``allow_http``. ``part_size`` (default 8 MiB)
+        is the size of every multipart part but the last.
+
+        Raises:
+            CoreError: a malformed URL, no credentials, http to a non-loopback endpoint.
+        """
+
+    @property
+    def root(self) -> str:
+        """The ``s3://`` URL (where :attr:`BlobStore.root` is a directory)."""
+
+    @property
+    def url(self) -> str: ...
+    @property
+    def part_size(self) -> int: ...
+    def path_for(self, digest: str) -> str:
+        """Always raises :class:`CoreError`: there is no local file."""
+
+    def key_for(self, digest: str) -> str:
+        """The object key of the blob (whether or not it exists)."""
+
+    def exists(self, digest: str) -> bool: ...
+    def size(self, digest: str) -> int | None: ...
+    def stat(self, digest: str) -> tuple[int, float] | None:
+        """``(size, last-modified)`` of the object, or ``None``."""
+
+    def put_bytes(self, data: bytes, expected_digest: str | None = None) -> str:
+        """As :meth:`BlobStore.put_bytes`: verified in memory, then one PUT."""
+
+    def read(self, digest: str, offset: int = 0, length: int | None = None) -> bytes:
+        """As :meth:`BlobStore.read` (one ranged GET; clamped like a slice)."""
+
+    def chunks(
+        self, digest: str, params: ChunkParams | None = None
+    ) -> list[tuple[int, int, str]]:
+        """As :meth:`BlobStore.chunks`, streaming the object."""
+
+    def delete(self, digest: str) -> bool: ...
+    def list_digests(self) -> list[str]: ...
+    def list_blobs(self) -> list[tuple[str, int, float]]: ...
+    def upload(self, upload_id: str) -> S3Upload:
+        """Open the upload, creating its state object if absent; the handle starts from the
+        state stored in the bucket (whichever replica wrote it)."""
+
+    def upload_exists(self, upload_id: str) -> bool: ...
+    def upload_size(self, upload_id: str) -> int | None:
+        """The size as last flushed, or ``None``."""
+
+    def abort_upload(self, upload_id: str) -> None:
+        """Abort its multipart upload and remove its objects (idempotent)."""
+
+    def purge_stale_uploads(self, max_age_seconds: float) -> int: ...
+    def release_idle_uploads(self, idle_seconds: float, max_open: int) -> int:
+        """Always 0: no descriptors are held."""
+
+    def list_uploads(self) -> list[tuple[str, float]]: ...
+    def presigned_url(self, digest: str, expires_seconds: float = 300.0) -> str:
+        """A presigned (SigV4) GET URL of the blob, valid ``expires_seconds`` (1 s .. 7 days),
+        for clients that can reach the endpoint (``blob_redirect``)."""
+
+@final
+class S3Upload:
+    """An upload session on S3: a multipart upload plus a running sha256.
+
+    Writes gather in memory until they fill a part, which is stored at once; :meth:`flush`
+    stores the session's state (size, hash state, parts, tail) so any replica continues it.
+    Calls on one handle are serialized; after commit or abort they raise
+    :class:`UploadNotFound`.
+    """
+
+    @property
+    def upload_id(self) -> str: ...
+    @property
+    def size(self) -> int:
+        """Bytes written through this handle so far (flushed or not)."""
+
+    def write(self, data: bytes) -> int:
+        """Append; every part filled is stored before this returns. All or nothing. An empty
+        write does nothing."""
+
+    def flush(self) -> int:
+        """Store the state object if anything was written since; returns the size."""
+
+    def copy_from(self, digest: str, offset: int, length: int) -> int: ...
+    def copy_many(self, ranges: list[tuple[str, int, int]]) -> int:
+        """As :meth:`Upload.copy_many` (ranged GETs, appended like writes); all or nothing."""
+
+    def commit(self, expected_digest: str) -> str:
+        """Verify, then make the blob visible at its digest key (one PUT, or assemble and
+        copy server-side). A sha256 mismatch leaves the upload as it was (flushed); a sha512
+        mismatch of a multi-part upload ends it."""
+
+    def abort(self) -> None: ...
+    def release(self) -> bool:
+        """Always ``False``: no descriptor is held."""
+
 # --- delta transfer ---------------------------------------------------------------------------
 
 @final
@@ -366,7 +508,7 @@ def chunk_bytes(data: bytes, params: ChunkParams | None = None) -> list[tuple[in
     """
 
 def encode_chunks(
-    store: BlobStore, items: list[tuple[str, int, int]], level: int = 3
+    store: BlobStore | S3BlobStore, items: list[tuple[str, int, int]], level: int = 3
 ) -> bytes:
     """A batch frame holding the bytes of each ``(digest, offset, length)`` of a stored blob.
 

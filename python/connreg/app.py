@@ -14,16 +14,18 @@ from connreg.api.fast_reads import FastManifestReads
 from connreg.auth import endpoints as auth_endpoints
 from connreg.auth.authorizer import Authorizer
 from connreg.auth.identity import Authenticator
-from connreg.auth.tokens import TokenService
+from connreg.auth.tokens import TokenService, new_key_pem
 from connreg.config import Settings
 from connreg.control import activation
 from connreg.control import api as control_api
 from connreg.control.service import ControlPlane
 from connreg.control import validation as control_validation
+from connreg.control.postgres_store import PostgresControlStore
 from connreg.control.sqlite_store import SqliteControlStore
 from connreg.errors import RegistryError
 from connreg.references import check_name
 from connreg.registry import Registry
+from connreg.storage import readiness
 from connreg.storage.budget import StorageFull, find_out_of_space
 from connreg.delta import endpoints as delta_endpoints
 from connreg.delta import receive as delta_receive
@@ -82,7 +84,13 @@ def create_app(settings: Settings) -> StreamingQuart:
 
     # Control plane and auth (docs/auth.md): resources in <data_dir>/control.sqlite, one
     # Authorizer that the /v2/ dispatcher, the token endpoint and the management API share.
-    control_store = SqliteControlStore(settings.data_dir / "control.sqlite")
+    # Replicas of a scaled root share it, and the token signing key, on PostgreSQL.
+    shared_key = None
+    if registry.engine is not None:
+        control_store = PostgresControlStore(registry.engine)
+        shared_key = control_store.shared_secret("token-signing-key", new_key_pem)
+    else:
+        control_store = SqliteControlStore(settings.data_dir / "control.sqlite")
     app.extensions["control"] = ControlPlane(settings, control_store)
     authn = None
     if settings.auth:
@@ -90,7 +98,8 @@ def create_app(settings: Settings) -> StreamingQuart:
                               settings.token_ttl_seconds,
                               settings.refresh_token_ttl_seconds
                               or settings.refresh_token_max_lifetime_seconds,
-                              clock_offset=settings.test_clock_offset_seconds)
+                              clock_offset=settings.test_clock_offset_seconds,
+                              shared_key_pem=shared_key)
         authn = Authenticator(settings, control_store, tokens)
     state = activation.load_state(settings.data_dir) if settings.is_connected_registry else None
     # The audit trail (docs/audit.md): this node's events, and at a parent its subtree's.
@@ -136,6 +145,8 @@ def create_app(settings: Settings) -> StreamingQuart:
 
     @app.before_serving
     async def start_background_tasks() -> None:
+        if registry.engine is not None:  # follow changes made at the other replicas
+            registry.engine.start_listening()
         await app.nursery.start(registry.chunk_index.run)
         await app.nursery.start(audit.run)  # fsync and retention of the audit trail
         # Upload sessions: purged once before serving, then bounded (upload_sessions.py).
@@ -184,12 +195,23 @@ def create_app(settings: Settings) -> StreamingQuart:
         if full is not None:
             log.warning("%s %s: out of space: %s", request.method, request.path, full)
             return _error_response(registry.budget.refusal(full))
+        if readiness.is_engine_unavailable(exc):  # the client retries, elsewhere or later
+            log.warning("%s %s: a storage engine is unavailable: %s", request.method,
+                        request.path, type(exc).__name__)
+            return _error_response(RegistryError(errors.UNAVAILABLE,
+                                                 headers={"Retry-After": "1"}))
         log.exception("unhandled error on %s %s", request.method, request.path)
         return _error_response(RegistryError(errors.INTERNAL))
 
     @app.route("/healthz")
     async def healthz() -> Response:
         return Response(b'{"status":"ok"}', content_type="application/json")
+
+    @app.route("/readyz")
+    async def readyz() -> Response:
+        """200 when this node can take traffic: its metadata store and blob store answer
+        (a balancer's health check; 503 names what does not)."""
+        return await readiness.check(registry)
 
     @app.route("/v2/", methods=["GET", "HEAD"])
     @app.route("/v2", methods=["GET", "HEAD"])

@@ -173,6 +173,27 @@ class Settings:
     # Password checks (scrypt, 16 MiB each) running at once; more logins wait for a slot.
     password_check_parallel: int = 2
 
+    # --- scaled root: shared engines for N replicas (docs/scaling.md) -------------------------
+    # postgresql://… puts metadata and the control plane on PostgreSQL, shared by every replica
+    # ("": SQLite in the data dir). May carry a password: never logged.
+    metadata_url: str = field(default="", repr=False)
+    # Where blobs live: "" = <data_dir>/store; a folder path every replica mounts; or
+    # s3://BUCKET[/PREFIX] for S3-compatible object storage.
+    blob_store: str = ""
+    # Endpoint URL of an S3-compatible store (MinIO, Ceph, rclone …); "": AWS's own.
+    s3_endpoint: str = ""
+    # Write connections per replica to PostgreSQL (writes are serialized by a lock anyway).
+    metadata_pool_size: int = 4
+    # S3 blob store only: answer blob GETs with a 307 to a presigned URL of the object, so the
+    # bytes flow from the store, not through a replica (distribution's `redirect`); only for
+    # clients that can reach the store's endpoint.
+    blob_redirect: bool = False
+    # How long such a presigned URL stays valid (1 s .. 7 days, SigV4's limit).
+    blob_redirect_seconds: int = 300
+    # Plain http to a non-loopback s3_endpoint (a store on a private network): credentials are
+    # signed, not sent, but blobs travel unencrypted. Loopback endpoints may always use http.
+    s3_allow_http: bool = False
+
     # --- test-only knobs (never set in production; documented in docs/sync.md) ---------------
     # Shifts this node's clock for sync schedules, change-log retention and the token service
     # (token times, password expiry).

@@ -55,6 +55,9 @@ QUERY_INVALID = _register("INVALID", 400, "request parameter invalid")
 CHUNK_PARAMS_MISMATCH = _register("CHUNK_PARAMS_MISMATCH", 400, "chunking parameters differ from this node's")
 CHUNK_UNKNOWN = _register("CHUNK_UNKNOWN", 400, "chunk unknown to registry")
 INTERNAL = _register("UNKNOWN", 500, "internal server error")
+# A shared engine of a scaled root (PostgreSQL, object storage) does not answer right now;
+# retrying (through the balancer, on another replica) may succeed (docs/scaling.md).
+UNAVAILABLE = _register("UNAVAILABLE", 503, "a storage engine is unavailable; retry later")
 
 
 class RegistryError(Exception):

@@ -7,13 +7,14 @@ from __future__ import annotations
 
 import secrets
 from collections import OrderedDict
-from contextlib import AbstractAsyncContextManager
+from contextlib import AbstractAsyncContextManager, nullcontext
 
 import trio
 
 from connreg import _core
 from connreg.config import Settings
 from connreg.delta.index import ChunkIndex
+from connreg.storage import backends
 from connreg.storage.budget import StorageBudget
 from connreg.storage.budgeted import BudgetedBlobStore
 from connreg.storage.sqlite_metadata import SqliteMetadataStore
@@ -49,20 +50,41 @@ class Registry:
         self.settings = settings
         data = settings.data_dir
         data.mkdir(parents=True, exist_ok=True)
-        # Every write is held to the disk budget (storage/budget.py); deletes give bytes back.
-        store = _core.BlobStore(str(data / "store"))
-        self.budget = StorageBudget(data, data / "store", settings.min_free_bytes,
+        # Engines from the settings (storage/backends.py): SQLite + <data_dir>/store by
+        # default; PostgreSQL and a shared folder or S3 for the replicas of a scaled root.
+        where = backends.blob_location(settings)
+        store = backends.open_blob_store(settings)
+        # Every write to a local folder is held to the disk budget (storage/budget.py);
+        # deletes give bytes back. Object storage has no disk of ours to fill.
+        self.budget = StorageBudget(data, where.path or data, settings.min_free_bytes,
                                     settings.max_store_bytes)
-        self.blobs = BudgetedBlobStore(store, self.budget)
-        self.meta = SqliteMetadataStore(data / "metadata.sqlite", blob_present=self.blobs.exists)
+        self.blobs = BudgetedBlobStore(store, self.budget) if where.kind == "fs" else store
+        self.engine = backends.open_engine(settings)  # PostgreSQL, shared by replicas, or None
+        if self.engine is not None:
+            from connreg.storage.postgres_metadata import PostgresMetadataStore
+            self.meta = PostgresMetadataStore(self.engine, blob_present=self.blobs.exists)
+        else:
+            self.meta = SqliteMetadataStore(data / "metadata.sqlite",
+                                            blob_present=self.blobs.exists)
         self.meta.release_headroom = self.budget.release_reserve
         self.manifest_cache = ManifestCache(settings.manifest_cache_bytes)
         self.chunk_index = ChunkIndex(self.blobs, self.meta, settings)
         # Upload sessions: handles, per-session locks, caps, idle descriptors, TTL purge.
         self.uploads = UploadSessions(self.blobs, self.meta, settings)
+        self.uploads.shared = self.engine is not None  # replicas append to sessions too
 
     def close(self) -> None:
         self.meta.close()
+        if self.engine is not None:
+            self.engine.close()
+
+    def gc_exclusion(self) -> AbstractAsyncContextManager[None]:
+        """Held for a whole garbage collection: on PostgreSQL a session advisory lock, so one
+        replica collects at a time (the others wait); on one node, nothing (the collector's
+        own lock suffices)."""
+        if self.engine is None:
+            return nullcontext()
+        return self.engine.gc_lock()
 
     @staticmethod
     def new_upload_id() -> str:

@@ -50,6 +50,8 @@ class UploadSessions:
         self._locks: dict[str, list] = {}
         # Last request per session since the last purge pass (written to the store there).
         self._activity: dict[str, float] = {}
+        # Set by the Registry when other replicas share the blob store (sync_with_store).
+        self.shared = False
 
     async def create(self, upload_id: str, repo: str, owner: str) -> None:
         """Record a new session of `owner`; raises UploadSessionLimit beyond a cap.
@@ -78,6 +80,22 @@ class UploadSessions:
         upload = self.blobs.upload(upload_id)
         self._close_idle_files()
         return upload
+
+    async def open(self, upload_id: str) -> _core.Upload:
+        """`handle`, with the store asked from a worker thread (on S3 opening a session is
+        a request for its state): for request handlers."""
+        self._activity[upload_id] = time.time()
+        upload = await trio.to_thread.run_sync(self.blobs.upload, upload_id)
+        self._close_idle_files()
+        return upload
+
+    async def sync_with_store(self, upload: _core.Upload) -> None:
+        """On a scaled root another replica may have appended to the session since this one
+        last saw it (clients are not sticky): an empty write makes the handle re-read what
+        changed on the shared store, so range checks and Range headers use the real size.
+        In a worker thread: re-hashing what the other replica wrote takes time."""
+        if self.shared:
+            await trio.to_thread.run_sync(upload.write, b"")
 
     @asynccontextmanager
     async def lock(self, upload_id: str) -> AsyncIterator[None]:
@@ -123,7 +141,8 @@ class UploadSessions:
         ttl = self.settings.upload_ttl_seconds
         on_disk = dict(await trio.to_thread.run_sync(self.blobs.list_uploads))
         rows = self.meta.upload_ids()
-        settled = now if startup else now - _ROW_WITHOUT_FILE_GRACE_SECONDS
+        # (Replicas sharing the store: another one may be starting a session right now.)
+        settled = now if startup and not self.shared else now - _ROW_WITHOUT_FILE_GRACE_SECONDS
         ended = set(self.meta.expired_uploads(now - ttl))
         ended.update(i for i in self.meta.expired_uploads(settled) if i not in on_disk)
         # in use, or active while the activity above was being written: not expired

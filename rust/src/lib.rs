@@ -24,6 +24,8 @@ fn _core(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<py::digest::PyDigester>()?;
     m.add_class::<py::store::PyBlobStore>()?;
     m.add_class::<py::store::PyUpload>()?;
+    m.add_class::<py::s3::PyS3BlobStore>()?;
+    m.add_class::<py::s3::PyS3Upload>()?;
     m.add_class::<py::delta::PyChunkParams>()?;
     m.add_function(wrap_pyfunction!(py::digest::digest_bytes, m)?)?;
     m.add_function(wrap_pyfunction!(py::digest::validate_digest, m)?)?;

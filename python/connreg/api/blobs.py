@@ -9,7 +9,7 @@ import trio
 from quart import Response, request
 from quart.wrappers.response import ResponseBody
 
-from connreg import errors
+from connreg import _core, errors
 from connreg.api.http import empty
 from connreg.errors import RegistryError
 from connreg.parsing import bounded_int
@@ -45,12 +45,30 @@ def parse_range(header: str, size: int) -> tuple[int, int]:
     return start, end
 
 
-def _require_blob(reg: Registry, name: str, digest: str) -> int:
+async def _require_blob(reg: Registry, name: str, digest: str) -> int:
     check_digest(digest)
     size = reg.meta.linked_blob_size(name, digest)
-    if size is None or not reg.blobs.exists(digest):
+    # in a worker thread: on S3 this is a request to the store
+    if size is None or not await trio.to_thread.run_sync(reg.blobs.exists, digest):
         raise RegistryError(errors.BLOB_UNKNOWN, detail={"digest": digest})
     return size
+
+
+def _has_local_files(reg: Registry) -> bool:
+    """Whether blobs are files this process can open (the filesystem store), rather than
+    objects read through the store (S3)."""
+    return isinstance(getattr(reg.blobs, "unbudgeted", reg.blobs), _core.BlobStore)
+
+
+async def blob_redirect_url(reg: Registry, digest: str) -> str | None:
+    """Where to send a client for the blob's bytes instead of serving them (`blob_redirect`):
+    a presigned GET URL of the object on an S3 store, valid `blob_redirect_seconds`; None
+    when redirects are off or the store cannot sign URLs (the filesystem store)."""
+    presign = getattr(reg.blobs, "presigned_url", None)
+    if not reg.settings.blob_redirect or presign is None:
+        return None
+    seconds = min(max(reg.settings.blob_redirect_seconds, 1), 7 * 24 * 3600)
+    return await trio.to_thread.run_sync(presign, digest, float(seconds))
 
 
 class _BlobBody(ResponseBody):
@@ -65,8 +83,17 @@ class _BlobBody(ResponseBody):
     def __init__(self, path: str, start: int, length: int):
         self.path, self.start, self.length = path, start, length
 
-    async def __aenter__(self) -> "_BlobBody":
+    async def _open(self) -> None:
         self._fd = await trio.to_thread.run_sync(os.open, self.path, os.O_RDONLY)
+
+    async def _read(self, offset: int, n: int) -> bytes:
+        return await trio.to_thread.run_sync(os.pread, self._fd, n, offset)
+
+    def _close(self) -> None:
+        os.close(self._fd)
+
+    async def __aenter__(self) -> "_BlobBody":
+        await self._open()
         self._nursery_manager = trio.open_nursery()
         nursery = await self._nursery_manager.__aenter__()
         send, self._pieces = trio.open_memory_channel[bytes](1)
@@ -78,8 +105,7 @@ class _BlobBody(ResponseBody):
         async with send:
             offset, end = self.start, self.start + self.length
             while offset < end:
-                piece = await trio.to_thread.run_sync(
-                    os.pread, self._fd, min(READ_CHUNK, end - offset), offset)
+                piece = await self._read(offset, min(READ_CHUNK, end - offset))
                 if not piece:
                     return
                 offset += len(piece)
@@ -96,11 +122,29 @@ class _BlobBody(ResponseBody):
         try:
             await self._nursery_manager.__aexit__(None, None, None)
         finally:
-            os.close(self._fd)
+            self._close()
+
+
+class _StoreBlobBody(_BlobBody):
+    """The same, for a store without local files (S3): each piece is a ranged read through
+    the store, in a worker thread."""
+
+    def __init__(self, blobs, digest: str, start: int, length: int):
+        super().__init__("", start, length)
+        self.blobs, self.digest = blobs, digest
+
+    async def _open(self) -> None:
+        pass
+
+    async def _read(self, offset: int, n: int) -> bytes:
+        return await trio.to_thread.run_sync(self.blobs.read, self.digest, offset, n)
+
+    def _close(self) -> None:
+        pass
 
 
 async def get_blob(reg: Registry, name: str, digest: str, head: bool = False) -> Response:
-    size = _require_blob(reg, name, digest)
+    size = await _require_blob(reg, name, digest)
     headers = {
         "Docker-Content-Digest": digest,
         "Content-Type": "application/octet-stream",
@@ -120,8 +164,15 @@ async def get_blob(reg: Registry, name: str, digest: str, head: bool = False) ->
         resp = Response(b"", status=status, headers=headers)
         resp.headers["Content-Length"] = str(length)
         return resp
-    resp = Response(_BlobBody(reg.blobs.path_for(digest), start, length), status=status,
-                    headers=headers)
+    redirect = await blob_redirect_url(reg, digest)
+    if redirect is not None:  # the client fetches (its Range too) from the store itself
+        return Response(b"", status=307, headers={"Location": redirect,
+                                                  "Docker-Content-Digest": digest})
+    if _has_local_files(reg):
+        body = _BlobBody(reg.blobs.path_for(digest), start, length)
+    else:
+        body = _StoreBlobBody(reg.blobs, digest, start, length)
+    resp = Response(body, status=status, headers=headers)
     resp.timeout = None  # large blobs over slow links take as long as they take
     return resp
 

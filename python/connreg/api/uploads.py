@@ -75,7 +75,7 @@ def _check_budget(reg: Registry, holding: int = 0) -> None:
 
 
 async def _append_body(reg: Registry, upload: _core.Upload, name: str | None = None,
-                       exact: int | None = None) -> int:
+                       exact: int | None = None, commit_next: bool = False) -> int:
     """Stream the body into `upload`. A stream that crosses the disk budget or fills the disk
     midway (chunked encoding, a wrong length, other writers) is stopped and its whole session
     discarded: the bytes are given back and nothing can complete it while the disk is full.
@@ -84,7 +84,11 @@ async def _append_body(reg: Registry, upload: _core.Upload, name: str | None = N
     is counted as it streams and stopped at the first byte past it (416). A wrong length never
     leaves its bytes in the session: up to 1 MiB nothing was written yet and the session stays
     as it was; past that, the part already written cannot be taken back (uploads are append-
-    only), so the session is discarded, as for a full disk."""
+    only), so the session is discarded, as for a full disk.
+
+    What was written is flushed before this returns (and when the body is cut): an S3 upload
+    gathers bytes in memory until then, and another replica continues from the flushed state.
+    `commit_next` skips that when a commit follows at once (it stores everything itself)."""
     _check_budget(reg, holding=upload.size)
     size_before = upload.size
     try:
@@ -103,7 +107,21 @@ async def _append_body(reg: Registry, upload: _core.Upload, name: str | None = N
             headers = {}
         raise RegistryError(errors.RANGE_INVALID, message=message, headers=headers,
                             detail={"expected": exc.expected, "received": exc.received})
+    except BaseException:  # a cut body: what was written stays in the session, as on disk
+        with trio.CancelScope(shield=True):
+            await _flush_quietly(upload)
+        raise
+    if not commit_next:
+        await trio.to_thread.run_sync(upload.flush)
     return upload.size
+
+
+async def _flush_quietly(upload: _core.Upload) -> None:
+    try:
+        await trio.to_thread.run_sync(upload.flush)
+    except Exception:  # the session keeps its last flushed state; the client resumes from it
+        log.warning("could not record upload %s after a cut body", upload.upload_id,
+                    exc_info=True)
 
 
 def _check_content_range(upload: _core.Upload, name: str, upload_id: str) -> int | None:
@@ -134,7 +152,8 @@ async def _commit(reg: Registry, name: str, upload_id: str, upload: _core.Upload
         reg.forget_upload(upload_id)
         # A committed blob whose link cannot be recorded stays unlinked (GC takes it); the
         # client pushes again once there is room and the commit finds the blob in place.
-        await reg.meta.link_blob(name, digest, reg.blobs.size(digest))
+        size = await trio.to_thread.run_sync(reg.blobs.size, digest)  # S3: a round trip
+        await reg.meta.link_blob(name, digest, size)
     except _core.DigestMismatch:
         raise RegistryError(errors.DIGEST_INVALID, detail={"digest": digest})
     except StorageFull as exc:
@@ -155,7 +174,7 @@ async def _try_mount(reg: Registry, name: str, digest: str, source: str | None) 
     else:
         # Automatic mount: the blob is already here under another repository.
         size = reg.meta.any_blob_size(digest)
-    if size is None or not reg.blobs.exists(digest):
+    if size is None or not await trio.to_thread.run_sync(reg.blobs.exists, digest):
         return None
     await reg.meta.link_blob(name, digest, size)
     return _blob_created(name, digest)
@@ -178,10 +197,10 @@ async def start_upload(reg: Registry, name: str) -> Response:
     upload_id = reg.new_upload_id()
     await _open_session(reg, name, upload_id)
     async with reg.upload_lock(upload_id):  # in use from the start: never purged meanwhile
-        upload = reg.upload_handle(upload_id)
+        upload = await reg.uploads.open(upload_id)
         if digest is not None:  # monolithic upload in one POST: its session ends with it
             try:
-                await _append_body(reg, upload)
+                await _append_body(reg, upload, commit_next=True)
                 return await _commit(reg, name, upload_id, upload, digest)
             except BaseException:  # a bad digest, a cut connection, a full disk …
                 with trio.CancelScope(shield=True):
@@ -237,15 +256,19 @@ async def _discard_quietly(reg: Registry, upload_id: str) -> None:
                     upload_id, exc_info=True)
 
 
-def require_upload(reg: Registry, name: str, upload_id: str) -> _core.Upload:
-    if reg.meta.upload_repo(upload_id) != name or not reg.blobs.upload_exists(upload_id):
+async def require_upload(reg: Registry, name: str, upload_id: str) -> _core.Upload:
+    """The session's upload, or 404 BLOB_UPLOAD_UNKNOWN. The blob store is asked from a worker
+    thread: on S3 these are requests, which must not stall the event loop."""
+    if reg.meta.upload_repo(upload_id) != name or not await trio.to_thread.run_sync(
+            reg.blobs.upload_exists, upload_id):
         raise RegistryError(errors.BLOB_UPLOAD_UNKNOWN, detail={"uuid": upload_id[:200]})
-    return reg.upload_handle(upload_id)
+    return await reg.uploads.open(upload_id)
 
 
 async def patch_upload(reg: Registry, name: str, upload_id: str) -> Response:
     async with reg.upload_lock(upload_id):
-        upload = require_upload(reg, name, upload_id)
+        upload = await require_upload(reg, name, upload_id)
+        await reg.uploads.sync_with_store(upload)  # another replica may have appended
         exact = _check_content_range(upload, name, upload_id)
         size = await _append_body(reg, upload, name, exact)
     return empty(202, session_headers(name, upload_id, size))
@@ -254,23 +277,25 @@ async def patch_upload(reg: Registry, name: str, upload_id: str) -> Response:
 async def finish_upload(reg: Registry, name: str, upload_id: str) -> Response:
     digest = request.args.get("digest")
     async with reg.upload_lock(upload_id):
-        upload = require_upload(reg, name, upload_id)
+        upload = await require_upload(reg, name, upload_id)
+        await reg.uploads.sync_with_store(upload)  # another replica may have appended
         if digest is None:
             raise RegistryError(errors.DIGEST_INVALID, message="digest query parameter required")
         check_digest(digest)
         exact = _check_content_range(upload, name, upload_id)
-        await _append_body(reg, upload, name, exact)
+        await _append_body(reg, upload, name, exact, commit_next=True)
         return await _commit(reg, name, upload_id, upload, digest)
 
 
 async def upload_status(reg: Registry, name: str, upload_id: str) -> Response:
-    upload = require_upload(reg, name, upload_id)
+    upload = await require_upload(reg, name, upload_id)
+    await reg.uploads.sync_with_store(upload)  # another replica may have appended
     return empty(204, session_headers(name, upload_id, upload.size))
 
 
 async def _discard(reg: Registry, upload_id: str) -> None:
     reg.forget_upload(upload_id)
-    reg.blobs.abort_upload(upload_id)
+    await trio.to_thread.run_sync(reg.blobs.abort_upload, upload_id)
     await reg.meta.delete_upload(upload_id)
 
 
@@ -286,6 +311,6 @@ async def discard_after_full(reg: Registry, upload_id: str, exc: StorageFull) ->
 
 async def cancel_upload(reg: Registry, name: str, upload_id: str) -> Response:
     async with reg.upload_lock(upload_id):
-        require_upload(reg, name, upload_id)
+        await require_upload(reg, name, upload_id)
         await _discard(reg, upload_id)
     return empty(204)

@@ -118,6 +118,12 @@ class Authenticator:
         self.limiter = FailureLimiter(settings.auth_failure_limit,
                                       settings.auth_failure_window_seconds,
                                       settings.auth_lockout_max_seconds)
+        engine = getattr(store, "engine", None)
+        if engine is not None:  # replicas of a scaled root count failures together
+            from connreg.auth.shared_ratelimit import SharedFailureLimiter
+            self.limiter = SharedFailureLimiter(engine, settings.auth_failure_limit,
+                                                settings.auth_failure_window_seconds,
+                                                settings.auth_lockout_max_seconds)
         self._cache_key = secrets.token_bytes(32)
         self._verified: dict[bytes, tuple[Verified, int, float]] = {}
         self._checks: dict[bytes, _Check] = {}

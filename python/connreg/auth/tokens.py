@@ -43,16 +43,22 @@ def write_secret_file(path: Path, data: bytes) -> bool:
     return True
 
 
-def load_or_create_key(auth_dir: Path) -> Ed25519PrivateKey:
+def new_key_pem() -> bytes:
+    return Ed25519PrivateKey.generate().private_bytes(
+        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+        serialization.NoEncryption())
+
+
+def load_or_create_key(auth_dir: Path, shared_pem: bytes | None = None) -> Ed25519PrivateKey:
+    """The node's key from `auth_dir`, generated on first start; or `shared_pem`, the key all
+    replicas of a scaled root share (kept in their shared database, docs/scaling.md)."""
     path = auth_dir / KEY_FILE
-    if not path.exists():
-        pem = Ed25519PrivateKey.generate().private_bytes(
-            serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
-            serialization.NoEncryption())
-        write_secret_file(path, pem)
-    key = serialization.load_pem_private_key(path.read_bytes(), password=None)
+    if shared_pem is None and not path.exists():
+        write_secret_file(path, new_key_pem())
+    key = serialization.load_pem_private_key(shared_pem or path.read_bytes(), password=None)
     if not isinstance(key, Ed25519PrivateKey):
-        raise ValueError(f"{path} is not an Ed25519 private key")
+        raise ValueError(f"{'the shared key' if shared_pem else path} is not an Ed25519 "
+                         "private key")
     return key
 
 
@@ -71,8 +77,8 @@ class TokenClaims:
 
 class TokenService:
     def __init__(self, auth_dir: Path, service: str, ttl: int, refresh_max_lifetime: int,
-                 clock_offset: float = 0.0):
-        self._key = load_or_create_key(auth_dir)
+                 clock_offset: float = 0.0, shared_key_pem: bytes | None = None):
+        self._key = load_or_create_key(auth_dir, shared_key_pem)
         self._public = self._key.public_key()
         self._verified: dict[str, TokenClaims] = {}
         raw = self._public.public_bytes(serialization.Encoding.Raw, serialization.PublicFormat.Raw)

@@ -28,8 +28,12 @@ def _serve(args: argparse.Namespace) -> int:
                        "connection_string": args.connection_string,
                        "parent_endpoint": args.parent_endpoint,
                        "parent_ca_file": args.parent_ca_file,
-                       "tls_cert": args.tls_cert, "tls_key": args.tls_key},
+                       "tls_cert": args.tls_cert, "tls_key": args.tls_key,
+                       "metadata_url": args.metadata_url, "blob_store": args.blob_store,
+                       "s3_endpoint": args.s3_endpoint},
         )
+        from connreg.storage import backends
+        backends.metadata_kind(settings), backends.blob_location(settings)  # validated early
         if settings.is_connected_registry:
             activation.connection(settings)  # validates the connection string early
             activation.parent_trust(settings)  # and the parent's CA file
@@ -60,10 +64,14 @@ def _serve(args: argparse.Namespace) -> int:
             print(f"connreg: warning: {state['offline']}; serving as connected registry "
                   f"{state.get('name')} with what is stored", file=sys.stderr)
     from connreg.gc import DataDirBusy
+    from connreg.storage.postgres_engine import EngineUnreachable
 
     try:
         serve.main(settings)
     except DataDirBusy as exc:  # an offline garbage collection holds the data dir
+        print(f"connreg: error: {exc}", file=sys.stderr)
+        return 1
+    except EngineUnreachable as exc:  # the orchestrator restarts us; say why, no traceback
         print(f"connreg: error: {exc}", file=sys.stderr)
         return 1
     return 0
@@ -100,6 +108,13 @@ def build_parser() -> argparse.ArgumentParser:
                        "SIGHUP or change)")
     serve.add_argument("--tls-key", metavar="FILE", help="the certificate's unencrypted PEM "
                        "private key (env CONNREG_TLS_KEY)")
+    serve.add_argument("--metadata-url", metavar="URL", help="postgresql://… : metadata and "
+                       "control plane on PostgreSQL, shared by replicas (env "
+                       "CONNREG_METADATA_URL; default SQLite in the data dir)")
+    serve.add_argument("--blob-store", metavar="WHERE", help="s3://BUCKET[/PREFIX] or a folder "
+                       "every replica mounts (env CONNREG_BLOB_STORE; default <data-dir>/store)")
+    serve.add_argument("--s3-endpoint", metavar="URL", help="endpoint of an S3-compatible "
+                       "store (env CONNREG_S3_ENDPOINT; credentials from AWS_* variables)")
     serve.set_defaults(func=_serve)
 
     for module in (login, scope_map, token, connected_registry, maintenance, sync, gc):

@@ -43,7 +43,8 @@ async def _blob_for_caller() -> tuple[str, str, int]:
         raise RegistryError(errors.DENIED, message=f"{principal.name} may not pull {repo}")
     reg = current_app.extensions["registry"]
     size = reg.meta.linked_blob_size(repo, digest)
-    if size is None or not reg.blobs.exists(digest):
+    # in a worker thread: on an S3 blob store (a scaled root) this is a request
+    if size is None or not await trio.to_thread.run_sync(reg.blobs.exists, digest):
         raise RegistryError(errors.BLOB_UNKNOWN, detail={"digest": digest})
     return child, digest, size
 

@@ -96,8 +96,8 @@ class ChunkIndex:
                         readable[repo] = may_read(repo)
                     if not readable[repo]:
                         continue
-                if digest not in present:
-                    present[digest] = self.blobs.exists(digest)
+                if digest not in present:  # a worker thread: on S3 this is a request
+                    present[digest] = await trio.to_thread.run_sync(self.blobs.exists, digest)
                 if present[digest]:
                     found[chunk_id] = (digest, offset, length)
             await trio.sleep(0)  # thousands of ids: let other requests in between queries
@@ -117,7 +117,7 @@ class ChunkIndex:
 
     async def _index(self, digest: str) -> None:
         try:
-            if self.blobs.exists(digest):
+            if await trio.to_thread.run_sync(self.blobs.exists, digest):
                 await self.ensure(digest)
         except StorageFull as exc:  # expected while the disk is full: no traceback
             log.warning("not indexing chunks of %s: %s", digest[:19], exc)

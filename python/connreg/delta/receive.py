@@ -227,18 +227,26 @@ def _read_refs(blobs, refs: list[tuple[int, plan.Ref, tuple[str, int, int]]], bu
 
 def _apply(upload: _core.Upload, ops: list[tuple]) -> int:
     """Append every op in one worker-thread call: a cancelled request cannot stop it halfway.
-    Consecutive copies go in one `copy_many` (pipelined hashing)."""
+    Consecutive copies go in one `copy_many` (pipelined hashing). What was appended is flushed
+    (an S3 upload's state, so another replica continues), also before a failure propagates."""
     copies: list[tuple[str, int, int]] = []
-    for op in ops:
-        if op[0] == "copy":
-            copies.append(op[1:])
-            continue
+    try:
+        for op in ops:
+            if op[0] == "copy":
+                copies.append(op[1:])
+                continue
+            if copies:
+                upload.copy_many(copies)
+                copies = []
+            upload.write(op[1])
         if copies:
             upload.copy_many(copies)
-            copies = []
-        upload.write(op[1])
-    if copies:
-        upload.copy_many(copies)
+    except _core.UploadNotFound:
+        raise  # nothing left to flush
+    except BaseException:
+        upload.flush()
+        raise
+    upload.flush()
     return upload.size
 
 
@@ -247,7 +255,7 @@ async def append_chunks(upload_id: str) -> Response:
     principal, child, repo = await _caller()
     reg = current_app.extensions["registry"]
     offset = _offset_arg()
-    require_upload(reg, repo, upload_id)  # fail fast, before reading the body
+    await require_upload(reg, repo, upload_id)  # fail fast, before reading the body
     body = await read_body_limited(plan.MAX_BODY, errors.BODY_TOO_LARGE)
     _count(child, len(body))
     try:
@@ -290,7 +298,7 @@ async def append_chunks(upload_id: str) -> Response:
                                 detail={"entry": n, "chunk": e.chunk_id, "length": e.length})
         ops.append(("copy", *found))
     async with reg.upload_lock(upload_id):
-        upload = require_upload(reg, repo, upload_id)
+        upload = await require_upload(reg, repo, upload_id)
         if offset != upload.size:
             raise RegistryError(errors.RANGE_INVALID,
                                 detail={"offset": offset, "uploadSize": upload.size},

@@ -32,6 +32,7 @@ from pathlib import Path
 
 import trio
 
+from connreg import _core
 from connreg.gc.mark import GcPlan, StoredBlob, mark
 from connreg.registry import Registry
 
@@ -111,15 +112,9 @@ def _batches(groups: list[list[str]], size: int) -> list[list[str]]:
 
 
 def _stored_blobs(blobs) -> dict[str, StoredBlob]:
-    """Every blob file with its size and mtime (blocking: run in a worker thread)."""
-    out: dict[str, StoredBlob] = {}
-    for digest in blobs.list_digests():
-        try:
-            st = os.stat(blobs.path_for(digest))
-        except FileNotFoundError:
-            continue  # deleted while we listed
-        out[digest] = StoredBlob(st.st_size, st.st_mtime)
-    return out
+    """Every blob with its size and mtime, from one listing of the store (files or S3
+    objects; blocking: run in a worker thread)."""
+    return {digest: StoredBlob(size, mtime) for digest, size, mtime in blobs.list_blobs()}
 
 
 def _files(directory: Path) -> list[tuple[str, int, float]]:
@@ -165,7 +160,8 @@ class GarbageCollector:
                       dry_run: bool = False, node_running: bool = True) -> GcReport:
         """One mark and sweep. `node_running`: False only for offline GC on a stopped node,
         which may also take upload leftovers however young."""
-        async with self._lock:
+        # Replicas of a scaled root share the stores: one collects at a time, cluster-wide.
+        async with self._lock, self.reg.gc_exclusion():
             report = GcReport(dry_run, grace_seconds, untagged_retention_seconds)
             started = trio.current_time()
             now = time.time()
@@ -233,13 +229,13 @@ class GarbageCollector:
 
         def remove(digest: str) -> int | None:
             # Inside the write transaction: a file written again since the snapshot stays.
-            try:
-                st = os.stat(blobs.path_for(digest))
-            except FileNotFoundError:
+            found = blobs.stat(digest)  # (size, mtime), from the file or the S3 object
+            if found is None:
                 return None
-            if st.st_mtime >= cut or not blobs.delete(digest):
+            size, mtime = found
+            if mtime >= cut or not blobs.delete(digest):
                 return None
-            return st.st_size
+            return size
 
         candidates = list(plan.blobs)
         for i in range(0, len(candidates), BLOBS_PER_TRANSACTION):
@@ -261,15 +257,22 @@ class GarbageCollector:
                              report: GcReport) -> None:
         blobs = self.reg.blobs
         session_ids = {upload_id for upload_id, _ in sessions}
-        fileless = [upload_id for upload_id, created in sessions
-                    if created < cut and not blobs.upload_exists(upload_id)]
+        fileless = await trio.to_thread.run_sync(  # on S3 each check is a request
+            lambda: [upload_id for upload_id, created in sessions
+                     if created < cut and not blobs.upload_exists(upload_id)])
         if fileless:
             report.upload_rows += (len(fileless) if dry_run
                                    else await self.reg.meta.gc_delete_upload_rows(fileless))
             log.info("gc: %s %d upload session(s) whose file is gone",
                      "would remove" if dry_run else "removed", len(fileless))
-        root = Path(blobs.root)
-        uploads = await trio.to_thread.run_sync(_files, root / "uploads")
+        local = isinstance(getattr(blobs, "unbudgeted", blobs), _core.BlobStore)
+        if not local:  # S3: uploads are objects (size not listed: counted as 0), no tmp/
+            now = time.time()
+            listed = await trio.to_thread.run_sync(blobs.list_uploads)
+            uploads = [(upload_id, 0, now - age) for upload_id, age in listed]
+        else:
+            root = Path(blobs.root)
+            uploads = await trio.to_thread.run_sync(_files, root / "uploads")
         for name, size, mtime in uploads:
             if name in session_ids or name.startswith(SYNC_FETCH_PREFIX) or mtime >= cut:
                 continue
@@ -283,7 +286,8 @@ class GarbageCollector:
                      "would remove" if dry_run else "removed", name, size)
             report.upload_files += 1
             report.upload_bytes += size
-        for name, size, mtime in await trio.to_thread.run_sync(_files, root / "tmp"):
+        for name, size, mtime in (await trio.to_thread.run_sync(_files, root / "tmp")
+                                  if local else []):
             if mtime >= cut:
                 continue
             if not dry_run:

@@ -4,6 +4,7 @@
 use pyo3::prelude::*;
 use pyo3::types::PyBytes;
 
+use super::s3::PyS3BlobStore;
 use super::store::PyBlobStore;
 use super::{without_gil, GIL_RELEASE_THRESHOLD};
 use crate::delta::{self, Chunk, ChunkParams};
@@ -92,12 +93,19 @@ pub(crate) fn chunk_bytes(
 #[pyo3(signature = (store, items, level = delta::DEFAULT_LEVEL))]
 pub(crate) fn encode_chunks<'py>(
     py: Python<'py>,
-    store: PyRef<'py, PyBlobStore>,
+    store: &Bound<'py, PyAny>,
     items: Vec<(String, u64, u64)>,
     level: i32,
 ) -> PyResult<Bound<'py, PyBytes>> {
-    let store = store.inner();
-    let frame = without_gil(py, || delta::encode_chunks(store, &items, level))?;
+    // either store: the filesystem one reads its files, the S3 one does ranged GETs
+    let frame = if let Ok(s3) = store.cast::<PyS3BlobStore>() {
+        let s3 = s3.get().inner();
+        without_gil(py, || s3.encode_chunks(&items, level))?
+    } else {
+        let fs = store.cast::<PyBlobStore>()?.get();
+        let fs = fs.inner();
+        without_gil(py, || delta::encode_chunks(fs, &items, level))?
+    };
     Ok(PyBytes::new(py, &frame))
 }
 

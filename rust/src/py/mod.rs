@@ -9,6 +9,7 @@ pub(crate) mod delta;
 pub(crate) mod digest;
 pub(crate) mod exceptions;
 pub(crate) mod gzip;
+pub(crate) mod s3;
 pub(crate) mod store;
 
 use pyo3::marker::Ungil;

@@ -88,6 +88,25 @@ impl PyBlobStore {
         })
     }
 
+    /// `(size, mtime)` of the blob's file, or `None` (as `S3BlobStore.stat`).
+    fn stat(&self, py: Python<'_>, digest: &str) -> PyResult<Option<(u64, f64)>> {
+        let path = self.inner.path_for(digest)?;
+        Ok(without_gil(py, || stat_file(&path))?)
+    }
+
+    /// `(digest, size, mtime)` of every committed blob, sorted (as `S3BlobStore.list_blobs`).
+    fn list_blobs(&self, py: Python<'_>) -> PyResult<Vec<(String, u64, f64)>> {
+        Ok(without_gil(py, || -> crate::errors::Result<_> {
+            let mut out = Vec::new();
+            for digest in self.inner.list_digests()? {
+                if let Some((size, mtime)) = stat_file(&self.inner.path_for(&digest)?)? {
+                    out.push((digest, size, mtime)); // else: deleted while listing
+                }
+            }
+            Ok(out)
+        })?)
+    }
+
     fn delete(&self, py: Python<'_>, digest: &str) -> PyResult<bool> {
         Ok(without_gil(py, || self.inner.delete(digest))?)
     }
@@ -205,7 +224,29 @@ impl PyUpload {
         self.inner.release()
     }
 
+    /// The bytes are in the file after every write already: returns the size (the S3 upload
+    /// stores its state here; callers flush once a request has written).
+    fn flush(&self) -> u64 {
+        self.inner.size()
+    }
+
     fn __repr__(&self) -> String {
         format!("Upload({:?}, size={})", self.inner.id(), self.inner.size())
+    }
+}
+
+/// `(size, mtime as seconds since the epoch)` of a file, `None` if it does not exist.
+fn stat_file(path: &std::path::Path) -> crate::errors::Result<Option<(u64, f64)>> {
+    use crate::errors::IoContext;
+    match std::fs::metadata(path) {
+        Ok(meta) => {
+            let mtime = meta.modified().ctx("stat", path)?;
+            let secs = mtime
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(0.0, |d| d.as_secs_f64());
+            Ok(Some((meta.len(), secs)))
+        }
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+        Err(e) => Err(e).ctx("stat", path),
     }
 }

@@ -13,6 +13,7 @@
 mod blob_store;
 mod fsutil;
 mod layout;
+pub mod s3;
 mod upload;
 
 pub use blob_store::{BlobRange, BlobStore};

@@ -7,31 +7,27 @@ PYTEST_ARGS ?=
 
 test: deps build cargo-test pytest
 
-# Debian packages the tests drive as real clients.
+# Debian packages the tests drive as real clients and engines, installed in one apt-get run
+# (one index update instead of one per package): skopeo and podman (clients; runc because
+# podman's default runtime, crun, cannot start containers in this sandbox; binutils' strip for
+# image/install-app.sh), chromium (the dashboard test), postgresql and nginx-light (the scaled
+# root's tests: engines the fixtures start on loopback).
+TEST_PACKAGES := skopeo:skopeo podman:podman runc:runc strip:binutils chromium:chromium \
+	nginx:nginx-light
 deps:
-	@command -v skopeo >/dev/null 2>&1 || { \
-	  (apt-get update -qq || true) && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq skopeo; }
-	@command -v podman >/dev/null 2>&1 || { \
-	  (apt-get update -qq || true) && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq podman; }
+	@missing=""; for pair in $(TEST_PACKAGES); do \
+	  command -v "$${pair%%:*}" >/dev/null 2>&1 || test -x "/usr/sbin/$${pair%%:*}" \
+	    || missing="$$missing $${pair#*:}"; \
+	done; \
+	ls /usr/lib/postgresql/*/bin/postgres >/dev/null 2>&1 || missing="$$missing postgresql"; \
+	if [ -n "$$missing" ]; then \
+	  echo "installing:$$missing"; (apt-get update -qq || true) \
+	  && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$missing; fi
 	@# dockerd for docker's own login/refresh flow (tests/test_auth_hardening.py); that one test
 	@# skips, saying why, where the package cannot be installed.
 	@command -v dockerd >/dev/null 2>&1 || { \
 	  (apt-get update -qq || true) && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq docker.io \
 	  || echo "docker.io not installed: the real-docker test will skip"; }
-	@# headless Chromium for the dashboard test (tests/test_observability.py)
-	@command -v chromium >/dev/null 2>&1 || { \
-	  (apt-get update -qq || true) && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium; }
-	@# runc: podman's default runtime here (crun) cannot start containers in this sandbox
-	@# (tests/test_container_image.py); strip (binutils) for image/install-app.sh.
-	@command -v runc >/dev/null 2>&1 || { \
-	  (apt-get update -qq || true) && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq runc; }
-	@command -v strip >/dev/null 2>&1 || { \
-	  (apt-get update -qq || true) && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq binutils; }
-	@# PostgreSQL and nginx for the scaled-root tests (docs/scaling.md): run by the fixtures on loopback.
-	@ls /usr/lib/postgresql/*/bin/postgres >/dev/null 2>&1 || { \
-	  (apt-get update -qq || true) && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq postgresql; }
-	@test -x /usr/sbin/nginx || { \
-	  (apt-get update -qq || true) && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq nginx-light; }
 
 venv: $(PY)
 $(PY):

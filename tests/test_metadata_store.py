@@ -14,6 +14,7 @@ import time
 import pytest
 import trio
 
+from connreg.locks.model import LockRefused, RepositoryLock
 from connreg.storage.interfaces import (BlobGone, ManifestRecord, ParkedChange, ReferencesGone,
                                         TagPrecondition, TagPreconditionFailed,
                                         UploadSessionLimit)
@@ -309,6 +310,87 @@ async def test_gc_snapshot_and_rechecked_deletions(backend):
     await store.delete_manifest("r", D[3])
     await store.unlink_blob("r", D[1])
     assert await store.gc_drop_empty_repositories(["r"]) == ["r"]
+
+
+async def test_locks_refuse_inside_the_write_except_from_the_parent(backend):
+    """A lock set at one replica refuses the write, tag delete and manifest delete made at
+    another (the check reads the lock rows inside the write transaction); the parent's changes
+    (origin "parent") are never refused; all attributes enabled removes the row."""
+    a, b = backend.replica(), backend.replica()
+    await a.put_manifest(record("r", D[0]), [], "t")
+    await b.set_lock(RepositoryLock("r", "t", None, write_enabled=False, updated=1.0))
+    assert a.locks("r") == [RepositoryLock("r", "t", None, write_enabled=False, updated=1.0)]
+    assert a.locked_repositories() == ["r"]
+    with pytest.raises(LockRefused) as e:
+        await a.put_manifest(record("r", D[1]), [], "t")
+    assert e.value.operation == "write" and a.resolve_tag("r", "t") == D[0]
+    await a.put_manifest(record("r", D[2]), [], None)  # by digest: the tag lock is not asked
+    await a.put_manifest(record("r", D[1]), [], "t", origin="parent")
+    assert b.resolve_tag("r", "t") == D[1]
+    await b.set_lock(RepositoryLock("r", "t", None, delete_enabled=False, updated=2.0))
+    with pytest.raises(LockRefused) as e:
+        await a.delete_tag("r", "t")
+    assert e.value.operation == "delete"
+    with pytest.raises(LockRefused):  # deleting the manifest would delete the locked tag
+        await a.delete_manifest("r", D[1])
+    assert a.resolve_tag("r", "t") == D[1] and a.get_manifest("r", D[1]) is not None
+    await a.put_manifest(record("r", D[0]), [], "t")  # the write lock was replaced
+    assert await a.delete_tag("r", "t", origin="parent")
+    # a delete-locked manifest is refused and kept by garbage collection, untagged or not
+    await b.set_lock(RepositoryLock("r", None, D[2], delete_enabled=False, updated=3.0))
+    with pytest.raises(LockRefused):
+        await a.delete_manifest("r", D[2])
+    created = {m[1]: m[2] for m in
+               (await trio.to_thread.run_sync(a.gc_snapshot, None, "parent")).manifests}
+    assert await a.gc_delete_manifests("r", created) == sorted([D[0], D[1]])
+    assert a.get_manifest("r", D[2]) is not None
+    await b.set_lock(RepositoryLock("r", None, D[2], updated=4.0))
+    await b.set_lock(RepositoryLock("r", "t", None, updated=4.0))
+    assert a.locks("r") == [] and a.locked_repositories() == []
+    assert await a.delete_manifest("r", D[2])
+    ops = [c.op for c in b.changes_since(0, 100)]
+    assert ops.count("lock") == 5
+
+
+async def test_replace_locks_and_read_locked(backend):
+    """replace_locks makes a repository's locks what the parent sent, logging one change only
+    when they differed; read_locked answers from memory and follows a lock set anywhere."""
+    a, b = backend.replica(), backend.replica()
+    assert not a.read_locked("r")
+    wanted = [RepositoryLock("r", None, None, read_enabled=False, updated=1.0),
+              RepositoryLock("r", "t", None, write_enabled=False, updated=1.0),
+              RepositoryLock("r", "u", None, updated=1.0)]  # unlocked: not stored
+    head = a.change_bounds()[1]
+    assert await a.replace_locks("r", wanted)
+    assert not await a.replace_locks("r", list(reversed(wanted)))
+    assert [(c.op, c.origin) for c in a.changes_since(head, 100)] == [("lock", "parent")]
+    assert sorted(a.locks("r"), key=lambda l: l.ref) == wanted[:2]
+    assert a.read_locked("r") and not a.read_locked("other")
+    assert await a.replace_locks("r", [])
+    assert a.locks("r") == [] and not a.read_locked("r")
+    if backend.kind == "postgres":  # replicas: a lock written at b reaches a's memory
+        a.engine.start_listening()
+        assert not a.read_locked("s")
+        await b.set_lock(RepositoryLock("s", None, None, read_enabled=False, updated=2.0))
+        with trio.fail_after(30):
+            while not a.read_locked("s"):
+                await trio.sleep(0.05)
+        await b.replace_locks("s", [])
+        with trio.fail_after(30):
+            while a.read_locked("s"):
+                await trio.sleep(0.05)
+
+
+async def test_blob_repositories_and_blobs_size(store):
+    await store.link_blob("r1", D[1], 10)
+    await store.link_blob("r1", D[2], 20)
+    await store.link_blob("r2", D[1], 10)
+    await store.put_manifest(record("r1", D[0]), [D[1], D[2]], "t")
+    assert sorted(store.blob_repositories(D[1], 10)) == ["r1", "r2"]
+    assert len(store.blob_repositories(D[1], 1)) == 1
+    assert store.blob_repositories(D[3], 10) == []
+    assert store.blobs_size("r1", D[0]) == 30
+    assert store.blobs_size("r1", D[5]) == 0 and store.blobs_size("r2", D[0]) == 0
 
 
 async def test_control_store_transactions_and_generation(backend):

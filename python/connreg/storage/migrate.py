@@ -41,6 +41,7 @@ _TABLES = [
     ("sync_state", "key, value"),
     ("parked", "seq, repo, op, tag, digest, origin, method, url, status, code, message,"
                " parked_at, attempts, retry"),
+    ("locks", "repo, kind, ref, write_enabled, delete_enabled, read_enabled, updated"),
 ]
 
 
@@ -115,6 +116,8 @@ def copy_metadata(data_dir: Path, engine: PostgresEngine, report: MigrationRepor
                 dest_columns = columns.replace("offset", "chunk_offset")
                 if table == "parked":
                     rows = [(*r[:-1], bool(r[-1])) for r in rows]
+                elif table == "locks":  # SQLite's 0/1 flags are BOOLEANs there
+                    rows = [(*r[:3], *map(bool, r[3:6]), r[6]) for r in rows]
                 marks = ", ".join(["%s"] * len(columns.split(",")))
                 inserted = 0
                 with conn.cursor() as cur:

@@ -8,7 +8,7 @@ The same contract as storage/sqlite_metadata.py, statement for statement:
   committed in order) and every entry NOTIFYs the other replicas, whose long-polls wake;
 - reads are synchronous on the event-loop thread through the engine's reader connection.
 
-Tables: storage/migrations/0001_metadata.sql.
+Tables: storage/migrations/0001_metadata.sql; image locks: 0004_locks.sql.
 """
 
 from __future__ import annotations
@@ -19,6 +19,8 @@ from typing import Callable, TypeVar
 import psycopg
 import trio
 
+from connreg.locks import policy as lock_policy
+from connreg.locks.model import RepositoryLock
 from connreg.storage.budget import StorageFull
 from connreg.storage.interfaces import (BlobGone, Change, GcSnapshot, ManifestRecord,
                                          ParkedChange, Referrer, ReferencesGone,
@@ -47,12 +49,19 @@ class PostgresMetadataStore:
         self.recheck_seconds = 1.0
         # The manifest row read along with the last resolve_tag (see there); taken once.
         self._resolved: ManifestRecord | None = None
+        # Repositories with a read lock, asked per manifest request. Dropped on every change
+        # at any replica (_wake: our own writes, and the listener's LISTEN/NOTIFY on the change
+        # head, re-read every second even if a notification is lost; every lock write logs a
+        # "lock" change) and reloaded by the next read_locked(): a lock set on one replica holds
+        # on all of them within the listener's delay.
+        self._read_locked: frozenset[str] | None = None
 
     def close(self) -> None:
         pass  # the engine is closed by whoever opened it (it serves the control store too)
 
     def _wake(self) -> None:
         self._resolved = None  # a write or a change elsewhere: never hand out an older row
+        self._read_locked = None
         self._changed.set()
         self._changed = trio.Event()
 
@@ -105,6 +114,11 @@ class PostgresMetadataStore:
     def any_blob_size(self, digest: str) -> int | None:
         row = self._one("SELECT size FROM repo_blobs WHERE digest = %s LIMIT 1", (digest,))
         return row[0] if row else None
+
+    def blob_repositories(self, digest: str, limit: int) -> list[str]:
+        """Up to `limit` repositories linking `digest` (mount sources for a bulk mount)."""
+        return [r[0] for r in self._all(
+            "SELECT repo FROM repo_blobs WHERE digest = %s LIMIT %s", (digest, limit))]
 
     async def link_blob(self, repo: str, digest: str, size: int) -> None:
         def fn(conn):
@@ -174,6 +188,11 @@ class PostgresMetadataStore:
                     raise TagPreconditionFailed(tag, prev)
             if known and (tag is None or prev == record.digest):
                 return  # nothing changed: no log entry, so re-pushes do not echo around
+            if origin != lock_policy.EXEMPT_ORIGIN:  # locks hold inside the transaction
+                refusal = lock_policy.refuse_write(self._locks_in(conn, record.repo), record.repo,
+                                                   tag, record.digest, prev)
+                if refusal is not None:
+                    raise refusal
             self._check_still_stored(conn, record, references)
             self._ensure_repo(conn, record.repo)
             conn.execute(
@@ -213,6 +232,13 @@ class PostgresMetadataStore:
 
     async def delete_manifest(self, repo: str, digest: str, origin: str = "local") -> bool:
         def fn(conn):
+            if origin != lock_policy.EXEMPT_ORIGIN:
+                tags = [r[0] for r in conn.execute(
+                    "SELECT tag FROM tags WHERE repo = %s AND digest = %s", (repo, digest))]
+                refusal = lock_policy.refuse_manifest_delete(self._locks_in(conn, repo), repo,
+                                                             digest, tags)
+                if refusal is not None:
+                    raise refusal
             deleted = conn.execute("DELETE FROM manifests WHERE repo = %s AND digest = %s",
                                    (repo, digest)).rowcount > 0
             if deleted:
@@ -232,6 +258,11 @@ class PostgresMetadataStore:
                 raise TagPreconditionFailed(tag, row[0] if row else None)
             if row is None:
                 return False
+            if origin != lock_policy.EXEMPT_ORIGIN:
+                refusal = lock_policy.refuse_tag_delete(self._locks_in(conn, repo), repo, tag,
+                                                        row[0])
+                if refusal is not None:
+                    raise refusal
             conn.execute("DELETE FROM tags WHERE repo = %s AND tag = %s", (repo, tag))
             self._log(conn, repo, "delete_tag", None, tag, row[0], origin, time.time())
             return True
@@ -374,6 +405,81 @@ class PostgresMetadataStore:
                              " ON CONFLICT (key) DO UPDATE SET value = EXCLUDED.value",
                              (key, value))
         await self._write(fn)
+
+    # --- image locks (connreg/locks, docs/locks.md) -----------------------------------
+    _LOCK_COLUMNS = "kind, ref, write_enabled, delete_enabled, read_enabled, updated"
+
+    @staticmethod
+    def _lock_row(repo: str, row: tuple) -> RepositoryLock:
+        kind, ref, write, delete, read, updated = row
+        return RepositoryLock(repo, ref if kind == "tag" else None,
+                              ref if kind == "digest" else None,
+                              bool(write), bool(delete), bool(read), updated)
+
+    def _locks_in(self, conn, repo: str) -> list[RepositoryLock]:
+        """`repo`'s locks as seen inside the write transaction `conn` (under the write lock,
+        so no replica can change them before it commits)."""
+        return [self._lock_row(repo, tuple(r)) for r in conn.execute(
+            f"SELECT {self._LOCK_COLUMNS} FROM locks WHERE repo = %s", (repo,))]
+
+    def locks(self, repo: str) -> list[RepositoryLock]:
+        """The lock rows of `repo` (only those that disable something)."""
+        return [self._lock_row(repo, r) for r in self._all(
+            f"SELECT {self._LOCK_COLUMNS} FROM locks WHERE repo = %s", (repo,))]
+
+    def blobs_size(self, repo: str, digest: str) -> int:
+        """Bytes of the blobs a manifest references directly (an image's config and layers),
+        for the audit trail's `imageSize`."""
+        return int(self._one(
+            "SELECT COALESCE(SUM(b.size), 0) FROM manifest_refs r JOIN repo_blobs b"
+            " ON b.repo = r.repo AND b.digest = r.child"
+            " WHERE r.repo = %s AND r.digest = %s", (repo, digest))[0])
+
+    def locked_repositories(self) -> list[str]:
+        return [r[0] for r in self._all("SELECT DISTINCT repo FROM locks ORDER BY repo")]
+
+    def read_locked(self, repo: str) -> bool:
+        """Whether any read lock exists in `repo`: from memory, reloaded after any change at
+        any replica (see __init__), so one query per change, not per request."""
+        if self._read_locked is None:
+            self._read_locked = frozenset(r[0] for r in self._all(
+                "SELECT DISTINCT repo FROM locks WHERE NOT read_enabled"))
+        return repo in self._read_locked
+
+    @staticmethod
+    def _put_lock(conn, lock: RepositoryLock) -> None:
+        conn.execute("DELETE FROM locks WHERE repo = %s AND kind = %s AND ref = %s",
+                     (lock.repo, lock.kind, lock.ref))
+        if not lock.unlocked:
+            conn.execute(f"INSERT INTO locks (repo, {PostgresMetadataStore._LOCK_COLUMNS})"
+                         " VALUES (%s, %s, %s, %s, %s, %s, %s)",
+                         (lock.repo, lock.kind, lock.ref, lock.write_enabled,
+                          lock.delete_enabled, lock.read_enabled, lock.updated))
+
+    async def set_lock(self, lock: RepositoryLock, origin: str = "local") -> None:
+        """Store one lock (all attributes enabled removes it) and log a "lock" change, which
+        carries it down to the children and wakes every replica (their read-lock sets)."""
+        def fn(conn):
+            self._put_lock(conn, lock)
+            self._log(conn, lock.repo, "lock", lock.digest, lock.tag, None, origin, time.time())
+        await self._write(fn)
+
+    async def replace_locks(self, repo: str, locks: list[RepositoryLock],
+                            origin: str = "parent") -> bool:
+        """Make `repo`'s locks equal to `locks` (what the parent holds); log one "lock" change
+        when anything differed, so our own children follow. Returns whether it did."""
+        def fn(conn):
+            key = lambda l: (l.kind, l.ref, l.write_enabled, l.delete_enabled, l.read_enabled)  # noqa
+            current = sorted(map(key, self._locks_in(conn, repo)))
+            wanted = [l for l in locks if not l.unlocked]
+            if current == sorted(map(key, wanted)):
+                return False
+            conn.execute("DELETE FROM locks WHERE repo = %s", (repo,))
+            for lock in wanted:
+                self._put_lock(conn, lock)
+            self._log(conn, repo, "lock", None, None, None, origin, time.time())
+            return True
+        return await self._write(fn)
 
     # --- parked outbox entries --------------------------------------------------------
     async def park_change(self, entry: ParkedChange) -> None:
@@ -538,6 +644,10 @@ class PostgresMetadataStore:
         if conn.execute("SELECT 1 FROM tags WHERE repo = %s AND digest = %s LIMIT 1",
                         (repo, digest)).fetchone():
             return True
+        if conn.execute("SELECT 1 FROM locks WHERE repo = %s AND NOT delete_enabled AND"
+                        " (kind = 'repository' OR (kind = 'digest' AND ref = %s)) LIMIT 1",
+                        (repo, digest)).fetchone():
+            return True  # a delete lock protects it from collection too (docs/locks.md)
         holders = conn.execute(
             "SELECT digest FROM manifest_refs WHERE repo = %s AND child = %s"
             " UNION SELECT digest FROM manifests WHERE repo = %s AND subject = %s",

@@ -241,6 +241,51 @@ def test_garbage_collection_runs_on_one_replica_at_a_time(scaled):
             assert c.get(f"/v2/scale/gc/blobs/{digest}").content == blob
 
 
+def test_a_lock_set_through_one_replica_holds_on_every_replica(scaled):
+    """A tag write lock and a repository read lock set through replica 0 (PATCH
+    /connreg/v1/locks): an overwrite of the tag is refused (405 UNSUPPORTED) through the
+    balancer and at each replica, reads are refused (403) at each replica once its read-lock set
+    has followed (LISTEN/NOTIFY); unlocking restores both. /metrics answers on every replica
+    (its counts go through PostgreSQL: there is no metadata.sqlite on a scaled root)."""
+    first, second = make_image([3_000]), make_image([4_000])
+    with client(scaled) as c:
+        push_image(c, "locked/app", first, "v1")
+        push_image(c, "locked/app", second, "other")
+        r = httpx.patch(f"{scaled.nodes[0].url}/connreg/v1/locks", auth=scaled.admin, timeout=30,
+                        json={"repository": "locked/app", "tag": "v1", "writeEnabled": False})
+        assert r.status_code == 200, r.text
+        for base in [scaled.url] + [n.url for n in scaled.nodes]:
+            r = httpx.put(f"{base}/v2/locked/app/manifests/v1", content=second.manifest,
+                          auth=scaled.admin, timeout=30, headers={"Content-Type": OCI_MANIFEST})
+            assert r.status_code == 405 and r.json()["errors"][0]["code"] == "UNSUPPORTED", r.text
+        assert c.head("/v2/locked/app/manifests/v1", headers={"Accept": OCI_MANIFEST}
+                      ).headers["Docker-Content-Digest"] == first.digest
+
+        r = httpx.patch(f"{scaled.nodes[0].url}/connreg/v1/locks", auth=scaled.admin, timeout=30,
+                        json={"repository": "locked/app", "readEnabled": False})
+        assert r.status_code == 200, r.text
+
+        def read_status(node) -> int:
+            return httpx.get(f"{node.url}/v2/locked/app/manifests/v1", auth=scaled.admin,
+                             timeout=30, headers={"Accept": OCI_MANIFEST}).status_code
+
+        for node in scaled.nodes:
+            wait_for(lambda: read_status(node) == 403, 30, message="read lock at every replica")
+        for body in ({"repository": "locked/app", "readEnabled": True},
+                     {"repository": "locked/app", "tag": "v1", "writeEnabled": True}):
+            r = httpx.patch(f"{scaled.nodes[1].url}/connreg/v1/locks", auth=scaled.admin,
+                            timeout=30, json=body)
+            assert r.status_code == 200, r.text
+        for node in scaled.nodes:
+            wait_for(lambda: read_status(node) == 200, 30, message="read lock lifted everywhere")
+        r = c.put("/v2/locked/app/manifests/v1", content=second.manifest,
+                  headers={"Content-Type": OCI_MANIFEST})
+        assert r.status_code == 201, r.text
+    for node in scaled.nodes:
+        r = httpx.get(f"{node.url}/metrics", auth=scaled.admin, timeout=30)
+        assert r.status_code == 200 and b"connreg" in r.content, r.text[:500]
+
+
 def test_a_replica_without_its_database_is_not_ready_and_answers_503(tmp_path):
     """PostgreSQL goes away under a running replica: /readyz turns 503 naming the metadata
     store (a balancer stops sending it traffic), requests get 503 UNAVAILABLE with

@@ -3,6 +3,10 @@
 Each call opens its own read-only connection (a fraction of a millisecond), so the event loop's
 reader and writer are never shared with a worker thread, and a scrape or status report never
 waits behind a push's write transaction (WAL readers do not block).
+
+On a PostgreSQL root (`metadata_url`, docs/scaling.md) there is no metadata.sqlite: the same
+queries run on a pooled connection of the replica's engine (`engine` below), in the worker
+thread too, so they count the whole cluster's change log, not a file that does not exist.
 """
 
 from __future__ import annotations
@@ -10,12 +14,28 @@ from __future__ import annotations
 import sqlite3
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Callable, TypeVar
 
 import trio
 
 from connreg.sync.puller import PARENT
 
 METADATA_FILE = "metadata.sqlite"
+T = TypeVar("T")
+Query = Callable[..., list[tuple]]  # query(sql with ? placeholders, args) -> rows
+
+
+def _with_query(data_dir: Path, engine, fn: Callable[[Query], T]) -> T:
+    """Run `fn` with a read-only query function on the node's metadata database: the
+    PostgreSQL engine's pool when there is one, else a private read-only SQLite connection."""
+    if engine is not None:
+        with engine.pool.connection() as pg:
+            return fn(lambda sql, args=(): pg.execute(sql.replace("?", "%s"), args).fetchall())
+    conn = sqlite3.connect(f"file:{Path(data_dir) / METADATA_FILE}?mode=ro", uri=True, timeout=5)
+    try:
+        return fn(lambda sql, args=(): conn.execute(sql, args).fetchall())
+    finally:
+        conn.close()
 
 
 @dataclass(frozen=True)
@@ -24,41 +44,34 @@ class OutboxCounts:
     parked: int   # outbox entries the parent refused, set aside (sync/parked.py)
 
 
-def _read_outbox(db: Path, up_cursor: int | None, has_outbox: bool) -> OutboxCounts:
-    conn = sqlite3.connect(f"file:{db}?mode=ro", uri=True, timeout=5)
-    try:
-        pending = 0
-        if has_outbox:
-            pending = conn.execute("SELECT COUNT(*) FROM changes WHERE seq > ? AND origin != ?",
-                                   (up_cursor or 0, PARENT)).fetchone()[0]
-        parked = conn.execute("SELECT COUNT(*) FROM parked").fetchone()[0]
-        return OutboxCounts(pending, parked)
-    finally:
-        conn.close()
+def _read_outbox(q: Query, up_cursor: int | None, has_outbox: bool) -> OutboxCounts:
+    pending = 0
+    if has_outbox:
+        pending = q("SELECT COUNT(*) FROM changes WHERE seq > ? AND origin != ?",
+                    (up_cursor or 0, PARENT))[0][0]
+    parked = q("SELECT COUNT(*) FROM parked")[0][0]
+    return OutboxCounts(pending, parked)
 
 
-async def outbox_counts(data_dir: Path, up_cursor: int | None, has_outbox: bool) -> OutboxCounts:
-    return await trio.to_thread.run_sync(_read_outbox, Path(data_dir) / METADATA_FILE,
-                                         up_cursor, has_outbox)
+async def outbox_counts(data_dir: Path, up_cursor: int | None, has_outbox: bool,
+                        engine=None) -> OutboxCounts:
+    return await trio.to_thread.run_sync(
+        _with_query, data_dir, engine, lambda q: _read_outbox(q, up_cursor, has_outbox))
 
 
-def _first_change_times(db: Path, cursors: dict[str, int]) -> dict[str, float | None]:
-    conn = sqlite3.connect(f"file:{db}?mode=ro", uri=True, timeout=5)
-    try:
-        out = {}
-        for name, cursor in cursors.items():
-            row = conn.execute("SELECT time FROM changes WHERE seq > ? ORDER BY seq LIMIT 1",
-                               (cursor,)).fetchone()
-            out[name] = row[0] if row else None
-        return out
-    finally:
-        conn.close()
+def _first_change_times(q: Query, cursors: dict[str, int]) -> dict[str, float | None]:
+    out = {}
+    for name, cursor in cursors.items():
+        rows = q("SELECT time FROM changes WHERE seq > ? ORDER BY seq LIMIT 1", (cursor,))
+        out[name] = rows[0][0] if rows else None
+    return out
 
 
-async def oldest_unapplied(data_dir: Path, cursors: dict[str, int]) -> dict[str, float | None]:
+async def oldest_unapplied(data_dir: Path, cursors: dict[str, int],
+                           engine=None) -> dict[str, float | None]:
     """For each child's feed cursor: when the first change it has not applied was written
     here (None when it has applied everything): its lag, in time."""
     if not cursors:
         return {}
-    return await trio.to_thread.run_sync(_first_change_times, Path(data_dir) / METADATA_FILE,
-                                         cursors)
+    return await trio.to_thread.run_sync(
+        _with_query, data_dir, engine, lambda q: _first_change_times(q, cursors))

@@ -101,6 +101,18 @@ def _read_control(db: Path) -> tuple[list[dict], dict[str, dict]]:
         conn.close()
 
 
+def _control_from_store(store) -> tuple[list[dict], dict[str, dict]]:
+    """What _read_control reads, through the control store (PostgreSQL: a few short reads on
+    the replica's reader connection)."""
+    crs = sorted(store.list(CONNECTED_REGISTRY), key=lambda cr: cr.get("name", ""))
+    tokens = {}
+    for name in {cr["syncToken"] for cr in crs if cr.get("syncToken")}:
+        doc = store.get(TOKEN, name)
+        if doc is not None:
+            tokens[name.lower()] = doc
+    return crs, tokens
+
+
 def reported_state(cr: dict, token: dict | None, now: float) -> str:
     """connectionState as reported, Offline once heartbeats stopped or its sync token is
     disabled (the rule `connected-registry show` applies, control/service.py)."""
@@ -155,8 +167,12 @@ async def take(app) -> FleetSnapshot:
     service = app.extensions.get("sync")
     me = service.config.name if service is not None else None
     now = time.time()
-    crs, tokens = await trio.to_thread.run_sync(_read_control,
-                                                Path(settings.data_dir) / CONTROL_FILE)
+    engine = registry.engine  # a PostgreSQL root: no control.sqlite / metadata.sqlite here
+    if engine is not None:
+        crs, tokens = _control_from_store(app.extensions["control"].store)
+    else:
+        crs, tokens = await trio.to_thread.run_sync(_read_control,
+                                                    Path(settings.data_dir) / CONTROL_FILE)
     below = [_from_report(cr, tokens.get((cr.get("syncToken") or "").lower()), me, now)
              for cr in _subtree(crs, me)]
     # A direct child's lag: our changes after its feed cursor, and how old the first one is.
@@ -167,7 +183,7 @@ async def take(app) -> FleetSnapshot:
         if view.direct_child and isinstance(cursor, int):
             view.lag_entries = max(head - cursor, 0)
             cursors[view.name] = cursor
-    first_times = await oldest_unapplied(settings.data_dir, cursors)
+    first_times = await oldest_unapplied(settings.data_dir, cursors, engine)
     for view in below:
         if view.name in first_times:
             first = first_times[view.name]
@@ -184,7 +200,7 @@ async def take(app) -> FleetSnapshot:
         own.state = state.connection_state
         own.last_sync = state.last_successful_sync_time
         counts = await outbox_counts(settings.data_dir, state.cursor(UP_CURSOR),
-                                     not service.config.read_only)
+                                     not service.config.read_only, engine)
         own.outbox_entries, own.parked_entries = counts.pending, counts.parked
         transfer = state.transfer
         own.bytes_per_second, own.bytes_remaining = transfer.rate(), transfer.remaining()
@@ -196,7 +212,7 @@ async def take(app) -> FleetSnapshot:
         own.current_repository = state.current_repo
     else:
         own.state = "Online"  # the root serves; it has no parent link to lose
-        counts = await outbox_counts(settings.data_dir, None, False)
+        counts = await outbox_counts(settings.data_dir, None, False, engine)
         own.outbox_entries, own.parked_entries = 0, counts.parked
 
     # Link the tree for the dashboard.

@@ -131,7 +131,7 @@ class SyncService:
     async def count_outbox(self) -> None:
         """Refresh the outbox figures the status report carries (a query, off the loop)."""
         counts = await outbox_counts(self.reg.settings.data_dir, self.state.cursor(UP_CURSOR),
-                                     not self.config.read_only)
+                                     not self.config.read_only, self.reg.engine)
         self.state.outbox_entries, self.state.parked_entries = counts.pending, counts.parked
 
     async def run(self, task_status=trio.TASK_STATUS_IGNORED) -> None:

@@ -11,9 +11,10 @@ test: deps build cargo-test pytest
 # (one index update instead of one per package): skopeo and podman (clients; runc because
 # podman's default runtime, crun, cannot start containers in this sandbox; binutils' strip for
 # image/install-app.sh), chromium (the dashboard test), postgresql and nginx-light (the scaled
-# root's tests: engines the fixtures start on loopback).
+# root's tests: engines the fixtures start on loopback), golang-go (a Go-made gzip layer, as docker
+# makes them, for tests/test_delta_gzip.py).
 TEST_PACKAGES := skopeo:skopeo podman:podman runc:runc strip:binutils chromium:chromium \
-	nginx:nginx-light
+	nginx:nginx-light go:golang-go
 deps:
 	@missing=""; for pair in $(TEST_PACKAGES); do \
 	  command -v "$${pair%%:*}" >/dev/null 2>&1 || test -x "/usr/sbin/$${pair%%:*}" \

@@ -11,6 +11,12 @@ a client's request path.
 On disk, beside the store: `gzip-layers/index.sqlite` (layer states and plaintext chunk lists)
 and `gzip-layers/<hex>.recon` (reconstruction files). The index is a cache: losing it only
 means layers are indexed again.
+
+Off (nothing indexed, every gzip endpoint answers "not analysed", layers go by their
+compressed chunks) where it cannot work: blobs on S3 (the Rust inflate/analysis reads files)
+and the replicas of a scaled root (`metadata_url`): the index, reconstruction files and staged
+plaintexts are per node, while the requests of one transfer reach any replica
+(docs/scaling.md "Known limits").
 """
 
 from __future__ import annotations
@@ -96,6 +102,12 @@ class _LowPriorityWorker:
 class GzipLayers:
     def __init__(self, blobs, data_dir: Path, settings):
         self.blobs = blobs
+        local_files = isinstance(getattr(blobs, "unbudgeted", blobs), _core.BlobStore)
+        self.enabled = local_files and not settings.metadata_url
+        if not self.enabled:
+            log.info("gzip-layer delta is off on this node (%s): gzip layers travel by their "
+                     "compressed chunks", "a scaled root's replica" if settings.metadata_url
+                     else "blobs without local files")
         self.params = PLAIN_PARAMS
         self.key = KEY_PREFIX + params_key(PLAIN_PARAMS)
         self.analysis = settings.gzip_analysis
@@ -202,10 +214,14 @@ class GzipLayers:
 
     # --- background indexing and analysis -------------------------------------------------
     def is_gzip(self, digest: str) -> bool:
+        if not self.enabled:
+            return False  # never handled as a gzip layer here (no store read either)
         size = self.blobs.size(digest) or 0
         return size >= self.threshold and bytes(self.blobs.read(digest, 0, 3)) == GZIP_MAGIC
 
     def schedule(self, digest: str) -> None:
+        if not self.enabled:
+            return
         self._pending[digest] = None
         self._last = trio.current_time()
         self._wake.set()

@@ -35,7 +35,11 @@ _locks: dict[str, trio.Lock] = {}
 
 
 def _layers():
-    return current_app.extensions["registry"].chunk_index.gzip
+    layers = current_app.extensions["registry"].chunk_index.gzip
+    if not layers.enabled:  # S3 blobs or a scaled root (delta/gzip_layers.py)
+        raise RegistryError(errors.UNSUPPORTED, message="gzip-layer delta is off on this node "
+                            "(a scaled root or blobs on S3): push the layer by its chunks")
+    return layers
 
 
 def _staged(digest: str):

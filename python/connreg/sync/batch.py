@@ -265,7 +265,9 @@ class DownPrefetch:
         return out
 
     async def _store_blobs(self, blobs: dict[tuple[str, str], int]) -> None:
-        need = [k for k in blobs if not self.reg.blobs.exists(k[1])]
+        stored = await trio.to_thread.run_sync(  # off the event loop: on S3 each is a request
+            lambda: {k: self.reg.blobs.exists(k[1]) for k in blobs})
+        need = [k for k in blobs if not stored[k]]
         have = [k for k in blobs if k not in need]
         if need:
             try:  # what cannot fit is not fetched at all (docs/sync.md, "A full disk")
@@ -282,7 +284,7 @@ class DownPrefetch:
                 self.state.progress_blob()
                 have.append((repo, obj.digest))
         for repo, digest in have:
-            size = self.reg.blobs.size(digest)
+            size = await trio.to_thread.run_sync(self.reg.blobs.size, digest)
             if size is not None:
                 await self.reg.meta.link_blob(repo, digest, size)
 

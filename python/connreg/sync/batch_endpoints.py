@@ -75,10 +75,15 @@ async def objects() -> Response:
         _may(principal, repo, "pull")
         record = reg.meta.get_manifest(repo, digest)
         size = record.size if record else reg.meta.linked_blob_size(repo, digest)
-        if size is None or not reg.blobs.exists(digest):
+        if size is None:
             unknown.append(f"{repo}@{digest}")
             continue
         found.append((repo, digest, size, record.media_type if record else None))
+    # The stored bytes, asked off the event loop: on S3 each is a request.
+    stored = await trio.to_thread.run_sync(
+        lambda: [reg.blobs.exists(digest) for _, digest, _, _ in found])
+    unknown += [f"{repo}@{digest}" for (repo, digest, _, _), ok in zip(found, stored) if not ok]
+    found = [f for f, ok in zip(found, stored) if ok]
     if unknown:
         raise RegistryError(errors.BLOB_UNKNOWN,
                             message=f"{len(unknown)} object(s) of the batch unknown here: "
@@ -143,10 +148,12 @@ async def missing() -> Response:
             # Said per blob, not for the batch: the child sends that entry the ordinary way,
             # gets the real refusal there and parks only it.
             answers.append("denied")
-        elif reg.meta.linked_blob_size(repo, digest) is not None and reg.blobs.exists(digest):
+            continue  # one answer per blob, and never a mount into a refused repository
+        # the store is asked off the event loop: on S3 each is a request
+        size = await trio.to_thread.run_sync(reg.blobs.size, digest)
+        if size is not None and reg.meta.linked_blob_size(repo, digest) is not None:
             answers.append("present")
             continue
-        size = reg.blobs.size(digest)
         source = None
         if size is not None:
             source = next((r for r in reg.meta.blob_repositories(digest, MOUNT_CANDIDATES)

@@ -185,6 +185,11 @@ def test_batch_endpoints_refuse_bad_input_and_a_child_refuses_a_damaged_batch(tm
         with httpx.Client(base_url=child.url, auth=child.admin, timeout=60) as c:
             for blob in image.blobs():
                 assert c.get(f"/v2/bt/app/blobs/{sha256(blob)}").content == blob
+            # Outside the child's set a blob is "denied": one answer, and never mounted there.
+            r = _post(c, MISSING, {"blobs": [["out/side", sha256(small)],
+                                             ["bt/app", sha256(small)]]})
+            assert r.status_code == 200 and r.json()["blobs"] == ["denied", "present"], r.text
+            assert c.head(f"/v2/out/side/blobs/{sha256(small)}").status_code == 404
 
             # Many moves of one tag, pushed fast among other tags: the child applies them several
             # at once but this tag's in order, so it ends where the root's is.

@@ -9,6 +9,7 @@ the balancer too: tests/test_scale_conformance.py, tests/test_scale_skopeo.py.)
 
 from __future__ import annotations
 
+import gzip
 import hashlib
 import os
 import threading
@@ -23,7 +24,7 @@ from connreg.testing.node import Node
 from connreg.testing.oci import OCI_MANIFEST, make_image
 from connreg.storage.postgres_engine import GC_LOCK
 from connreg.testing.replicas import ScaledRoot, start_scaled_root
-from helpers import push_image
+from helpers import push_blob, push_image
 
 MiB = 1024 * 1024
 
@@ -284,6 +285,25 @@ def test_a_lock_set_through_one_replica_holds_on_every_replica(scaled):
     for node in scaled.nodes:
         r = httpx.get(f"{node.url}/metrics", auth=scaled.admin, timeout=30)
         assert r.status_code == 200 and b"connreg" in r.content, r.text[:500]
+
+
+def test_gzip_layer_delta_is_off_on_a_scaled_root(scaled):
+    """Gzip-layer state is per node and the Rust inflate reads files, so a scaled root (S3)
+    does not index gzip layers: the parent endpoints answer "not analysed" (404) and the
+    upward ones 405, which make a child send the layer by its chunks; nothing fails."""
+    layer = gzip.compress(os.urandom(1536 * 1024), 1)
+    with client(scaled) as c:
+        digest = push_blob(c, "gz/app", layer)
+        for node in scaled.nodes:
+            r = httpx.get(f"{node.url}/connreg/v1/sync/gzip", auth=scaled.admin, timeout=30,
+                          params={"repo": "gz/app", "digest": digest})
+            assert r.status_code == 404 and "not analysed" in r.text, r.text
+            r = httpx.post(f"{node.url}/connreg/v1/sync/gzip/base", auth=scaled.admin,
+                           timeout=30, params={"repo": "gz/app"},
+                           json={"params": "x", "ids": []})
+            assert r.status_code == 405 and r.json()["errors"][0]["code"] == "UNSUPPORTED"
+            assert "gzip-layer delta is off on this node" in node.log()
+        assert c.get(f"/v2/gz/app/blobs/{digest}").content == layer
 
 
 def test_a_replica_without_its_database_is_not_ready_and_answers_503(tmp_path):

@@ -47,13 +47,16 @@ def test_migrate_a_single_node_onto_postgres_and_s3(tmp_path, postgres_server, s
             "repositories/team/*/content/read", "repositories/team/*/metadata/read"]})
         assert r.status_code == 201, r.text
         token_password = r.json()["passwords"][0]["value"]
+        r = c.patch("/connreg/v1/locks", json={"repository": "team/app", "tag": "v1",
+                                               "writeEnabled": False})
+        assert r.status_code == 200, r.text
         feed_before = c.get("/v2/_catalog").json()
     old_bearer = bearer(node.url, node.admin, "repository:team/app:pull")
     node.stop()
     with sqlite3.connect(node.data_dir / "metadata.sqlite") as db:
         log_before = db.execute("SELECT seq, repo, op, digest, tag FROM changes ORDER BY seq"
                                 ).fetchall()
-    assert len(log_before) == 4
+    assert len(log_before) == 5  # three pushes, a deletion, a lock
 
     url = postgres_server.create_database("migrated")
     store, s3_env = s3_store_server.url("migrated"), s3_store_server.env()
@@ -84,6 +87,10 @@ def test_migrate_a_single_node_onto_postgres_and_s3(tmp_path, postgres_server, s
                     digest = "sha256:" + hashlib.sha256(blob).hexdigest()
                     assert c.get(f"/v2/team/app/blobs/{digest}").content == blob
             assert c.get(f"/v2/team/app/manifests/{images['v2'].digest}").status_code == 404
+            # the lock moved too: v1 still refuses an overwrite
+            r = c.put("/v2/team/app/manifests/v1", content=images["v0"].manifest,
+                      headers={"Content-Type": OCI_MANIFEST})
+            assert r.status_code == 405, r.text
         # the change log moved with its numbers (edges' cursors point into it)
         with psycopg.connect(url) as conn:
             moved = conn.execute("SELECT seq, repo, op, digest, tag FROM changes ORDER BY seq"

@@ -14,6 +14,7 @@ import time
 import pytest
 import trio
 
+from connreg.control.interfaces import CONNECTED_REGISTRY
 from connreg.locks.model import LockRefused, RepositoryLock
 from connreg.storage.interfaces import (BlobGone, ManifestRecord, ParkedChange, ReferencesGone,
                                         TagPrecondition, TagPreconditionFailed,
@@ -421,6 +422,17 @@ async def test_control_store_transactions_and_generation(backend):
     if backend.kind == "postgres":  # the other replica's caches follow within the re-read
         with trio.fail_after(10):
             while a.generation < b.generation:
+                await trio.sleep(0.05)
+    # A connected registry's status report moves `generation` only; a token write moves both
+    # (the verified-credential cache keys on credentials_generation, auth/identity.py).
+    creds, gen = b.credentials_generation, b.generation
+    await b.transact(lambda txn: txn.put(CONNECTED_REGISTRY, {"name": "edge"}))
+    assert b.generation > gen and b.credentials_generation == creds
+    await b.transact(lambda txn: txn.put("token", {"name": "t2"}))
+    assert b.credentials_generation > creds
+    if backend.kind == "postgres":
+        with trio.fail_after(10):
+            while a.credentials_generation < b.credentials_generation:
                 await trio.sleep(0.05)
 
 

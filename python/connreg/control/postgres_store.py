@@ -4,6 +4,9 @@ Documents live in `control_resources` (storage/migrations/0002_control.sql). `ge
 the cluster-wide `control_generation` counter: a transaction that wrote bumps it (and NOTIFYs),
 this replica sees its own bump at once, the others through the engine's listener, so caches
 keyed on it (verified passwords, a child's resource) follow a change made at any replica.
+`credentials_generation` (the `credentials` column, migration 0005) moves only when something
+besides connected-registry documents was written, as in the SQLite store: children's status
+reports do not drop the verified-credential cache (auth/identity.py).
 """
 
 from __future__ import annotations
@@ -14,6 +17,7 @@ from typing import Callable, TypeVar
 import psycopg
 import trio
 
+from connreg.control.interfaces import CONNECTED_REGISTRY
 from connreg.storage.budget import StorageFull
 from connreg.storage.postgres_engine import CONTROL_CHANNEL, PostgresEngine
 
@@ -26,6 +30,7 @@ class _Txn:
     def __init__(self, conn: psycopg.Connection):
         self._conn = conn
         self.wrote = False
+        self.kinds: set[str] = set()  # written in this transaction
 
     def get(self, kind: str, name: str) -> dict | None:
         row = self._conn.execute("SELECT doc FROM control_resources WHERE kind = %s"
@@ -46,11 +51,14 @@ class _Txn:
             " ON CONFLICT (kind, key) DO UPDATE SET name = EXCLUDED.name, doc = EXCLUDED.doc",
             (kind, doc["name"].lower(), doc["name"], json.dumps(doc, sort_keys=True)))
         self.wrote = True
+        self.kinds.add(kind)
 
     def delete(self, kind: str, name: str) -> bool:
         deleted = self._conn.execute("DELETE FROM control_resources WHERE kind = %s"
                                      " AND key = %s", (kind, name.lower())).rowcount > 0
         self.wrote = self.wrote or deleted
+        if deleted:
+            self.kinds.add(kind)
         return deleted
 
 
@@ -80,10 +88,15 @@ class PostgresControlStore:
         self._read = _Reads(engine)
         self._limiter = trio.CapacityLimiter(1)
         self._own_generation = 0
+        self._own_credentials = 0
 
     @property
     def generation(self) -> int:
         return max(self._own_generation, self.engine.control_generation)
+
+    @property
+    def credentials_generation(self) -> int:
+        return max(self._own_credentials, self.engine.credentials_generation)
 
     def close(self) -> None:
         pass  # the engine is closed by the Registry that opened it
@@ -106,9 +119,12 @@ class PostgresControlStore:
                     result = fn(txn)
                     generation = None
                     if txn.wrote:  # a transaction that wrote nothing changes no cache
-                        (generation,) = conn.execute(
-                            "UPDATE control_generation SET generation = generation + 1"
-                            " WHERE id = 1 RETURNING generation").fetchone()
+                        credentials = bool(txn.kinds - {CONNECTED_REGISTRY})
+                        generation, credentials = conn.execute(
+                            "UPDATE control_generation SET generation = generation + 1,"
+                            " credentials = credentials + %s WHERE id = 1"
+                            " RETURNING generation, credentials",
+                            (int(credentials),)).fetchone()
                         conn.execute("SELECT pg_notify(%s, %s)",
                                      (CONTROL_CHANNEL, str(generation)))
         except psycopg.errors.DiskFull as exc:
@@ -116,6 +132,7 @@ class PostgresControlStore:
                               "(PostgreSQL: disk full)") from exc
         if generation is not None:
             self._own_generation = max(self._own_generation, generation)
+            self._own_credentials = max(self._own_credentials, credentials)
         return result
 
     async def transact(self, fn: Callable[[_Txn], T]) -> T:

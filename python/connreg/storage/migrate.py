@@ -142,7 +142,8 @@ def copy_metadata(data_dir: Path, engine: PostgresEngine, report: MigrationRepor
                         (kind, name.lower(), name, doc)).rowcount
                 report.rows["control"] = (len(rows), inserted)
                 if inserted:
-                    conn.execute("UPDATE control_generation SET generation = generation + 1")
+                    conn.execute("UPDATE control_generation SET generation = generation + 1,"
+                                 " credentials = credentials + 1")
             if key_path.exists():
                 conn.execute("INSERT INTO shared_secrets (name, value) VALUES (%s, %s)"
                              " ON CONFLICT (name) DO NOTHING",

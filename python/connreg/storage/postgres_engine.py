@@ -82,6 +82,7 @@ class PostgresEngine:
         # What the listener last saw; read by the event loop (plain int assignment is atomic).
         self.change_head = 0
         self.control_generation = 0
+        self.credentials_generation = 0  # the part of it that can change a credential's check
         self.wake_changes: Callable[[], None] | None = None
         self._trio_token = None
         self._stop = threading.Event()
@@ -129,10 +130,10 @@ class PostgresEngine:
                                           daemon=True)
         self._listener.start()
 
-    def _counters(self, conn: psycopg.Connection) -> tuple[int, int]:
-        row = conn.execute("SELECT (SELECT seq FROM change_head WHERE id = 1),"
-                           " (SELECT generation FROM control_generation WHERE id = 1)").fetchone()
-        return int(row[0]), int(row[1])
+    def _counters(self, conn: psycopg.Connection) -> tuple[int, int, int]:
+        row = conn.execute("SELECT (SELECT seq FROM change_head WHERE id = 1), generation,"
+                           " credentials FROM control_generation WHERE id = 1").fetchone()
+        return int(row[0]), int(row[1]), int(row[2])
 
     def _listen(self) -> None:
         backoff = 0.5
@@ -154,7 +155,9 @@ class PostgresEngine:
                 self._stop.wait(backoff)
                 backoff = min(backoff * 2, 10.0)
 
-    def _observe(self, head: int, generation: int) -> None:
+    def _observe(self, head: int, generation: int, credentials: int) -> None:
+        if credentials > self.credentials_generation:
+            self.credentials_generation = credentials
         if generation > self.control_generation:
             self.control_generation = generation
         if head > self.change_head:

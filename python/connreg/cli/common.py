@@ -24,6 +24,7 @@ GATEWAY_ACTIONS_METAVAR = ("CR ACTION", "ACTION")
 ACTIONS_HELP = (
     "repository actions: " + ", ".join(REPOSITORY_ACTIONS) + "\n"
     "gateway actions:    " + ", ".join(GATEWAY_ACTIONS) + "\n"
+    "node actions:       metrics/read (scope-map --metrics-read: /metrics and the /ui/ dashboard)\n"
     "REPO may be an exact repository name or a prefix pattern like 'team/*'."
 )
 

@@ -362,22 +362,34 @@ class ParentClient:
     async def gzip_base(self, repo: str, params: str, ids: list[str]) -> dict | None:
         """The parent's previous version of a gzip layer with these plaintext chunks
         (`{"base", "known"}`); None when it cannot take gzip layers by their change."""
-        body = json.dumps({"params": params, "ids": ids}).encode()
+        answer = await self._post_optional_json("/connreg/v1/sync/gzip/base", repo,
+                                                {"params": params, "ids": ids})
+        if answer is None:
+            return None
+        status, doc = answer
+        if (not isinstance(doc, dict) or not isinstance(doc.get("known"), list)
+                or len(doc["known"]) != len(ids)):
+            raise ParentRefused(status, "malformed answer to gzip/base")
+        return doc
+
+    async def _post_optional_json(self, path: str, repo: str, document: dict
+                                  ) -> tuple[int, object] | None:
+        """POST a JSON document for a feature the parent may not offer, both ways under the
+        bandwidth meter: (status, parsed answer), or None when the parent answers 400/404/405
+        (an older version, the feature off, parameters it refuses)."""
+        body = json.dumps(document).encode()
         if self.meter:
             await self.meter.account(len(body))
         try:
-            resp = await self._request("POST", "/connreg/v1/sync/gzip/base", params={"repo": repo},
-                                       content=body, headers={"Content-Type": "application/json"})
+            resp = await self._request("POST", path, params={"repo": repo}, content=body,
+                                       headers={"Content-Type": "application/json"})
         except ParentRefused as exc:
             if exc.status in (400, 404, 405):
                 return None
             raise
         if self.meter:
             await self.meter.account(len(resp.content))
-        doc = resp.json()
-        if not isinstance(doc.get("known"), list) or len(doc["known"]) != len(ids):
-            raise ParentRefused(resp.status_code, "malformed answer to gzip/base")
-        return doc
+        return resp.status_code, resp.json()
 
     async def gzip_push_size(self, repo: str, digest: str) -> int:
         resp = await self._request("GET", "/connreg/v1/sync/gzip/push",
@@ -429,30 +441,21 @@ class ParentClient:
         """Where the parent's old version of a run (between chunks `before` and `after`) holds
         each sub-chunk: (anchor chunk id, [offset minus the anchor's, or None, …]); None when
         the parent cannot refine (older version, delta off, parameters refused)."""
-        body = json.dumps({"params": params, "before": before, "after": after,
-                           "length": length, "ids": ids}).encode()
-        if self.meter:
-            await self.meter.account(len(body))
-        try:
-            resp = await self._request("POST", "/connreg/v1/sync/chunks/near",
-                                       params={"repo": repo}, content=body,
-                                       headers={"Content-Type": "application/json"})
-        except ParentRefused as exc:
-            if exc.status in (400, 404, 405):
-                return None
-            raise
-        if self.meter:
-            await self.meter.account(len(resp.content))
-        doc = resp.json()
+        answer = await self._post_optional_json(
+            "/connreg/v1/sync/chunks/near", repo,
+            {"params": params, "before": before, "after": after, "length": length, "ids": ids})
+        if answer is None:
+            return None
+        status, doc = answer
         at = doc.get("at") if isinstance(doc, dict) else None
         if not isinstance(at, list) or len(at) != len(ids) or not all(
                 a is None or isinstance(a, int) and not isinstance(a, bool) for a in at):
-            raise ParentRefused(resp.status_code, "malformed answer to chunks/near")
+            raise ParentRefused(status, "malformed answer to chunks/near")
         anchor = doc.get("anchor")
         if anchor is None:
             return "", [None] * len(ids)
         if anchor not in (before, after):
-            raise ParentRefused(resp.status_code, "malformed answer to chunks/near")
+            raise ParentRefused(status, "malformed answer to chunks/near")
         return anchor, at
 
     async def append_chunks(self, repo: str, location: str, offset: int, body: bytes) -> int:

@@ -474,9 +474,10 @@ def report(results: list[dict], idle: dict | None, storm: dict | None, args,
              f"git {rev}{' + uncommitted changes' if dirty else ''}; label: {args.label}. "
              f"Load average at the end {load[0]:.1f} / {load[1]:.1f} / {load[2]:.1f} on "
              f"{os.cpu_count()} CPUs (other tenants included).", "",
-             "```", f".venv/bin/python bench/sync_load.py {' '.join(sys.argv[1:])}", "```", "",
-             "| phase | images | ingest img/s | hop | hop img/s | hop p50 s | hop p99 s |",
-             "| --- | --- | --- | --- | --- | --- | --- |"]
+             "```", f".venv/bin/python bench/sync_load.py {' '.join(sys.argv[1:])}", "```", ""]
+    if results:
+        lines += ["| phase | images | ingest img/s | hop | hop img/s | hop p50 s | hop p99 s |",
+                  "| --- | --- | --- | --- | --- | --- | --- |"]
     for r in results:
         for h in r["hops"]:
             lines.append(f"| {r['label']} | {r['arrived']}/{r['images']} | "
@@ -485,12 +486,13 @@ def report(results: list[dict], idle: dict | None, storm: dict | None, args,
         e = r["e2e"]
         lines.append(f"| {r['label']} | | | **{e['hop']}** | | **{e['p50']:.2f}** | "
                      f"**{e['p99']:.2f}** (max {e['max']:.2f}) |")
-    lines += ["", "RSS in MB (VmRSS) per node: before the phase / peak during it / 20 s after "
-              "the last image arrived; CPU = share of one core during the phase, and CPU "
-              "milliseconds per image (user + system, from /proc: independent of how busy the "
-              "machine is).", "",
-              "| phase | before | peak | after | CPU | CPU ms/image |",
-              "| --- | --- | --- | --- | --- | --- |"]
+    if results:
+        lines += ["", "RSS in MB (VmRSS) per node: before the phase / peak during it / 20 s "
+                  "after the last image arrived; CPU = share of one core during the phase, and "
+                  "CPU milliseconds per image (user + system, from /proc: independent of how "
+                  "busy the machine is).", "",
+                  "| phase | before | peak | after | CPU | CPU ms/image |",
+                  "| --- | --- | --- | --- | --- | --- |"]
     for r in results:
         lines.append(f"| {r['label']} | {fmt_rss(r['pre'])} | {fmt_rss(r['peak'])} | "
                      f"{fmt_rss(r['after'])} | "
@@ -510,7 +512,8 @@ def report(results: list[dict], idle: dict | None, storm: dict | None, args,
             cpu = ", ".join(f"{n} {v:.1f}" for n, v in c["cpu_ms_per_image"].items())
             peak = ", ".join(f"{n} {v:.0f}" for n, v in c["peak"].items())
             lines.append(f"| {c['label']} | {c['hop']} | {c['arrived']}/{c['images']} | "
-                         f"**{c['rate']:.1f}** ({c['apply_rate']:.1f}) | {c['first_after_ready']:.1f} / "
+                         f"**{c['rate']:.1f}** ({c['apply_rate']:.1f}) | "
+                         f"{c['first_after_ready']:.1f} / "
                          f"{c['last_after_ready']:.1f} | {cpu} | {peak} |")
     if storm:
         lines += ["", f"Login storm at a fresh root: {storm['clients']} clients x "

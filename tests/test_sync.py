@@ -335,3 +335,25 @@ def test_log_level_set_at_the_root_applies_at_the_node(tree):
         push_image(c, "shop/app", loud, "loud")
     tree.wait_digest("shopB", "shop/app", "loud", loud.digest)
     wait_for(lambda: "synced shop/app" in b.log()[mark:], 10, message="INFO logs back at B")
+
+
+def test_a_pull_at_the_third_level_reaches_the_root_audit_trail(tree):
+    """C's events climb with the status reports: C → B → A → the root (each hop relays its
+    children's events), and the root's trail names the node where the pull happened."""
+    image = make_image([3000])
+    with tree.client("root") as c:
+        push_image(c, "shop/app", image, "audited")
+    tree.wait_digest("shopC", "shop/app", "audited", image.digest, timeout=60)
+    with tree.client("shopC") as c:  # C's own admin
+        assert c.get("/v2/shop/app/manifests/audited",
+                     headers={"Accept": OCI_MANIFEST}).status_code == 200
+
+    def at_root() -> list[dict]:
+        with tree.client("root") as c:
+            r = c.get("/connreg/v1/audit", params={"registry": "shopC",
+                                                   "repository": "shop/app"})
+            r.raise_for_status()
+            return [e for e in r.json()["events"]
+                    if e["event"] == "pull" and e.get("tag") == "audited"]
+    pulls = wait_for(at_root, 90, interval=1, message="C's pull in the root's audit trail")
+    assert pulls[0]["outcome"] == "success" and pulls[0]["digest"] == image.digest

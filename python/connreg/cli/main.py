@@ -64,7 +64,7 @@ def _serve(args: argparse.Namespace) -> int:
             print(f"connreg: warning: {state['offline']}; serving as connected registry "
                   f"{state.get('name')} with what is stored", file=sys.stderr)
     from connreg.gc import DataDirBusy
-    from connreg.storage.postgres_engine import EngineUnreachable
+    from connreg.storage.backends import EngineUnreachable  # psycopg only with a database
 
     try:
         serve.main(settings)

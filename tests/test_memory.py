@@ -10,6 +10,7 @@ import sys
 import httpx
 import pytest
 
+from connreg import memory
 from connreg.auth import tokens
 from connreg.testing import Node, start_node
 from connreg.testing.hierarchy import wait_for
@@ -194,3 +195,68 @@ def test_a_new_signing_key_needs_no_cryptography_and_others_still_load(tmp_path)
                                           b"-----END PRIVATE KEY-----\n")
     with pytest.raises(ValueError):
         tokens.TokenService(other, "connreg", 300, 3600)
+
+
+def test_a_trim_follows_memory_freed_after_the_peak():
+    # The sustained-load case (bench/RESULTS.md, "Memory (m13)"): the last trim ran at the
+    # peak, while a feed batch's blobs were alive; they were freed with RSS flat, and RSS
+    # growth alone never called for another trim, so ~50 MB stayed resident for good.
+    MB = 1 << 20
+    policy = memory.TrimPolicy()
+    assert policy.due(60 * MB, 1 * MB)  # first look: trims once
+    policy.trimmed(60 * MB, 1 * MB)
+    assert not policy.due(60 * MB, 1 * MB)  # idle: nothing to do
+    assert policy.due(147 * MB, 3 * MB)  # a burst: RSS grew
+    policy.trimmed(147 * MB, 3 * MB)  # ... trimmed at the peak, objects still alive
+    assert policy.due(147 * MB, 60 * MB)  # burst over: RSS flat, 57 MB more heap free
+    policy.trimmed(100 * MB, 60 * MB)
+    assert not policy.due(100 * MB, 60 * MB)  # given back: not again and again
+    assert not policy.due(100 * MB, 20 * MB)  # free heap reused (pages already resident)
+    assert not policy.due(100 * MB, 20 * MB + memory.TRIM_FREED_BYTES - 1)  # noise
+    assert policy.due(100 * MB, 20 * MB + memory.TRIM_FREED_BYTES)  # freed again
+    no_mallinfo = memory.TrimPolicy()
+    no_mallinfo.trimmed(60 * MB, None)
+    assert not no_mallinfo.due(60 * MB, None) and no_mallinfo.due(61 * MB, None)
+
+
+@pytest.mark.skipif(memory.malloc_info() is None, reason="needs glibc's mallinfo2")
+def test_a_burst_made_in_a_worker_thread_is_given_back():
+    # 80 MiB of 64 KiB objects made in a worker thread (its own arena), each followed by a
+    # small object that stays (so the heap cannot shrink from its top by itself), freed while
+    # the trim loop runs as `connreg serve` runs it: RSS comes back near where it started.
+    code = """
+import trio
+from connreg import memory
+from connreg.serve import limit_malloc_arenas
+limit_malloc_arenas(2)
+memory.fix_mmap_threshold(256 * 1024)
+MB = 1 << 20
+
+def burst():
+    big, keep = [], []
+    for i in range(1280):
+        big.append(bytes([i % 251]) * 65536)
+        keep.append(bytes([i % 251]) * 600)
+    return big, keep
+
+async def main():
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(memory.trim_loop, 0.2)
+        base = memory.rss_bytes()
+        big, keep = await trio.to_thread.run_sync(burst)
+        peak = memory.rss_bytes()
+        await trio.sleep(1.0)  # trims at the peak: nothing to give back yet
+        del big
+        deadline = trio.current_time() + 30
+        while memory.rss_bytes() > base + 20 * MB and trio.current_time() < deadline:
+            await trio.sleep(0.1)
+        print(base // MB, peak // MB, memory.rss_bytes() // MB, len(keep))
+        nursery.cancel_scope.cancel()
+
+trio.run(main)
+"""
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         check=True, timeout=120).stdout.split()
+    base, peak, after = (int(v) for v in out[:3])
+    assert peak >= base + 70, out  # the burst was resident
+    assert after <= base + 20, out  # and went back (the small objects stay: ~1 MiB)

@@ -27,6 +27,7 @@ from typing import Any
 
 from quart import Blueprint, Response, current_app, request
 
+from connreg import memory
 from connreg.api.http import json_response
 from connreg.parsing import bounded_int
 
@@ -47,27 +48,6 @@ def proc_status() -> dict[str, int]:
     except (OSError, ValueError, IndexError):
         pass
     return out
-
-
-class _Mallinfo2(ctypes.Structure):
-    _fields_ = [(name, ctypes.c_size_t) for name in (
-        "arena", "ordblks", "smblks", "hblks", "hblkhd", "usmblks", "fsmblks", "uordblks",
-        "fordblks", "keepcost")]
-
-
-def malloc_info() -> dict[str, int] | None:
-    """glibc's own view (mallinfo2, glibc 2.33+): heap bytes from the system, of them in use
-    and free (kept for reuse, what malloc_trim can give back), and large blocks in their own
-    mappings. None elsewhere."""
-    try:
-        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
-        fn = libc.mallinfo2
-    except (OSError, AttributeError):
-        return None
-    fn.restype = _Mallinfo2
-    info = fn()  # main arena plus the others (malloc_arena_max)
-    return {"heapBytes": info.arena, "inUseBytes": info.uordblks, "freeBytes": info.fordblks,
-            "mmapBytes": info.hblkhd}
 
 
 def sqlite_memory_used() -> int | None:
@@ -143,7 +123,7 @@ def top_allocations(limit: int) -> dict | None:
 
 
 def report(app, top: int) -> dict:
-    return {"rss": proc_status(), "malloc": malloc_info(),
+    return {"rss": proc_status(), "malloc": memory.malloc_info(),
             "sqlite": {"memoryUsed": sqlite_memory_used()},
             "python": {"modules": len(sys.modules), "threads": threading.active_count(),
                        "allocatedBlocks": sys.getallocatedblocks()},
@@ -151,7 +131,7 @@ def report(app, top: int) -> dict:
 
 
 @bp.route("/memory", methods=["GET"])
-async def memory() -> Response:
+async def memory_endpoint() -> Response:
     await current_app.extensions["authorizer"].require_node_admin("the memory report")
     top = bounded_int(request.args.get("top", "20"), "top", 1, MAX_TOP)
     return json_response(report(current_app, top), headers={"Cache-Control": "no-store"})

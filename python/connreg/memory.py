@@ -118,8 +118,12 @@ async def trim_loop(interval: float) -> None:
     if lib is None or interval <= 0:
         return
     policy = TrimPolicy()
+    # The first look soon after start: what importing and opening the stores left free goes
+    # back before the node idles (~1 MB), not only after the first interval.
+    delay = min(interval, 1.0)
     while True:
-        await trio.sleep(interval)
+        await trio.sleep(delay)
+        delay = interval
         rss = rss_bytes()
         if not policy.due(rss, _free_heap()):
             continue

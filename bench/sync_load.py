@@ -25,7 +25,8 @@ loopback, every repository `load/*` in every set. Phases:
   CPU ms per image is both ends' CPU over that node's catch-up (from its readiness).
 - `logins`: P clients × 3 Basic logins with wrong passwords at once at a fresh root (each a
   16 MiB scrypt check); its RSS before, at peak and after.
-- `idle`: RSS of a freshly started node that has served nothing, and its import cost.
+- `idle`: RSS of a freshly started node that has served nothing (`--no-auth`, and with auth,
+  the default), and its import cost.
 
 Arrival times come from the nodes' own change logs (`time` of each entry; one machine, one
 clock): for every tag the time it was written at the root (or B) and at each later hop. A hop's
@@ -437,24 +438,41 @@ def login_storm(base: Path, env: dict[str, str], clients: int, rounds: int) -> d
             "after": after, "seconds": took}
 
 
-def idle_fresh_node(base: Path) -> dict:
-    """RSS of a node that has served nothing, and what importing connreg costs."""
-    node = start_node(base / "fresh", args=["--no-auth"])
+LIBRARY_FLOOR = ["ssl", "sqlite3", "trio", "quart", "quart_trio", "hypercorn.trio",
+                 "connreg._core"]  # what any node needs before connreg's own code
+
+
+def fresh_node_rss(base: Path, args: list[str]) -> tuple[float, int]:
+    """VmRSS (MB) of a node that has served nothing, 5 s after ready; then how many modules
+    its process has imported (its memory report, asked after RSS was read)."""
+    node = start_node(base, args=args)
     time.sleep(5)
     rss = rss_mb(node.proc.pid)
+    r = httpx.get(f"{node.url}/connreg/v1/debug/memory", params={"top": "1"},
+                  auth=None if "--no-auth" in args else node.admin, timeout=60)
     node.stop()
-    probe = ("import resource, sys\n"
+    return rss, r.json()["python"]["modules"] if r.status_code == 200 else -1
+
+
+def idle_fresh_node(base: Path) -> dict:
+    """RSS of a node that has served nothing (open, and with auth: the default), and what
+    importing the libraries and connreg costs."""
+    no_auth, no_auth_modules = fresh_node_rss(base / "fresh", ["--no-auth"])
+    auth, auth_modules = fresh_node_rss(base / "fresh-auth", [])
+    probe = ("import sys\n"
              "def rss():\n"
              "    return int(open('/proc/self/status').read().split('VmRSS:')[1].split()[0])/1024\n"
              "a = rss()\n"
-             "import connreg.app, connreg.serve\n"
+             f"for m in {LIBRARY_FLOOR!r}: __import__(m)\n"
              "b = rss()\n"
-             "mods = sorted(m for m in sys.modules if '.' not in m)\n"
-             "print(a, b, len(sys.modules))\n")
+             "import connreg.cli.main, connreg.app, connreg.serve\n"
+             "c = rss()\n"
+             "print(a, b, c, len(sys.modules))\n")
     out = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True,
                          check=True).stdout.split()
-    return {"fresh_rss": rss, "bare_python": float(out[0]), "after_imports": float(out[1]),
-            "modules": int(out[2])}
+    return {"fresh_rss": no_auth, "fresh_modules": no_auth_modules, "fresh_auth_rss": auth,
+            "fresh_auth_modules": auth_modules, "bare_python": float(out[0]),
+            "libraries": float(out[1]), "after_imports": float(out[2]), "modules": int(out[3])}
 
 
 # --- report ----------------------------------------------------------------------------------
@@ -521,11 +539,14 @@ def report(results: list[dict], idle: dict | None, storm: dict | None, args,
                       f"check), {storm['seconds']:.1f} s: RSS {storm['before']:.0f} MB before, "
                       f"**peak {storm['peak']:.0f} MB**, {storm['after']:.0f} MB 20 s after."]
     if idle:
-        lines += ["", f"Idle fresh node (`--no-auth`, nothing served, 5 s after ready): "
-                      f"**{idle['fresh_rss']:.1f} MB** VmRSS. Floor: bare interpreter "
-                      f"{idle['bare_python']:.1f} MB; after `import connreg.app, "
-                      f"connreg.serve` {idle['after_imports']:.1f} MB "
-                      f"({idle['modules']} modules)."]
+        lines += ["", f"Idle fresh node (nothing served, 5 s after ready): `--no-auth` "
+                      f"**{idle['fresh_rss']:.1f} MB** VmRSS ({idle['fresh_modules']} modules "
+                      f"imported), with auth (the default) **{idle['fresh_auth_rss']:.1f} MB** "
+                      f"({idle['fresh_auth_modules']} modules). Floor: bare interpreter "
+                      f"{idle['bare_python']:.1f} MB; with the libraries every node needs "
+                      f"({', '.join(LIBRARY_FLOOR)}) {idle['libraries']:.1f} MB; after "
+                      f"`import connreg.cli.main, connreg.app, connreg.serve` "
+                      f"{idle['after_imports']:.1f} MB ({idle['modules']} modules)."]
     return "\n".join(lines) + "\n"
 
 

@@ -8,19 +8,18 @@ from quart import Response, request
 from werkzeug.exceptions import HTTPException
 from connreg.streaming import StreamingQuart
 
-from connreg import errors
+from connreg import errors, memory_report
 from connreg.api import routes
 from connreg.api.fast_reads import FastManifestReads
 from connreg.auth import endpoints as auth_endpoints
 from connreg.auth.authorizer import Authorizer
 from connreg.auth.identity import Authenticator
-from connreg.auth.tokens import TokenService, new_key_pem
+from connreg.auth.tokens import TokenService
 from connreg.config import Settings
 from connreg.control import activation
 from connreg.control import api as control_api
 from connreg.control.service import ControlPlane
 from connreg.control import validation as control_validation
-from connreg.control.postgres_store import PostgresControlStore
 from connreg.control.sqlite_store import SqliteControlStore
 from connreg.errors import RegistryError
 from connreg.references import check_name
@@ -87,6 +86,10 @@ def create_app(settings: Settings) -> StreamingQuart:
     # Replicas of a scaled root share it, and the token signing key, on PostgreSQL.
     shared_key = None
     if registry.engine is not None:
+        # psycopg (~10 MB) only with metadata_url (docs/operations.md, Memory).
+        from connreg.auth.tokens import new_key_pem
+        from connreg.control.postgres_store import PostgresControlStore
+
         control_store = PostgresControlStore(registry.engine)
         shared_key = control_store.shared_secret("token-signing-key", new_key_pem)
     else:
@@ -99,7 +102,8 @@ def create_app(settings: Settings) -> StreamingQuart:
                               settings.refresh_token_ttl_seconds
                               or settings.refresh_token_max_lifetime_seconds,
                               clock_offset=settings.test_clock_offset_seconds,
-                              shared_key_pem=shared_key)
+                              shared_key_pem=shared_key,
+                              cache_entries=settings.token_cache_entries)
         authn = Authenticator(settings, control_store, tokens)
     state = activation.load_state(settings.data_dir) if settings.is_connected_registry else None
     # The audit trail (docs/audit.md): this node's events, and at a parent its subtree's.
@@ -136,6 +140,7 @@ def create_app(settings: Settings) -> StreamingQuart:
     app.register_blueprint(locks_api.bp)  # image locks (docs/locks.md)
     app.register_blueprint(locks_sync.bp)  # a child fetches a repository's locks
     app.register_blueprint(audit_api.bp)  # connreg audit list
+    app.register_blueprint(memory_report.bp)  # GET /connreg/v1/debug/memory (admin)
     audit_hooks.install(app, audit, source_address)
     gc_service.install(app, registry, settings, state)  # garbage collection (docs/gc.md)
     ui.install(app)  # the dashboard at /ui/ (connreg/ui/)

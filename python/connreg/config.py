@@ -45,6 +45,13 @@ class Settings:
     malloc_mmap_threshold_bytes: int = 256 * 1024
     # How often free heap pages go back to the system (malloc_trim) when RSS grew; 0: never.
     malloc_trim_interval_seconds: float = 10.0
+    # Successful password checks remembered (60 s each; a miss costs two scrypt hashes)
+    # and verified access tokens remembered (until they expire): entries, each under 1 KiB.
+    credential_cache_entries: int = 10_000
+    token_cache_entries: int = 10_000
+    # tracemalloc frames kept per allocation, for GET /connreg/v1/debug/memory (0: off;
+    # tracing costs CPU and about as much memory again as it traces: diagnosis only).
+    memory_trace_frames: int = 0
 
     # --- connections (docs/operations.md, "Connections") --------------------------------------
     # Idle keep-alive connections are closed after this long; the same timer bounds how long a

@@ -29,6 +29,14 @@ class ManifestCache:
         self._used = 0
         self._items: OrderedDict[str, bytes] = OrderedDict()
 
+    @property
+    def used_bytes(self) -> int:
+        return self._used
+
+    @property
+    def max_bytes(self) -> int:
+        return self._max
+
     def get(self, digest: str) -> bytes | None:
         data = self._items.get(digest)
         if data is not None:

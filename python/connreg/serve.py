@@ -91,4 +91,7 @@ def main(settings: Settings) -> None:
     configure_logging(settings)
     limit_malloc_arenas(settings.malloc_arena_max)
     memory.fix_mmap_threshold(settings.malloc_mmap_threshold_bytes)
+    if settings.memory_trace_frames > 0:  # for GET /connreg/v1/debug/memory (memory_report.py)
+        import tracemalloc
+        tracemalloc.start(min(settings.memory_trace_frames, 100))
     trio.run(run, settings)

@@ -126,6 +126,7 @@ class Authenticator:
                                                 settings.auth_lockout_max_seconds)
         self._cache_key = secrets.token_bytes(32)
         self._verified: dict[bytes, tuple[Verified, int, float]] = {}
+        self.credential_cache_entries = max(1, settings.credential_cache_entries)
         self._checks: dict[bytes, _Check] = {}
         # scrypt takes 16 MiB per hash: at most this many run at once (a login storm would
         # otherwise hold 16 MiB per worker thread; the others wait for a slot).
@@ -224,9 +225,19 @@ class Authenticator:
             return hit[0]
         return None
 
+    @property
+    def cached_credentials(self) -> int:
+        return len(self._verified)
+
     def _remember(self, key: bytes, verified: Verified) -> None:
-        if len(self._verified) > 10_000:
-            self._verified.clear()
+        if len(self._verified) >= self.credential_cache_entries:
+            # Expired entries go first; only a table full of live ones is emptied (a hit costs
+            # a dict lookup, a miss one scrypt check: no order is kept to evict by).
+            now = time.time()
+            for old in [k for k, (_, _, until) in self._verified.items() if until <= now]:
+                del self._verified[old]
+            if len(self._verified) >= self.credential_cache_entries:
+                self._verified.clear()
         until = time.time() + CACHE_SECONDS
         if verified.expiry is not None:  # an expiry on the token service's clock
             until = min(until, verified.expiry - self.tokens.clock_offset)

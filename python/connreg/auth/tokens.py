@@ -14,19 +14,26 @@ why PyJWT's own time checks are off and `exp`/`nbf` are checked here.
 
 from __future__ import annotations
 
+import base64
+import binascii
 import hashlib
 import os
 import secrets
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-import jwt
-from cryptography.hazmat.primitives import serialization
-from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+if TYPE_CHECKING:
+    from cryptography.hazmat.primitives.asymmetric.ed25519 import (Ed25519PrivateKey,
+                                                                   Ed25519PublicKey)
 
 ALGORITHM = "EdDSA"
 KEY_FILE = "token-signing-key.pem"
+# PKCS #8 of an Ed25519 private key (RFC 8410, section 7): this DER prefix, then the 32-byte
+# seed. What `new_key_pem` writes and what `openssl genpkey -algorithm ed25519` writes.
+ED25519_PKCS8_PREFIX = bytes.fromhex("302e020100300506032b657004220420")
+PEM_BEGIN, PEM_END = b"-----BEGIN PRIVATE KEY-----", b"-----END PRIVATE KEY-----"
 
 
 def write_secret_file(path: Path, data: bytes) -> bool:
@@ -44,26 +51,51 @@ def write_secret_file(path: Path, data: bytes) -> bool:
 
 
 def new_key_pem() -> bytes:
-    return Ed25519PrivateKey.generate().private_bytes(
-        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
-        serialization.NoEncryption())
+    """A new Ed25519 private key (32 random bytes) as PKCS #8 PEM. Written without the
+    cryptography package: a node loads that (~8 MB) only when it first signs or checks a
+    token (docs/operations.md, Memory)."""
+    der = ED25519_PKCS8_PREFIX + secrets.token_bytes(32)
+    return PEM_BEGIN + b"\n" + base64.b64encode(der) + b"\n" + PEM_END + b"\n"
 
 
-def load_or_create_key(auth_dir: Path, shared_pem: bytes | None = None) -> Ed25519PrivateKey:
-    """The node's key from `auth_dir`, generated on first start; or `shared_pem`, the key all
-    replicas of a scaled root share (kept in their shared database, docs/scaling.md)."""
-    path = auth_dir / KEY_FILE
-    if shared_pem is None and not path.exists():
-        write_secret_file(path, new_key_pem())
-    key = serialization.load_pem_private_key(shared_pem or path.read_bytes(), password=None)
+def is_plain_ed25519_pem(pem: bytes) -> bool:
+    """True for exactly the form `new_key_pem` writes (a check that needs no cryptography)."""
+    lines = pem.strip().splitlines()
+    if len(lines) != 3 or lines[0].strip() != PEM_BEGIN or lines[2].strip() != PEM_END:
+        return False
+    try:
+        der = base64.b64decode(lines[1].strip(), validate=True)
+    except (binascii.Error, ValueError):
+        return False
+    return len(der) == len(ED25519_PKCS8_PREFIX) + 32 and der.startswith(ED25519_PKCS8_PREFIX)
+
+
+def load_key(pem: bytes, where: str) -> "Ed25519PrivateKey":
+    """The private key in `pem`; ValueError naming `where` if it is not an Ed25519 key."""
+    from cryptography.hazmat.primitives import serialization
+    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
+    key = serialization.load_pem_private_key(pem, password=None)
     if not isinstance(key, Ed25519PrivateKey):
-        raise ValueError(f"{'the shared key' if shared_pem else path} is not an Ed25519 "
-                         "private key")
+        raise ValueError(f"{where} is not an Ed25519 private key")
     return key
 
 
-# Verified access tokens remembered at once (cleared when full).
-VERIFIED_CACHE_SIZE = 10_000
+def read_or_create_key(auth_dir: Path, shared_pem: bytes | None = None) -> tuple[bytes, str]:
+    """The node's key (PEM) from `auth_dir`, generated on first start, or `shared_pem`, the
+    key all replicas of a scaled root share (kept in their shared database, docs/scaling.md);
+    and what to call it in errors. A key in any other form than `new_key_pem`'s is loaded
+    (checked) at once, so a bad file still stops the node at start."""
+    path = auth_dir / KEY_FILE
+    if shared_pem is None and not path.exists():
+        write_secret_file(path, new_key_pem())
+    pem = shared_pem or path.read_bytes()
+    where = "the shared key" if shared_pem else str(path)
+    if not is_plain_ed25519_pem(pem):
+        load_key(pem, where)
+    return pem, where
+
+
 
 
 @dataclass(frozen=True)
@@ -77,12 +109,12 @@ class TokenClaims:
 
 class TokenService:
     def __init__(self, auth_dir: Path, service: str, ttl: int, refresh_max_lifetime: int,
-                 clock_offset: float = 0.0, shared_key_pem: bytes | None = None):
-        self._key = load_or_create_key(auth_dir, shared_key_pem)
-        self._public = self._key.public_key()
+                 clock_offset: float = 0.0, shared_key_pem: bytes | None = None,
+                 cache_entries: int = 10_000):
+        self._pem, self._where = read_or_create_key(auth_dir, shared_key_pem)
+        self._keys: tuple[Ed25519PrivateKey, Ed25519PublicKey, str] | None = None
         self._verified: dict[str, TokenClaims] = {}
-        raw = self._public.public_bytes(serialization.Encoding.Raw, serialization.PublicFormat.Raw)
-        self.key_id = hashlib.sha256(raw).hexdigest()[:16]
+        self.cache_entries = max(1, cache_entries)  # verified access tokens remembered
         self.service = service
         self.ttl = ttl
         self.refresh_max_lifetime = refresh_max_lifetime
@@ -91,8 +123,30 @@ class TokenService:
     def now(self) -> float:
         return time.time() + self.clock_offset
 
+    @property
+    def cached_tokens(self) -> int:
+        return len(self._verified)
+
+    def _key_pair(self) -> tuple[Ed25519PrivateKey, Ed25519PublicKey, str]:
+        """Private key, public key, key id: loaded (with cryptography) at the first token."""
+        if self._keys is None:
+            from cryptography.hazmat.primitives import serialization
+
+            key = load_key(self._pem, self._where)
+            public = key.public_key()
+            raw = public.public_bytes(serialization.Encoding.Raw, serialization.PublicFormat.Raw)
+            self._keys = key, public, hashlib.sha256(raw).hexdigest()[:16]
+        return self._keys
+
+    @property
+    def key_id(self) -> str:
+        return self._key_pair()[2]
+
     def _sign(self, claims: dict) -> str:
-        return jwt.encode(claims, self._key, algorithm=ALGORITHM, headers={"kid": self.key_id})
+        import jwt
+
+        key, _, key_id = self._key_pair()
+        return jwt.encode(claims, key, algorithm=ALGORITHM, headers={"kid": key_id})
 
     def _base(self, subject: str, ttl: int, typ: str) -> dict:
         now = int(self.now())
@@ -121,8 +175,10 @@ class TokenService:
         return self._sign(claims)
 
     def _decode(self, token: str, typ: str) -> dict | None:
+        import jwt
+
         try:
-            claims = jwt.decode(token, self._public, algorithms=[ALGORITHM],
+            claims = jwt.decode(token, self._key_pair()[1], algorithms=[ALGORITHM],
                                 audience=self.service, issuer=self.service,
                                 options={"require": ["exp", "sub", "iat"], "verify_exp": False,
                                          "verify_nbf": False, "verify_iat": False})
@@ -147,8 +203,12 @@ class TokenService:
             del self._verified[token]
         result = self._verify_access(token)
         if result is not None:
-            if len(self._verified) >= VERIFIED_CACHE_SIZE:
-                self._verified.clear()
+            if len(self._verified) >= self.cache_entries:
+                now = self.now()  # expired ones go first; a table full of live ones is emptied
+                for old in [t for t, c in self._verified.items() if c.expires_at <= now]:
+                    del self._verified[old]
+                if len(self._verified) >= self.cache_entries:
+                    self._verified.clear()
             self._verified[token] = result
         return result
 

@@ -11,13 +11,14 @@ from __future__ import annotations
 import getpass
 import os
 import sys
-from typing import Any
+from typing import TYPE_CHECKING, Any
 from urllib.parse import quote, urlsplit, urlunsplit
-
-import httpx
 
 from connreg.cli import credentials
 from connreg.tls import TrustError, tls_failure, untrusted_certificate, verifying_context
+
+if TYPE_CHECKING:  # loaded by the commands that talk to a registry, not by `connreg serve`
+    import httpx
 
 API_PREFIX = "/connreg/v1"
 TIMEOUT_SECONDS = 60.0
@@ -95,6 +96,8 @@ class Client:
 
     def __init__(self, registry: str, username: str | None = None, password: str | None = None,
                  transport: httpx.BaseTransport | None = None, ca_file: str | None = None):
+        import httpx
+
         self.registry = registry
         self.username = username
         # An https registry is verified against `ca_file`, else the system trust store.
@@ -111,6 +114,8 @@ class Client:
     def request(self, method: str, url: str, *, json: Any = None,
                 params: dict[str, str] | None = None) -> Any:
         """The decoded JSON answer (None for an empty one); raises CliError on any failure."""
+        import httpx
+
         try:
             response = self._http.request(method, url, json=json, params=params)
         except httpx.TimeoutException:

@@ -7,8 +7,6 @@ import sys
 from pathlib import Path
 
 from connreg import __version__
-from connreg.cli import connected_registry, gc, login, maintenance, scope_map, sync, token
-from connreg.cli import audit as audit_cli, repository as repository_cli
 from connreg.config import Settings
 
 
@@ -64,7 +62,7 @@ def _serve(args: argparse.Namespace) -> int:
             print(f"connreg: warning: {state['offline']}; serving as connected registry "
                   f"{state.get('name')} with what is stored", file=sys.stderr)
     from connreg.gc import DataDirBusy
-    from connreg.storage.postgres_engine import EngineUnreachable
+    from connreg.storage.backends import EngineUnreachable  # psycopg only with a database
 
     try:
         serve.main(settings)
@@ -77,7 +75,9 @@ def _serve(args: argparse.Namespace) -> int:
     return 0
 
 
-def build_parser() -> argparse.ArgumentParser:
+def build_parser(serve_only: bool = False) -> argparse.ArgumentParser:
+    """Every subcommand; `serve_only`: just `serve`, whose process then never imports the
+    client commands' modules (~1 MB resident for the node's life; docs/operations.md)."""
     parser = argparse.ArgumentParser(prog="connreg", description="Connected OCI registry")
     parser.add_argument("--version", action="version", version=f"connreg {__version__}")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -116,6 +116,11 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--s3-endpoint", metavar="URL", help="endpoint of an S3-compatible "
                        "store (env CONNREG_S3_ENDPOINT; credentials from AWS_* variables)")
     serve.set_defaults(func=_serve)
+    if serve_only:
+        return parser
+
+    from connreg.cli import connected_registry, gc, login, maintenance, scope_map, sync, token
+    from connreg.cli import audit as audit_cli, repository as repository_cli
 
     for module in (login, scope_map, token, connected_registry, maintenance, sync, gc):
         module.register(sub)
@@ -125,5 +130,6 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    argv = sys.argv[1:] if argv is None else argv
+    args = build_parser(serve_only=argv[:1] == ["serve"]).parse_args(argv)
     return args.func(args)

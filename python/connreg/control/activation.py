@@ -23,12 +23,14 @@ import ssl
 import uuid
 from dataclasses import dataclass, replace
 from pathlib import Path
-
-import httpx
+from typing import TYPE_CHECKING
 
 from connreg import __version__
 from connreg.config import Settings
 from connreg.tls import TrustError, unreachable_reason, verifying_context
+
+if TYPE_CHECKING:  # httpx is loaded by a node with a parent only (docs/operations.md, Memory)
+    import httpx
 
 INSTANCE_ID_FILE = "instance-id"
 STATE_FILE = "connected-registry.json"
@@ -127,6 +129,8 @@ def _message(resp: httpx.Response) -> str:
 
 def activate(settings: Settings, timeout: float = 30.0) -> dict:
     """Activate this node's connected registry at its parent; ActivationError if refused."""
+    import httpx
+
     conn = connection(settings)
     assert conn is not None
     body = {"instanceId": instance_id(settings.data_dir), "version": __version__}
@@ -178,6 +182,8 @@ def remember_repositories(data_dir: Path, repositories: list[str]) -> None:
 async def relay_activation(settings: Settings, name: str, authorization: str | None,
                            body: bytes) -> httpx.Response:
     """Forward a descendant's activate request to this node's parent, unchanged."""
+    import httpx
+
     conn = connection(settings)
     assert conn is not None
     headers = {"Content-Type": "application/json"}

@@ -8,8 +8,6 @@ connected registry only `activate` answers: it is relayed to the parent (control
 
 from __future__ import annotations
 
-
-import httpx
 from quart import Blueprint, Response, current_app, request
 
 from connreg import errors
@@ -213,6 +211,8 @@ async def cr_settings(name: str) -> Response:
 async def activate_cr(name: str) -> Response:
     settings = current_app.config["CONNREG_SETTINGS"]
     if settings.is_connected_registry:
+        import httpx  # a node with a parent has it loaded already
+
         body = await read_body_limited(MAX_BODY, errors.BODY_TOO_LARGE)  # before buffering
         try:
             resp = await activation.relay_activation(

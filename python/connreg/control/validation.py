@@ -6,8 +6,6 @@ import re
 import time
 from datetime import datetime, timezone
 
-from croniter import croniter
-
 from connreg.auth.actions import CR_NAME_RE, parse_action, valid_repo_target
 from connreg.errors import ErrorCode, RegistryError
 
@@ -118,6 +116,8 @@ def choice(value, allowed: tuple[str, ...], field: str) -> str:
 
 
 def cron(value, field: str) -> str:
+    from croniter import croniter  # loaded once a schedule is set (docs/operations.md, Memory)
+
     if not isinstance(value, str) or len(value.split()) != 5 or not croniter.is_valid(value):
         raise invalid(f"{field} must be a 5-field cron expression (got {value!r})", field)
     return " ".join(value.split())

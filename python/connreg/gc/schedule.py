@@ -13,7 +13,6 @@ from datetime import datetime, timezone
 from typing import Awaitable, Callable
 
 import trio
-from croniter import croniter
 
 from connreg.sync.schedule import Clock
 
@@ -24,6 +23,8 @@ RECHECK_SECONDS = 30.0
 
 def next_run(cron: str, now: float) -> float:
     """The first time after `now` that `cron` names (ValueError/KeyError if it is invalid)."""
+    from croniter import croniter  # loaded once a schedule is set (docs/operations.md, Memory)
+
     return croniter(cron, datetime.fromtimestamp(now, tz=timezone.utc)).get_next(float)
 
 

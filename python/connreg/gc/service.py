@@ -12,7 +12,6 @@ from connreg.gc.collector import GarbageCollector
 from connreg.gc.lock import hold_for_serving
 from connreg.gc.schedule import run_on_schedule
 from connreg.registry import Registry
-from connreg.sync.puller import PARENT
 from connreg.sync.schedule import Clock
 from connreg.sync.state import UP_CURSOR
 
@@ -20,7 +19,11 @@ from connreg.sync.state import UP_CURSOR
 def collector_for(reg: Registry, state: dict | None) -> GarbageCollector:
     """A ReadWrite connected registry never collects what its outbox still has to push."""
     read_write_edge = state is not None and state.get("mode") != "ReadOnly"
-    return GarbageCollector(reg, UP_CURSOR if read_write_edge else None, PARENT)
+    if not read_write_edge:
+        return GarbageCollector(reg)
+    from connreg.sync.puller import PARENT  # loaded by the edge's sync already
+
+    return GarbageCollector(reg, UP_CURSOR, PARENT)
 
 
 def install(app, reg: Registry, settings: Settings, state: dict | None) -> None:

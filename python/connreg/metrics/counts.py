@@ -18,7 +18,6 @@ from typing import Callable, TypeVar
 
 import trio
 
-from connreg.sync.puller import PARENT
 
 METADATA_FILE = "metadata.sqlite"
 T = TypeVar("T")
@@ -47,6 +46,8 @@ class OutboxCounts:
 def _read_outbox(q: Query, up_cursor: int | None, has_outbox: bool) -> OutboxCounts:
     pending = 0
     if has_outbox:
+        from connreg.sync.puller import PARENT  # loaded by the edge's sync already
+
         pending = q("SELECT COUNT(*) FROM changes WHERE seq > ? AND origin != ?",
                     (up_cursor or 0, PARENT))[0][0]
     parked = q("SELECT COUNT(*) FROM parked")[0][0]

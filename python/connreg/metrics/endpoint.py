@@ -8,15 +8,17 @@ needs a query in worker threads (`fleet.take`), then renders in one step.
 
 from __future__ import annotations
 
-from prometheus_client import CONTENT_TYPE_LATEST, disable_created_metrics, generate_latest
+from typing import TYPE_CHECKING
+
 from quart import Blueprint, Response, current_app
 
 from connreg import errors
 from connreg.auth.actions import METRICS_READ
 from connreg.errors import RegistryError
-from connreg.metrics import fleet
-from connreg.metrics.http import RequestMetrics, RouteNames
-from connreg.metrics.node import NodeMetrics
+from connreg.metrics.http import RequestMetrics, RequestStats, RouteNames
+
+if TYPE_CHECKING:
+    from connreg.metrics.node import NodeMetrics
 
 bp = Blueprint("metrics", __name__)
 
@@ -42,18 +44,34 @@ async def metrics() -> Response:
     settings = current_app.config["CONNREG_SETTINGS"]
     if not settings.metrics_public:
         await require_metrics_reader("metrics")
-    node: NodeMetrics = current_app.extensions["metrics"]
+    from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+
+    from connreg.metrics import fleet
+
+    node = node_metrics(current_app)
     snapshot = await fleet.take(current_app)
     node.snapshot = snapshot  # no await from here to the rendering: one scrape's view
     body = generate_latest(node.registry)
     return Response(body, content_type=CONTENT_TYPE_LATEST)
 
 
+def node_metrics(app) -> "NodeMetrics":
+    """The app's Prometheus registry, made at the first scrape: a node nobody scrapes never
+    loads prometheus_client (docs/operations.md, Memory)."""
+    node = app.extensions.get("metrics")
+    if node is None:
+        from prometheus_client import disable_created_metrics
+
+        from connreg.metrics.node import NodeMetrics
+
+        disable_created_metrics()  # the `_created` twin of every counter only doubles a scrape
+        node = app.extensions["metrics"] = NodeMetrics(app, app.extensions["request_stats"])
+    return node
+
+
 def install(app) -> None:
-    """Per-app registry, the request middleware (outermost, so it sees every request), and
+    """The request statistics and their middleware (outermost, so it sees every request), and
     the endpoint. Call after the other ASGI layers are in place."""
-    disable_created_metrics()  # the `_created` twin of every counter only doubles a scrape
-    node = NodeMetrics(app)
-    app.extensions["metrics"] = node
+    stats = app.extensions["request_stats"] = RequestStats()
     app.register_blueprint(bp)
-    app.asgi_app = RequestMetrics(app.asgi_app, node.http, RouteNames(app.url_map))
+    app.asgi_app = RequestMetrics(app.asgi_app, stats, RouteNames(app.url_map))

@@ -18,10 +18,10 @@ from connreg.metrics.http import LATENCY_BUCKETS, RequestStats
 
 
 class NodeMetrics:
-    def __init__(self, app):
+    def __init__(self, app, http: RequestStats):
         self.app = app
         self.registry = CollectorRegistry(auto_describe=False)
-        self.http = RequestStats()  # updated by the middleware (http.py)
+        self.http = http  # updated by the middleware (http.py) since the app started
         # Set by the /metrics handler right before it renders (no await in between).
         self.snapshot: FleetSnapshot | None = None
         self.registry.register(_ScrapeTimeCollector(self))

@@ -22,6 +22,12 @@ class BackendError(ValueError):
     """A storage setting names something this node cannot use; the message says what."""
 
 
+class EngineUnreachable(Exception):
+    """The database cannot be reached or migrated at start; the message names it (no
+    password). Defined here, not beside psycopg, so the CLI catches it without loading
+    psycopg on a node that has no database (docs/operations.md, Memory)."""
+
+
 @dataclass(frozen=True)
 class BlobLocation:
     kind: str  # "fs" | "s3"

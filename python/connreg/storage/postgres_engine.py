@@ -24,6 +24,7 @@ import trio
 from psycopg_pool import ConnectionPool
 
 from connreg.storage import migrations
+from connreg.storage.backends import EngineUnreachable
 
 log = logging.getLogger("connreg.postgres")
 
@@ -53,11 +54,6 @@ def redact(url: str) -> str:
 CONNECT_OPTIONS = {"connect_timeout": 5, "keepalives": 1, "keepalives_idle": 5,
                    "keepalives_interval": 2, "keepalives_count": 3, "tcp_user_timeout": 15000}
 READER_OPTIONS = {**CONNECT_OPTIONS, "options": "-c statement_timeout=15000"}
-
-
-class EngineUnreachable(Exception):
-    """The database cannot be reached or migrated at start; the message names it (no
-    password)."""
 
 
 class PostgresEngine:

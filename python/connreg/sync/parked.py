@@ -27,12 +27,14 @@ from __future__ import annotations
 
 import logging
 import time
-from typing import Callable
+from typing import TYPE_CHECKING, Callable
 
 import trio
 
 from connreg.storage import Change, MetadataStore, ParkedChange
-from connreg.sync.remote import ParentRefused
+
+if TYPE_CHECKING:  # sync.remote loads httpx, which a root never needs
+    from connreg.sync.remote import ParentRefused
 
 log = logging.getLogger("connreg.sync")
 # Statuses about the link or the credentials rather than one entry (401: a rotation the parent
@@ -64,6 +66,8 @@ def permanent_refusal(exc: BaseException) -> ParentRefused | None:
     """The refusal to park an entry for, when every failure inside `exc` (blobs go up in
     parallel, so it may be a group) is a permanent refusal; None when anything is transient
     or unexpected, which the up loop retries."""
+    from connreg.sync.remote import ParentRefused  # loaded by the edge's sync already
+
     leaves = list(exception_leaves(exc))
     if leaves and all(isinstance(e, ParentRefused) and is_permanent(e) for e in leaves):
         return leaves[0]

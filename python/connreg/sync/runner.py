@@ -11,18 +11,17 @@ import logging
 
 import trio
 
-from connreg.audit.forward import AuditForwarder
+from typing import TYPE_CHECKING
+
 from connreg.config import Settings
 from connreg.control.interfaces import CONNECTED_REGISTRY, ControlStore
 from connreg.control.activation import connection
-from connreg.delta.bandwidth import BandwidthMeter
 from connreg.registry import Registry
-from connreg.sync.control_sync import descendant_statuses, replace_documents
-from connreg.sync.remote import ParentClient
 from connreg.sync.schedule import Clock, parse_duration
-from connreg.sync.service import NodeConfig, SyncService, apply_log_level
-from connreg.sync.puller import PARENT
 from connreg.sync.state import UP_CURSOR
+
+if TYPE_CHECKING:
+    from connreg.sync.service import SyncService
 
 log = logging.getLogger("connreg.sync")
 DEFAULT_TTL = "P2D"
@@ -46,6 +45,8 @@ async def prune_loop(reg: Registry, store: ControlStore, me: str | None, clock: 
         cutoff = clock.now() - retention_seconds(store, me)
         keep_from = None
         if keeps_outbox:
+            from connreg.sync.puller import PARENT
+
             unsent = reg.meta.changes_since(int(reg.meta.get_state(UP_CURSOR) or 0), 1,
                                             exclude_origin=PARENT)
             keep_from = unsent[0].seq if unsent else None
@@ -57,6 +58,14 @@ async def prune_loop(reg: Registry, store: ControlStore, me: str | None, clock: 
 
 def build_sync_service(settings: Settings, reg: Registry, store: ControlStore, state: dict,
                        clock: Clock) -> SyncService:
+    # The sync machinery (and httpx) is loaded by a node with a parent only: a root never
+    # needs it (docs/operations.md, Memory).
+    from connreg.audit.forward import AuditForwarder
+    from connreg.delta.bandwidth import BandwidthMeter
+    from connreg.sync.control_sync import descendant_statuses, replace_documents
+    from connreg.sync.remote import ParentClient
+    from connreg.sync.service import NodeConfig, SyncService, apply_log_level
+
     conn = connection(settings)
     config = NodeConfig.from_json(state)
     apply_log_level(config.log_level)

@@ -14,11 +14,16 @@ import time
 from dataclasses import dataclass
 from datetime import datetime, timezone
 
-from croniter import croniter
-
 from connreg.control.validation import duration_seconds
 
 CONTINUOUS = "* * * * *"
+
+
+def _croniter():
+    """croniter (with dateutil ~1 MB), loaded by a node with a cron schedule only."""
+    from croniter import croniter
+
+    return croniter
 
 
 def parse_duration(text: str) -> float:
@@ -46,7 +51,7 @@ class Schedule:
         self.window = window_seconds
         self.clock = clock
         if not self.continuous:
-            croniter(self.cron)  # validates
+            _croniter()(self.cron)  # validates
             if not self.window:
                 raise ValueError("a non-continuous sync schedule needs a sync window")
 
@@ -61,6 +66,7 @@ class Schedule:
             return Window(now, float("inf"))
         base = datetime.fromtimestamp(now, tz=timezone.utc)
         # A window may have started at the current minute itself: look back from just after now.
+        croniter = _croniter()
         start = croniter(self.cron, base.replace(microsecond=0)).get_prev(float)
         if datetime.fromtimestamp(now, tz=timezone.utc).second == 0 and \
                 croniter.match(self.cron, base):
@@ -72,5 +78,5 @@ class Schedule:
     def seconds_until_next(self) -> float:
         now = self.clock.now()
         base = datetime.fromtimestamp(now, tz=timezone.utc)
-        nxt = croniter(self.cron, base).get_next(float)
+        nxt = _croniter()(self.cron, base).get_next(float)
         return max(0.0, nxt - now)

@@ -18,10 +18,12 @@ import tempfile
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import trio
-from cryptography import x509
-from cryptography.hazmat.primitives import serialization
+
+if TYPE_CHECKING:
+    from cryptography import x509
 
 log = logging.getLogger("connreg.tls")
 
@@ -53,6 +55,10 @@ def _read(path: Path, what: str) -> bytes:
 
 
 def _read_pair(cert_file: Path, key_file: Path) -> _Pair:
+    # cryptography (~8 MB) is loaded only by a node that serves TLS (docs/operations.md, Memory).
+    from cryptography import x509
+    from cryptography.hazmat.primitives import serialization
+
     cert_pem, key_pem = _read(cert_file, "certificate"), _read(key_file, "key")
     try:
         chain = x509.load_pem_x509_certificates(cert_pem)

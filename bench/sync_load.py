@@ -277,15 +277,54 @@ def measure_flow(site: Site, sampler: Sampler, label: str, at: str, path: list[s
     return result
 
 
-def head_poller(site: Site, node: str, rate: float, connections: int) -> subprocess.Popen:
-    """A separate process sending HEAD on one manifest by tag at `rate` req/s (wrk cannot
-    send HEAD: it waits for a body that never comes)."""
-    # A Bearer token, as registry clients poll: the plain-read fast path answers it.
+def poll_token(site: Site, node: str) -> str:
+    """A Bearer token for pulling load/warm at `node`, as registry clients poll with it (the
+    plain-read fast path answers it)."""
     r = site.client(node).get("/oauth2/token", params={"service": "connreg",
                                                        "scope": "repository:load/warm:pull"})
     r.raise_for_status()
+    return r.json()["token"]
+
+
+def wrk_poller(site: Site, node: str, connections: int, method: str,
+               auth: str) -> subprocess.Popen | None:
+    """wrk polling one manifest by tag on `node` as fast as it answers, over `connections`
+    keep-alive sockets, until SIGINT; None (and a message) where wrk is not installed."""
+    if shutil.which("wrk") is None:
+        print("  poll: wrk is not installed (apt-get install wrk): poll phase skipped",
+              flush=True)
+        return None
+    if auth == "basic":
+        import base64
+        user, password = site.node(node).admin
+        authorization = "Basic " + base64.b64encode(f"{user}:{password}".encode()).decode()
+    else:
+        authorization = "Bearer " + poll_token(site, node)
+    script = Path(__file__).with_name("wrk_poll.lua")
+    url = f"{site.node(node).url}/v2/load/warm/manifests/down"
+    return subprocess.Popen(["wrk", "-t1", f"-c{connections}", "-d3600s", "--timeout", "30s",
+                             "-s", str(script), url], stdout=subprocess.PIPE, text=True,
+                            env={**os.environ, "POLL_METHOD": method,
+                                 "POLL_AUTHORIZATION": authorization})
+
+
+def wrk_figures(out: str) -> str:
+    """wrk's JSON line (wrk_poll.lua's done()) as the report's poll cell."""
+    for line in out.splitlines():
+        if line.startswith("{"):
+            d = json.loads(line)
+            rate = d["requests"] / max(d["seconds"], 1e-9)
+            return (f"wrk {rate:.0f} req/s ({d['requests']} requests, {d['non_2xx']} not 2xx, "
+                    f"{d['errors']} socket errors; latency p50 {d['p50_ms']:.1f} ms, "
+                    f"p99 {d['p99_ms']:.1f} ms)")
+    return "wrk printed no figures: " + out.strip()[-200:]
+
+
+def head_poller(site: Site, node: str, rate: float, connections: int) -> subprocess.Popen:
+    """A separate Python process sending HEAD on one manifest by tag at `rate` req/s
+    (`--poller python`: paced, and slower than wrk)."""
     return subprocess.Popen([sys.executable, __file__, "--poll", site.node(node).host,
-                             r.json()["token"], str(rate), str(connections)],
+                             poll_token(site, node), str(rate), str(connections)],
                             stdout=subprocess.PIPE, text=True)
 
 
@@ -470,7 +509,14 @@ def main() -> int:
     ap.add_argument("--rate", type=float, default=20.0, help="images/s (sustain)")
     ap.add_argument("--sustain-seconds", type=float, default=60.0)
     ap.add_argument("--poll-connections", type=int, default=8)
-    ap.add_argument("--poll-rate", type=float, default=1000.0, help="HEAD req/s (poll)")
+    ap.add_argument("--poll-rate", type=float, default=1000.0,
+                    help="HEAD req/s (poll, --poller python)")
+    ap.add_argument("--poller", choices=["wrk", "python"], default="wrk",
+                    help="poll phase's client: wrk at full speed (skipped where it is not "
+                         "installed) or the paced Python HEAD poller")
+    ap.add_argument("--poll-method", choices=["GET", "HEAD"], default="GET",
+                    help="wrk's method (wrk 4.1 waits for a HEAD answer's body: GET)")
+    ap.add_argument("--poll-auth", choices=["bearer", "basic"], default="bearer")
     ap.add_argument("--label", default="run")
     ap.add_argument("--results", default=str(Path(__file__).with_name("RESULTS.md")))
     ap.add_argument("--keep", action="store_true")
@@ -504,15 +550,25 @@ def main() -> int:
                                             ["B", "A", "root"], "load/su-", args.pushers, n,
                                             layer, rate=args.rate))
             if "poll" in phases:
-                poller = head_poller(site, "A", args.poll_rate, args.poll_connections)
-                time.sleep(2)
-                r = measure_flow(site, sampler, "burst down + HEAD poll on A", "root",
-                                 ["root", "A", "B", "C"], "load/poll-", args.pushers,
-                                 args.images, layer)
-                poller.send_signal(2)  # it prints its figures on SIGINT
-                out = poller.communicate()[0] or ""
-                r["poll"] = out.strip() or "the poller stopped early"
-                results.append(r)
+                if args.poller == "wrk":
+                    poller = wrk_poller(site, "A", args.poll_connections, args.poll_method,
+                                        args.poll_auth)
+                else:
+                    poller = head_poller(site, "A", args.poll_rate, args.poll_connections)
+                if poller is not None:
+                    time.sleep(2)
+                    r = measure_flow(site, sampler, f"burst down + {args.poller} poll on A",
+                                     "root", ["root", "A", "B", "C"], "load/poll-",
+                                     args.pushers, args.images, layer)
+                    load = os.getloadavg()
+                    poller.send_signal(2)  # it prints its figures on SIGINT
+                    out = poller.communicate()[0] or ""
+                    if args.poller == "wrk":
+                        r["poll"] = wrk_figures(out)
+                    else:
+                        r["poll"] = out.strip() or "the poller stopped early"
+                    r["poll"] += f"; load average {load[0]:.1f} / {load[1]:.1f}"
+                    results.append(r)
             sampler.stop()
         if "logins" in phases:
             storm = login_storm(base, env, args.pushers, 3)

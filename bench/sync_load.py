@@ -12,8 +12,9 @@ loopback, every repository `load/*` in every set. Phases:
 - `up`: the same burst at B (the ReadWrite edge); waits until the root holds every tag.
 - `sustain`: P pushers together pushing R images/s for S seconds at the root (arrival at C)
   and then at B (arrival at the root).
-- `poll`: the `down` burst again while a client polls A (the middle node) with HEAD requests on a
-  manifest by tag as fast as it answers; the sync must keep moving.
+- `poll`: the `down` burst again while a client polls A (the middle node) on a manifest by tag
+  as fast as it answers (wrk and bench/wrk_poll.lua; skipped where wrk is missing;
+  `--poller python`: the paced HEAD poller); the sync must keep moving.
 - `logins`: P clients × 3 Basic logins with wrong passwords at once at a fresh root (each a
   16 MiB scrypt check); its RSS before, at peak and after.
 - `idle`: RSS of a freshly started node that has served nothing, and its import cost.

@@ -15,7 +15,7 @@ import httpx
 import pytest
 
 from connreg.testing.hierarchy import Hierarchy, cli, wait_for
-from connreg.testing.node import free_port
+from connreg.testing.node import free_port, start_node
 from connreg.testing.oci import OCI_MANIFEST, make_image
 from tests.helpers import push_image
 
@@ -278,3 +278,22 @@ def test_d_cli_fixes(fleet):
     # down for the rest of the module).
     root.stop()
     _refuses_overwrite_and_delete(h.nodes["edge1"], *h.locked_images)
+
+
+def test_e_a_lockout_is_one_audit_event(tmp_path):
+    """Failed logins up to the limit lock the name out for that source: each failure is a
+    `login_failed` event, the lockout itself exactly one `lockout` event (not one per refused
+    attempt after it), and no event holds the password."""
+    node = start_node(tmp_path / "lockout", admin_password="lockout-admin-pw",
+                      env={"CONNREG_AUTH_FAILURE_LIMIT": "3"})
+    try:
+        with httpx.Client(base_url=node.url, auth=("eve", "guess-1234"), timeout=30) as c:
+            statuses = [c.get("/v2/").status_code for _ in range(5)]
+        assert statuses[:3] == [401, 401, 401] and statuses[3:] == [429, 429], statuses
+        events = _audit(node, actor="eve")
+        assert sorted(e["event"] for e in events) == ["lockout"] + ["login_failed"] * 3, events
+        lockout = next(e for e in events if e["event"] == "lockout")
+        assert lockout["outcome"] == "denied" and lockout["seconds"] > 0 and lockout["source"]
+        assert "guess-1234" not in json.dumps(events)
+    finally:
+        node.stop()

@@ -113,6 +113,16 @@ def test_metric_series_move_with_traffic_at_root_and_edge(fleet):
     root, edge = fleet.root, fleet.edge
     wait_for(lambda: value(scrape(root, fleet.monitor), "connreg_registry_state",
                            registry=EDGE, state="Online") == 1, 30, message="edge Online")
+    # One created but never started: Offline, and not active (the example alert skips it).
+    with httpx.Client(base_url=f"{root.url}/connreg/v1", auth=root.admin, timeout=30) as api:
+        assert api.post("/connected-registries", json={
+            "name": "never-started", "mode": "ReadOnly", "repositories": ["shop/*"]}
+        ).status_code == 201
+    samples = scrape(root, fleet.monitor)
+    assert value(samples, "connreg_registry_state", registry="never-started",
+                 state="Offline") == 1
+    assert value(samples, "connreg_registry_active", registry="never-started") == 0
+    assert value(samples, "connreg_registry_active", registry=EDGE) == 1
     before_root = scrape(root, fleet.monitor)
     before_edge = scrape(edge)
     failed_before = value(before_root, "connreg_auth_failed_logins_total")

@@ -320,3 +320,40 @@ def test_serve_refuses_unusable_tls_settings_at_start(tmp_path):
                   "ParentGatewayEndpoint=127.0.0.1:1;ParentEndpointProtocol=https")
     assert f"parent_ca_file: CA file {missing} does not exist" in \
         serve("--connection-string", connection, "--parent-ca-file", str(missing))
+
+
+def _login_cookies(node, password: str, headers: dict | None = None) -> str:
+    """The Set-Cookie headers of the dashboard's login form and of a successful login, in a
+    fresh client (no session yet)."""
+    with httpx.Client(base_url=node.url, verify=node.verify, timeout=30) as client:
+        page = client.get("/ui/login", headers=headers)
+        csrf = page.text.split('name="csrf" value="', 1)[1].split('"', 1)[0]
+        # Sent by hand: a Secure cookie would not go back over the test's plain http, as it
+        # does from the browser through its https proxy.
+        form_cookie = page.headers["set-cookie"].split(";", 1)[0]
+        client.cookies.clear()
+        r = client.post("/ui/login", headers={**(headers or {}), "Cookie": form_cookie},
+                        data={"csrf": csrf, "username": "admin", "password": password})
+    assert r.status_code == 303, r.text
+    return page.headers["set-cookie"] + "\n" + r.headers["set-cookie"]
+
+
+def test_dashboard_cookies_are_secure_over_tls_and_behind_a_tls_proxy(tls, tmp_path):
+    cookies = _login_cookies(tls.root, tls.root.admin_password)
+    assert cookies.count("Secure") == 2 and cookies.count("HttpOnly") == 2
+    # Plain http: not Secure (a browser would drop the cookie), and a forged
+    # X-Forwarded-Proto from a peer that is not a trusted proxy changes nothing.
+    pw = "plain-admin-pw-1"
+    plain = start_node(tmp_path / "plain", admin_password=pw)
+    proxied = start_node(tmp_path / "proxied", admin_password=pw,
+                         env={"CONNREG_TRUSTED_PROXIES": "127.0.0.1/32"})
+    try:
+        https = {"X-Forwarded-Proto": "https"}
+        assert "Secure" not in _login_cookies(plain, pw)
+        assert "Secure" not in _login_cookies(plain, pw, https)
+        # Behind a trusted proxy that terminated TLS: Secure.
+        assert _login_cookies(proxied, pw, https).count("Secure") == 2
+        assert "Secure" not in _login_cookies(proxied, pw, {"X-Forwarded-Proto": "http"})
+    finally:
+        plain.stop()
+        proxied.stop()

@@ -69,3 +69,14 @@ class TrustedProxies:
             if not self.trusted(address):
                 return str(address)
         return str(peer_address)  # only proxies in the chain (or nothing usable)
+
+    def forwarded_https(self, peer: str | None, forwarded_proto: list[str]) -> bool:
+        """Whether a trusted proxy in front of us says the client spoke https to it (the
+        nearest proxy's `X-Forwarded-Proto`, its right-most value). From anyone else the
+        header is ignored."""
+        peer_address = _address(peer or "")
+        if not self.networks or not self.trusted(peer_address):
+            return False
+        values = [v.strip().lower() for value in forwarded_proto for v in value.split(",")
+                  if v.strip()]
+        return bool(values) and values[-1] == "https"

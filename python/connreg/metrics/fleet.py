@@ -35,6 +35,9 @@ class NodeView:
     parent: str | None
     mode: str = "ReadWrite"
     state: str = "Offline"
+    # Held by a deployed instance (activationStatus Active): one created but never started, or
+    # deactivated, is Offline too, and an alert on Offline alone would fire for it.
+    active: bool = True
     is_self: bool = False
     direct_child: bool = False        # our child: its lag is measured against our change log
     last_contact: float | None = None  # its last report reached us (s since the epoch)
@@ -144,7 +147,7 @@ def _from_report(cr: dict, token: dict | None, me: str | None, now: float) -> No
     parent = cr.get("parent") or None
     view = NodeView(
         name=cr["name"], parent=parent or ROOT_NAME, mode=cr.get("mode") or "ReadWrite",
-        state=reported_state(cr, token, now),
+        state=reported_state(cr, token, now), active=cr.get("activationStatus") == "Active",
         direct_child=(parent or "").lower() == (me or "").lower(),
         last_contact=parse_iso(cr.get("lastActivityTime")),
         last_sync=parse_iso(cr.get("lastSuccessfulSyncTime")),

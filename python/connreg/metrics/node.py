@@ -206,6 +206,9 @@ class _ScrapeTimeCollector:
         """Per connected registry below this node, from its last report (label: its name)."""
         up = GaugeMetricFamily("connreg_registry_state", "Each connected registry below this "
                                "node: 1 for its current state", labels=["registry", "state"])
+        active = GaugeMetricFamily("connreg_registry_active", "Each connected registry below "
+                                   "this node: 1 while a deployed instance holds it (activation "
+                                   "Active), 0 when none does", labels=["registry"])
         contact = GaugeMetricFamily("connreg_sync_last_contact_timestamp_seconds", "When each "
                                     "connected registry below this node last reported",
                                     labels=["registry"])
@@ -228,6 +231,7 @@ class _ScrapeTimeCollector:
         for view in snap.registries:
             for name in STATES:
                 up.add_metric([view.name, name], 1 if view.state == name else 0)
+            active.add_metric([view.name], 1 if view.active else 0)
             if view.last_contact is not None:
                 contact.add_metric([view.name], view.last_contact)
             if view.last_sync is not None:
@@ -244,4 +248,4 @@ class _ScrapeTimeCollector:
                 stored.add_metric([view.name], view.store_bytes)
             if view.free_bytes is not None:
                 free.add_metric([view.name], view.free_bytes)
-        yield from (up, contact, synced, lag, lag_entries, outbox, stored, free)
+        yield from (up, active, contact, synced, lag, lag_entries, outbox, stored, free)

@@ -53,7 +53,13 @@ def _sessions() -> Sessions:
 
 
 def _secure() -> bool:
-    return request.scheme == "https"
+    """Cookies are Secure when the browser reached us over TLS: directly, or through a trusted
+    reverse proxy that terminated it (`trusted_proxies`, its `X-Forwarded-Proto`)."""
+    if request.scheme == "https":
+        return True
+    authz = current_app.extensions.get("authorizer")
+    return authz is not None and authz.proxies.forwarded_https(
+        request.remote_addr, request.headers.getlist("X-Forwarded-Proto"))
 
 
 @bp.after_request

@@ -542,7 +542,7 @@ def report(results: list[dict], idle: dict | None, storm: dict | None, args,
                      + ", ".join(f"{n} {r['cpu'][n]:.0%}" for n in NODES) + " | "
                      + ", ".join(f"{n} {r['cpu_ms_per_image'][n]:.0f}" for n in NODES) + " |")
         if r.get("poll"):
-            lines.append(f"| | HEAD poll on A: {r['poll']} | | | | |")
+            lines.append(f"| | poll on A: {r['poll']} | | | | |")
     if catchups:
         lines += ["", "Catch-up (each hop alone, a backlog waiting; hop img/s = images / "
                       "(last arrival − readiness) at the node catching up, and between its "

@@ -69,25 +69,32 @@ def test_budget_tracks_a_bounded_number_of_clients():
 
 def test_over_budget_requests_get_oci_429_with_retry_after_and_others_pass(tmp_path):
     node = start_node(tmp_path / "node", env={
-        "CONNREG_CLIENT_BUDGET_ALWAYS": "1", "CONNREG_CLIENT_REQUEST_RATE": "0.1",
+        "CONNREG_CLIENT_BUDGET_ALWAYS": "1", "CONNREG_CLIENT_REQUEST_RATE": "0.01",
         "CONNREG_CLIENT_REQUEST_BURST": "3", "CONNREG_CLIENT_REQUEST_MAX_WAIT_SECONDS": "0",
         "CONNREG_METRICS_PUBLIC": "1"})
     try:
         with httpx.Client(base_url=node.url, auth=node.admin, timeout=30) as admin:
+            r = admin.get("/oauth2/token", params={"service": "connreg",
+                                                   "scope": "repository:app:pull"})
+            token = r.json()["token"]  # the admin's too: the same client as its Basic calls
             began = time.monotonic()
             answers = [admin.head("/v2/app/manifests/latest") for _ in range(12)]
             answers.append(admin.get("/v2/app/manifests/latest"))
             took = time.monotonic() - began
+            answers.append(httpx.head(f"{node.url}/v2/app/manifests/latest", timeout=30,
+                                      headers={"Authorization": f"Bearer {token}"}))
             refused = [r for r in answers if r.status_code == 429]
-            # At most the burst plus what 0.1/s refilled meanwhile got through.
-            assert len(answers) - len(refused) <= 3 + int(took * 0.1) + 1
+            # At most the burst (the token request took one) plus what 0.01/s refilled got
+            # through; a token of the same user does not start a fresh budget.
+            assert len(answers) - len(refused) <= 3 - 1 + int(took * 0.01) + 1
+            assert answers[-1].status_code == 429
             assert refused
             for r in refused:
                 assert int(r.headers["Retry-After"]) >= 1
                 assert r.headers["Connreg-Error"].startswith("TOOMANYREQUESTS: client request "
                                                              "budget exceeded")
-            assert error_codes(answers[-1]) == ["TOOMANYREQUESTS"]
-            assert "client_request_rate" in answers[-1].json()["errors"][0]["message"]
+            assert error_codes(answers[-2]) == ["TOOMANYREQUESTS"]  # the GET, with a body
+            assert "client_request_rate" in answers[-2].json()["errors"][0]["message"]
             # Another client (here: anonymous) has its own budget; health checks have none.
             assert httpx.get(f"{node.url}/v2/", timeout=30).status_code == 401
             assert httpx.get(f"{node.url}/healthz", timeout=30).status_code == 200

@@ -12,8 +12,9 @@ loopback, every repository `load/*` in every set. Phases:
 - `up`: the same burst at B (the ReadWrite edge); waits until the root holds every tag.
 - `sustain`: P pushers together pushing R images/s for S seconds at the root (arrival at C)
   and then at B (arrival at the root).
-- `poll`: the `down` burst again while a client polls A (the middle node) with HEAD requests on a
-  manifest by tag as fast as it answers; the sync must keep moving.
+- `poll`: the `down` burst again while a client polls A (the middle node) on a manifest by tag
+  as fast as it answers (wrk and bench/wrk_poll.lua; skipped where wrk is missing;
+  `--poller python`: the paced HEAD poller); the sync must keep moving.
 - `catchup`: each hop's own capacity, not bounded by how fast pushers feed it (an edge back
   after an outage). Down: A, B and C are stopped, a backlog of `--catchup-images` images is
   pushed at the root, then A is started and timed until it holds them all, then B, then C.
@@ -243,9 +244,10 @@ def percentile(values: list[float], p: float) -> float:
 
 def measure_flow(site: Site, sampler: Sampler, label: str, at: str, path: list[str],
                  prefix: str, pushers: int, images: int, layer_bytes: int,
-                 rate: float | None = None, timeout: float = 600.0) -> dict:
+                 rate: float | None = None, timeout: float = 600.0,
+                 on_arrived=None) -> dict:
     """Push at `at`, wait until the last node of `path` holds every tag, and compute the
-    figures. `path` starts with `at`."""
+    figures. `path` starts with `at`; `on_arrived` is called once every tag is there."""
     total = pushers * images
     pre = sampler.now()
     sampler.reset_peak()
@@ -260,6 +262,8 @@ def measure_flow(site: Site, sampler: Sampler, label: str, at: str, path: list[s
         if len(have) >= total:
             break
         time.sleep(0.5)
+    if on_arrived is not None:
+        on_arrived()
     finished = time.time()
     cpu1 = {n: cpu_seconds(p) for n, p in sampler.pids.items()}
     times = {n: site.log_times(n, prefix) for n in path}
@@ -349,15 +353,54 @@ def measure_catchup(site: Site, args, layer: int) -> list[dict]:
     return out
 
 
-def head_poller(site: Site, node: str, rate: float, connections: int) -> subprocess.Popen:
-    """A separate process sending HEAD on one manifest by tag at `rate` req/s (wrk cannot
-    send HEAD: it waits for a body that never comes)."""
-    # A Bearer token, as registry clients poll: the plain-read fast path answers it.
+def poll_token(site: Site, node: str) -> str:
+    """A Bearer token for pulling load/warm at `node`, as registry clients poll with it (the
+    plain-read fast path answers it)."""
     r = site.client(node).get("/oauth2/token", params={"service": "connreg",
                                                        "scope": "repository:load/warm:pull"})
     r.raise_for_status()
+    return r.json()["token"]
+
+
+def wrk_poller(site: Site, node: str, connections: int, method: str,
+               auth: str) -> subprocess.Popen | None:
+    """wrk polling one manifest by tag on `node` as fast as it answers, over `connections`
+    keep-alive sockets, until SIGINT; None (and a message) where wrk is not installed."""
+    if shutil.which("wrk") is None:
+        print("  poll: wrk is not installed (apt-get install wrk): poll phase skipped",
+              flush=True)
+        return None
+    if auth == "basic":
+        import base64
+        user, password = site.node(node).admin
+        authorization = "Basic " + base64.b64encode(f"{user}:{password}".encode()).decode()
+    else:
+        authorization = "Bearer " + poll_token(site, node)
+    script = Path(__file__).with_name("wrk_poll.lua")
+    url = f"{site.node(node).url}/v2/load/warm/manifests/down"
+    return subprocess.Popen(["wrk", "-t1", f"-c{connections}", "-d3600s", "--timeout", "30s",
+                             "-s", str(script), url], stdout=subprocess.PIPE, text=True,
+                            env={**os.environ, "POLL_METHOD": method,
+                                 "POLL_AUTHORIZATION": authorization})
+
+
+def wrk_figures(out: str) -> str:
+    """wrk's JSON line (wrk_poll.lua's done()) as the report's poll cell."""
+    for line in out.splitlines():
+        if line.startswith("{"):
+            d = json.loads(line)
+            rate = d["requests"] / max(d["seconds"], 1e-9)
+            return (f"wrk {rate:.0f} req/s ({d['requests']} requests, {d['non_2xx']} not 2xx, "
+                    f"{d['errors']} socket errors; latency p50 {d['p50_ms']:.1f} ms, "
+                    f"p99 {d['p99_ms']:.1f} ms)")
+    return "wrk printed no figures: " + out.strip()[-200:]
+
+
+def head_poller(site: Site, node: str, rate: float, connections: int) -> subprocess.Popen:
+    """A separate Python process sending HEAD on one manifest by tag at `rate` req/s
+    (`--poller python`: paced, and slower than wrk)."""
     return subprocess.Popen([sys.executable, __file__, "--poll", site.node(node).host,
-                             r.json()["token"], str(rate), str(connections)],
+                             poll_token(site, node), str(rate), str(connections)],
                             stdout=subprocess.PIPE, text=True)
 
 
@@ -517,7 +560,7 @@ def report(results: list[dict], idle: dict | None, storm: dict | None, args,
                      + ", ".join(f"{n} {r['cpu'][n]:.0%}" for n in NODES) + " | "
                      + ", ".join(f"{n} {r['cpu_ms_per_image'][n]:.0f}" for n in NODES) + " |")
         if r.get("poll"):
-            lines.append(f"| | HEAD poll on A: {r['poll']} | | | | |")
+            lines.append(f"| | poll on A: {r['poll']} | | | | |")
     if catchups:
         lines += ["", "Catch-up (each hop alone, a backlog waiting; hop img/s = images / "
                       "(last arrival − readiness) at the node catching up, and between its "
@@ -581,7 +624,14 @@ def main() -> int:
     ap.add_argument("--catchup-per-pusher", type=int, default=25,
                     help="images per pusher in the catch-up backlog (catchup)")
     ap.add_argument("--poll-connections", type=int, default=8)
-    ap.add_argument("--poll-rate", type=float, default=1000.0, help="HEAD req/s (poll)")
+    ap.add_argument("--poll-rate", type=float, default=1000.0,
+                    help="HEAD req/s (poll, --poller python)")
+    ap.add_argument("--poller", choices=["wrk", "python"], default="wrk",
+                    help="poll phase's client: wrk at full speed (skipped where it is not "
+                         "installed) or the paced Python HEAD poller")
+    ap.add_argument("--poll-method", choices=["GET", "HEAD"], default="GET",
+                    help="wrk's method (wrk 4.1 waits for a HEAD answer's body: GET)")
+    ap.add_argument("--poll-auth", choices=["bearer", "basic"], default="bearer")
     ap.add_argument("--label", default="run")
     ap.add_argument("--results", default=str(Path(__file__).with_name("RESULTS.md")))
     ap.add_argument("--keep", action="store_true")
@@ -615,15 +665,29 @@ def main() -> int:
                                             ["B", "A", "root"], "load/su-", args.pushers, n,
                                             layer, rate=args.rate))
             if "poll" in phases:
-                poller = head_poller(site, "A", args.poll_rate, args.poll_connections)
-                time.sleep(2)
-                r = measure_flow(site, sampler, "burst down + HEAD poll on A", "root",
-                                 ["root", "A", "B", "C"], "load/poll-", args.pushers,
-                                 args.images, layer)
-                poller.send_signal(2)  # it prints its figures on SIGINT
-                out = poller.communicate()[0] or ""
-                r["poll"] = out.strip() or "the poller stopped early"
-                results.append(r)
+                if args.poller == "wrk":
+                    poller = wrk_poller(site, "A", args.poll_connections, args.poll_method,
+                                        args.poll_auth)
+                else:
+                    poller = head_poller(site, "A", args.poll_rate, args.poll_connections)
+                if poller is not None:
+                    time.sleep(2)
+                    load = []
+
+                    def stop_poller() -> None:  # at the last arrival: figures of the sync's span
+                        load.extend(os.getloadavg())
+                        poller.send_signal(2)  # it prints its figures on SIGINT
+
+                    r = measure_flow(site, sampler, f"burst down + {args.poller} poll on A",
+                                     "root", ["root", "A", "B", "C"], "load/poll-",
+                                     args.pushers, args.images, layer, on_arrived=stop_poller)
+                    out = poller.communicate()[0] or ""
+                    if args.poller == "wrk":
+                        r["poll"] = wrk_figures(out)
+                    else:
+                        r["poll"] = out.strip() or "the poller stopped early"
+                    r["poll"] += f"; load average {load[0]:.1f} / {load[1]:.1f}"
+                    results.append(r)
             sampler.stop()
             if "catchup" in phases:  # last: it restarts nodes (new pids)
                 catchups = measure_catchup(site, args, layer)

@@ -9,7 +9,7 @@ from werkzeug.exceptions import HTTPException
 from connreg.streaming import StreamingQuart
 
 from connreg import errors, memory_report
-from connreg.api import routes
+from connreg.api import client_budget, routes
 from connreg.api.fast_reads import FastManifestReads
 from connreg.auth import endpoints as auth_endpoints
 from connreg.auth.authorizer import Authorizer
@@ -144,6 +144,7 @@ def create_app(settings: Settings) -> StreamingQuart:
     audit_hooks.install(app, audit, source_address)
     gc_service.install(app, registry, settings, state)  # garbage collection (docs/gc.md)
     ui.install(app)  # the dashboard at /ui/ (connreg/ui/)
+    client_budget.install(app, settings, authz)  # serving vs syncing (api/client_budget.py)
     metrics_endpoint.install(app)  # GET /metrics and request metrics, outermost (last)
     if settings.test_min_sync_window_seconds:
         control_validation.MIN_SYNC_WINDOW_SECONDS = settings.test_min_sync_window_seconds

@@ -179,6 +179,16 @@ class Settings:
     sync_prefetch_max_bytes: int = 16 * MiB
     # Password checks (scrypt, 16 MiB each) running at once; more logins wait for a slot.
     password_check_parallel: int = 2
+    # Serving vs syncing (api/client_budget.py): while this node's sync has work, each client
+    # (address + claimed identity) gets this many requests/s, so a poller cannot starve sync;
+    # 0 = off. Sync traffic is never budgeted.
+    client_request_rate: float = 50.0
+    # Requests a client may make at once above the rate (a pull's burst of HEADs and GETs).
+    client_request_burst: int = 100
+    # An over-budget request waits its turn up to this long, then gets 429 + Retry-After.
+    client_request_max_wait_seconds: float = 2.0
+    # Budget clients even while sync is idle (a plain per-client rate limit).
+    client_budget_always: bool = False
 
     # --- scaled root: shared engines for N replicas (docs/scaling.md) -------------------------
     # postgresql://… puts metadata and the control plane on PostgreSQL, shared by every replica

@@ -229,6 +229,14 @@ class Authenticator:
     def cached_credentials(self) -> int:
         return len(self._verified)
 
+    def known_credentials(self, username: str, password: str) -> bool:
+        """Whether these credentials passed a password check recently (the verified cache
+        only: no scrypt, no limiter), for cheap decisions such as the client request budget's
+        "is this a sync child" (api/client_budget.py)."""
+        key = hmac.new(self._cache_key, f"{username}\0{password}".encode(),
+                       hashlib.sha256).digest()
+        return self._cached(key) is not None
+
     def _remember(self, key: bytes, verified: Verified) -> None:
         if len(self._verified) >= self.credential_cache_entries:
             # Expired entries go first; only a table full of live ones is emptied (a hit costs

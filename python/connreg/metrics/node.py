@@ -42,6 +42,19 @@ class _ScrapeTimeCollector:
     def __init__(self, metrics: NodeMetrics):
         self.metrics = metrics
 
+    @staticmethod
+    def _client_budget(app):
+        budget = app.extensions.get("client_budget")  # api/client_budget.py; None when off
+        if budget is None:
+            return
+        family = CounterMetricFamily("connreg_client_budget_requests", "Client requests past "
+                                     "their budget while the node syncs: delayed to their "
+                                     "turn (waited) or answered 429 (refused)",
+                                     labels=["outcome"])
+        family.add_metric(["waited"], budget.waited)
+        family.add_metric(["refused"], budget.refused)
+        yield family
+
     def describe(self):
         return []  # the series vary with the node's role; checked at scrape time
 
@@ -55,6 +68,7 @@ class _ScrapeTimeCollector:
         yield from self._storage(app, snap)
         yield from self._gc(app)
         yield from self._auth(app)
+        yield from self._client_budget(app)
         yield from self._sync_self(app, snap)
         if snap is not None:
             yield from self._fleet(snap)

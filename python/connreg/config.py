@@ -170,6 +170,9 @@ class Settings:
     # Manifests a child fetched ahead in a batch and has not stored yet (bytes; beyond, it
     # fetches them one by one as before).
     sync_prefetch_max_bytes: int = 16 * MiB
+    # A ReadWrite child sends its outbox's small blobs and manifests to the parent in batches
+    # (`POST /connreg/v1/sync/upload`); false: one OCI upload per object, as before (comparison).
+    sync_upload_batch: bool = True
     # Password checks (scrypt, 16 MiB each) running at once; more logins wait for a slot.
     password_check_parallel: int = 2
 

@@ -33,6 +33,7 @@ from connreg.sync.batch import UpPresence, run_in_order
 from connreg.sync.puller import PARENT, Puller
 from connreg.sync.remote import ParentClient, ParentUnavailable, TagMoved
 from connreg.sync.state import UP_CURSOR, SyncState, last_known_key, push_session_key
+from connreg.sync.upload_batch import UpBatch
 
 log = logging.getLogger("connreg.sync")
 READ_CHUNK = 1 << 20
@@ -59,6 +60,8 @@ class Pusher:
         self.parked = ParkedOutbox(reg.meta, explain=parent.explain_refusal)
         # What the parent holds of the batch in flight, asked in bulk (sync/batch.py).
         self.presence = UpPresence(reg, parent)
+        # Their small blobs and manifests, uploaded in a few requests (sync/upload_batch.py).
+        self.upload = UpBatch(reg, parent, state)
 
     def pending(self, limit: int = 500) -> list[Change]:
         cursor = self.state.cursor(UP_CURSOR) or 0
@@ -109,6 +112,7 @@ class Pusher:
             await self.state.set(UP_CURSOR, str(seq))
 
         try:
+            await self.upload.send(batch, self.presence)
             await run_in_order(batch, send, self.reg.settings.sync_push_parallel, done, stop)
         finally:
             self.presence.clear()

@@ -7,7 +7,7 @@ tag where its last push put it."""
 from __future__ import annotations
 
 import json
-import re
+import signal
 
 import httpx
 
@@ -237,3 +237,71 @@ def _parked(node) -> list[dict]:
     r = httpx.get(f"{node.url}/connreg/v1/sync/parked", auth=node.admin, timeout=30)
     assert r.status_code == 200, r.text
     return r.json()["parked"]
+
+
+def _moves_in_order(root, repo: str, tag: str, order: list[str]) -> bool:
+    with httpx.Client(base_url=root.url, auth=root.admin, timeout=60) as admin:
+        moves = [ch["digest"] for ch in admin.get(
+            "/connreg/v1/sync/changes", params={"cursor": 0, "limit": 1000}).json()["changes"]
+            if ch["repo"] == repo and ch["tag"] == tag]
+    return bool(moves) and [order.index(d) for d in moves] == sorted(order.index(d) for d in moves)
+
+
+def _arrived_whole(root, repo: str, images, tags: list[str]) -> None:
+    with httpx.Client(base_url=root.url, auth=root.admin, timeout=60) as admin:
+        for img, tag in zip(images, tags):
+            assert _digest(root, repo, tag) == img.digest, tag
+            got = admin.get(f"/v2/{repo}/manifests/{img.digest}", headers={"Accept": OCI_MANIFEST})
+            assert got.content == img.manifest
+            for blob in img.blobs():
+                assert admin.get(f"/v2/{repo}/blobs/{sha256(blob)}").content == blob
+
+
+def test_kill_9_of_the_parent_mid_batch_and_of_the_edge_mid_push_loses_nothing(tmp_path):
+    h = Hierarchy(tmp_path)
+    try:
+        root = h.start_root()
+        h.create("upkill", "ReadWrite", ["uk/*"])
+        edge = h.start_child("upkill")
+        root.env["CONNREG_TEST_KILL_IN_UPLOAD_BATCH"] = "1"
+        root.restart()
+        # The parent dies in the first batch it takes, after storing its blobs.
+        first = [make_image([6 * KiB + i, KiB]) for i in range(4)]
+        with httpx.Client(base_url=edge.url, auth=edge.admin, timeout=60) as c:
+            for i, img in enumerate(first):
+                push_image(c, "uk/app", img, "moving")
+                push_image(c, "uk/app", img, f"t{i}")
+        wait_for(lambda: root.proc.poll() is not None, 60, message="the parent killed mid-batch")
+        assert root.proc.returncode == -signal.SIGKILL
+        del root.env["CONNREG_TEST_KILL_IN_UPLOAD_BATCH"]
+        root.start()
+        wait_for(lambda: _digest(root, "uk/app", "t3") == first[-1].digest, 60,
+                 message="uk/app:t3 at the root after its restart")
+        wait_for(lambda: _digest(root, "uk/app", "moving") == first[-1].digest, 30,
+                 message="uk/app:moving at the root")
+        _arrived_whole(root, "uk/app", first, [f"t{i}" for i in range(4)])
+        assert _moves_in_order(root, "uk/app", "moving", [img.digest for img in first])
+
+        # The edge dies right after the parent took its first batch, before any tag moved (the
+        # parent is away while the edge takes the pushes, so none is cut by the kill).
+        root.stop()
+        edge.env["CONNREG_TEST_KILL_IN_UPLOAD_BATCH"] = "1"
+        edge.restart()
+        second = [make_image([5 * KiB + i, KiB]) for i in range(3)]
+        with httpx.Client(base_url=edge.url, auth=edge.admin, timeout=60) as c:
+            for i, img in enumerate(second):
+                push_image(c, "uk/app", img, "moving")
+                push_image(c, "uk/app", img, f"u{i}")
+        root.start()
+        wait_for(lambda: edge.proc.poll() is not None, 60, message="the edge killed mid-push")
+        assert edge.proc.returncode == -signal.SIGKILL
+        del edge.env["CONNREG_TEST_KILL_IN_UPLOAD_BATCH"]
+        edge.start()
+        wait_for(lambda: _digest(root, "uk/app", "u2") == second[-1].digest, 60,
+                 message="uk/app:u2 at the root after the edge's restart")
+        wait_for(lambda: _digest(root, "uk/app", "moving") == second[-1].digest, 30,
+                 message="uk/app:moving at the root")
+        _arrived_whole(root, "uk/app", second, [f"u{i}" for i in range(3)])
+        assert _moves_in_order(root, "uk/app", "moving", [img.digest for img in first + second])
+    finally:
+        h.stop_all()

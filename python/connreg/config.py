@@ -209,6 +209,9 @@ class Settings:
     test_corrupt_object_batches: int = 0
     # Flip one byte in the first N gzip reconstruction files this node serves (tests).
     test_corrupt_gzip_recon: int = 0
+    # kill -9 itself midway through the first upload batch (sync/upload_batch*.py): as a parent
+    # after storing its blobs, as a child after the parent's answer (crash tests).
+    test_kill_in_upload_batch: bool = False
 
     @property
     def advertised(self) -> str:

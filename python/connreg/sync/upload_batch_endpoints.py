@@ -29,6 +29,8 @@ what was linked or stored is whole, and the child sends the batch again later.
 from __future__ import annotations
 
 import logging
+import os
+import signal
 
 import trio
 from quart import Blueprint, Response, current_app
@@ -156,6 +158,8 @@ async def _store(reg, principal, child: str | None, objects: list[fmt.UploadObje
             nursery.start_soon(link, i)
     if full:
         raise full[0]
+    if reg.settings.test_kill_in_upload_batch:  # the crash test: blobs stored, no manifest
+        os.kill(os.getpid(), signal.SIGKILL)
 
     origin = f"child:{child}" if child else "local"
     slots = trio.CapacityLimiter(MANIFEST_WRITERS)

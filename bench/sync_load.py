@@ -14,6 +14,15 @@ loopback, every repository `load/*` in every set. Phases:
   and then at B (arrival at the root).
 - `poll`: the `down` burst again while a client polls A (the middle node) with HEAD requests on a
   manifest by tag as fast as it answers; the sync must keep moving.
+- `catchup`: each hop's own capacity, not bounded by how fast pushers feed it (an edge back
+  after an outage). Down: A, B and C are stopped, a backlog of `--catchup-images` images is
+  pushed at the root, then A is started and timed until it holds them all, then B, then C.
+  Up: the root and A are stopped, the backlog is pushed at B; B is restarted beside a started
+  A (so its first attempt is at once, not after a back-off) and timed until A holds them all;
+  then A is restarted beside a started root and timed until the root does. A hop's rate is
+  images / (last arrival − the node's readiness) at the node catching up (reconnecting and
+  fetching ahead included); the rate between its first and last arrival is printed beside it.
+  CPU ms per image is both ends' CPU over that node's catch-up (from its readiness).
 - `logins`: P clients × 3 Basic logins with wrong passwords at once at a fresh root (each a
   16 MiB scrypt check); its RSS before, at peak and after.
 - `idle`: RSS of a freshly started node that has served nothing, and its import cost.
@@ -277,6 +286,68 @@ def measure_flow(site: Site, sampler: Sampler, label: str, at: str, path: list[s
     return result
 
 
+def catch_up(site: Site, label: str, node: str, parent: str, prefix: str, total: int,
+             restart: list[str], timeout: float = 900.0) -> dict:
+    """(Re)start `restart` in order (the catching-up `node` among them), then wait until `node`
+    holds every tag of `prefix`; rate over its own arrivals, CPU of both ends."""
+    for name in restart:
+        site.node(name).stop()
+    for name in restart:
+        site.node(name).start()
+    began = time.time()
+    pids = {n: site.node(n).proc.pid for n in (parent, node)}
+    cpu0 = {n: cpu_seconds(p) for n, p in pids.items()}
+    peak = {n: rss_mb(p) for n, p in pids.items()}
+    deadline, have = time.time() + timeout, {}
+    while time.time() < deadline:
+        have = site.log_times(node, prefix)
+        for n, p in pids.items():
+            peak[n] = max(peak[n], rss_mb(p))
+        if len(have) >= total:
+            break
+        time.sleep(0.2)
+    cpu1 = {n: cpu_seconds(p) for n, p in pids.items()}
+    times = sorted(have.values())
+    span = (times[-1] - times[0]) if len(times) > 1 else float("nan")
+    result = {"label": label, "hop": f"{parent}→{node}", "images": total, "arrived": len(have),
+              # The hop's capacity: everything from readiness (reconnecting, fetching ahead)
+              # to the last image stored; and the rate at which images became visible.
+              "rate": len(times) / (times[-1] - began) if times else float("nan"),
+              "apply_rate": (len(times) - 1) / span if span and span == span else float("nan"),
+              "first_after_ready": (times[0] - began) if times else float("nan"),
+              "last_after_ready": (times[-1] - began) if times else float("nan"),
+              "cpu_ms_per_image": {n: (cpu1[n] - cpu0[n]) * 1000 / max(len(have), 1)
+                                   for n in pids},
+              "peak": peak}
+    print(json.dumps(result, default=str), flush=True)
+    return result
+
+
+def measure_catchup(site: Site, args, layer: int) -> list[dict]:
+    """The `catchup` phase (module doc): every hop catching up a backlog on its own."""
+    total = args.pushers * args.catchup_per_pusher
+    out = []
+    for name in ("A", "B", "C"):
+        site.node(name).stop()
+    print(f"catch-up down: {total} images at the root while A, B, C are stopped ...", flush=True)
+    run_pushers(site, "root", "load/cd-", args.pushers, args.catchup_per_pusher, layer)
+    out.append(catch_up(site, "catch-up down", "A", "root", "load/cd-", total, ["A"]))
+    out.append(catch_up(site, "catch-up down", "B", "A", "load/cd-", total, ["B"]))
+    out.append(catch_up(site, "catch-up down", "C", "B", "load/cd-", total, ["C"]))
+    for name in ("root", "A"):
+        site.node(name).stop()
+    print(f"catch-up up: {total} images at B while A and the root are stopped ...", flush=True)
+    run_pushers(site, "B", "load/cu-", args.pushers, args.catchup_per_pusher, layer)
+    out.append(catch_up(site, "catch-up up", "A", "B", "load/cu-", total, ["A", "B"]))
+    site.node("A").stop()
+    out.append(catch_up(site, "catch-up up", "root", "A", "load/cu-", total, ["root", "A"]))
+    # What a later phase needs: every node up, the clients' connections fresh.
+    for c in site.clients.values():
+        c.close()
+    site.clients.clear()
+    return out
+
+
 def head_poller(site: Site, node: str, rate: float, connections: int) -> subprocess.Popen:
     """A separate process sending HEAD on one manifest by tag at `rate` req/s (wrk cannot
     send HEAD: it waits for a body that never comes)."""
@@ -393,7 +464,7 @@ def fmt_rss(d: dict) -> str:
 
 
 def report(results: list[dict], idle: dict | None, storm: dict | None, args,
-           took: float) -> str:
+           took: float, catchups: list[dict] | None = None) -> str:
     rev = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True,
                          text=True).stdout.strip()
     dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"],
@@ -427,6 +498,20 @@ def report(results: list[dict], idle: dict | None, storm: dict | None, args,
                      + ", ".join(f"{n} {r['cpu_ms_per_image'][n]:.0f}" for n in NODES) + " |")
         if r.get("poll"):
             lines.append(f"| | HEAD poll on A: {r['poll']} | | | | |")
+    if catchups:
+        lines += ["", "Catch-up (each hop alone, a backlog waiting; hop img/s = images / "
+                      "(last arrival − readiness) at the node catching up, and between its "
+                      "first and last arrival; seconds from its readiness to its first and "
+                      "last arrival; CPU ms per image at both ends):", "",
+                  "| phase | hop | images | hop img/s (first→last) | first / last arrival s | "
+                  "CPU ms/image (parent side, child side) | peak RSS MB |",
+                  "| --- | --- | --- | --- | --- | --- | --- |"]
+        for c in catchups:
+            cpu = ", ".join(f"{n} {v:.1f}" for n, v in c["cpu_ms_per_image"].items())
+            peak = ", ".join(f"{n} {v:.0f}" for n, v in c["peak"].items())
+            lines.append(f"| {c['label']} | {c['hop']} | {c['arrived']}/{c['images']} | "
+                         f"**{c['rate']:.1f}** ({c['apply_rate']:.1f}) | {c['first_after_ready']:.1f} / "
+                         f"{c['last_after_ready']:.1f} | {cpu} | {peak} |")
     if storm:
         lines += ["", f"Login storm at a fresh root: {storm['clients']} clients x "
                       f"{storm['rounds']} Basic logins with wrong passwords (each a scrypt "
@@ -463,12 +548,14 @@ def main() -> int:
         poll_main(sys.argv[2], sys.argv[3], float(sys.argv[4]), int(sys.argv[5]))
         return 0
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--phases", default="down,up,sustain,poll,logins,idle")
+    ap.add_argument("--phases", default="down,up,sustain,poll,catchup,logins,idle")
     ap.add_argument("--pushers", type=int, default=20)
     ap.add_argument("--images", type=int, default=10, help="per pusher (burst phases)")
     ap.add_argument("--layer-kib", type=int, default=64)
     ap.add_argument("--rate", type=float, default=20.0, help="images/s (sustain)")
     ap.add_argument("--sustain-seconds", type=float, default=60.0)
+    ap.add_argument("--catchup-per-pusher", type=int, default=25,
+                    help="images per pusher in the catch-up backlog (catchup)")
     ap.add_argument("--poll-connections", type=int, default=8)
     ap.add_argument("--poll-rate", type=float, default=1000.0, help="HEAD req/s (poll)")
     ap.add_argument("--label", default="run")
@@ -480,7 +567,7 @@ def main() -> int:
     env = {"CONNREG_LOG_LEVEL": "warning", **dict(e.split("=", 1) for e in args.env)}
     base = Path(tempfile.mkdtemp(prefix="connreg-syncload-"))
     t0 = time.time()
-    results, idle, storm = [], None, None
+    results, idle, storm, catchups = [], None, None, []
     layer = args.layer_kib * 1024
     site = None
     try:
@@ -514,6 +601,8 @@ def main() -> int:
                 r["poll"] = out.strip() or "the poller stopped early"
                 results.append(r)
             sampler.stop()
+            if "catchup" in phases:  # last: it restarts nodes (new pids)
+                catchups = measure_catchup(site, args, layer)
         if "logins" in phases:
             storm = login_storm(base, env, args.pushers, 3)
             print(json.dumps(storm), flush=True)
@@ -528,7 +617,7 @@ def main() -> int:
             print("kept", base)
         else:
             shutil.rmtree(base, ignore_errors=True)
-    text = report(results, idle, storm, args, time.time() - t0)
+    text = report(results, idle, storm, args, time.time() - t0, catchups)
     print(text)
     if args.results:
         write_results(Path(args.results), args.label, text)

@@ -157,6 +157,25 @@ def test_outage_of_a_then_everything_converges(tree):
     tree.wait_digest("shopC", "shop/app", "v3", at_b.digest, auth=tree.reader)
 
 
+def test_edge_restarts_while_its_grandparent_is_down(tree):
+    """B restarting while A is up but the root is not: A can only answer 503 to the
+    activation it must relay upward. B comes up from its recorded state and serves; all
+    converges once the root is back."""
+    root, b = tree.node("root"), tree.node("shopB")
+    at_b = make_image([30_000])
+    root.stop()
+    try:
+        b.stop()
+        b.start()
+        assert "cannot confirm the activation now (HTTP 503" in b.log()
+        with tree.client("shopB", tree.writer) as c:
+            push_image(c, "shop/app", at_b, "reboot")  # accepts pushes while cut off
+            assert c.get("/v2/base/os/manifests/v1").status_code == 200  # and serves
+    finally:
+        root.start()
+    tree.wait_digest("root", "shop/app", "reboot", at_b.digest, timeout=90)
+
+
 def test_kill_b_mid_sync_converges_after_restart(tree):
     big = make_image([6_000_000, 6_000_000, 6_000_000])
     with tree.client("root") as c:

@@ -114,6 +114,10 @@ def load_state(data_dir: Path) -> dict | None:
     return json.loads(path.read_text()) if path.exists() else None
 
 
+# Answers that say "not now" rather than "no": the parent or its own parent is away or busy.
+PARENT_AWAY = (429, 502, 503, 504)
+
+
 def _message(resp: httpx.Response) -> str:
     try:
         return resp.json()["errors"][0]["message"]
@@ -137,6 +141,13 @@ def activate(settings: Settings, timeout: float = 30.0) -> dict:
             return state
         raise ActivationError(f"cannot reach parent {conn.endpoint} to activate connected "
                               f"registry {conn.name}: {conn.unreachable(exc)}") from None
+    if resp.status_code in PARENT_AWAY and (state := load_state(settings.data_dir)) is not None:
+        # The parent is up but cannot answer for its own parent (a grandparent cut off relays
+        # 503): not a refusal. An edge rebooting on a ship while the link upstream is down
+        # must come up and serve what it has, as when the parent itself is unreachable.
+        state["offline"] = (f"parent {conn.endpoint} cannot confirm the activation now "
+                            f"(HTTP {resp.status_code}: {_message(resp)})")
+        return state
     if resp.status_code != 200:
         raise ActivationError(f"parent {conn.endpoint} refused to activate connected registry "
                               f"{conn.name} (HTTP {resp.status_code}): {_message(resp)}")

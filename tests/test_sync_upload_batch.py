@@ -74,6 +74,33 @@ def test_upload_batch_refuses_bad_input_stores_nothing_and_answers_per_object(tm
                 assert admin.get(f"/v2/ub/app/blobs/{sha256(blob)}").content == blob
             feed = admin.get("/connreg/v1/sync/changes", params={"cursor": 0}).json()["changes"]
             assert [(ch["repo"], ch["digest"]) for ch in feed] == [("ub/app", image.digest)]
+            assert feed[0]["origin"] == "child:upbatch"  # it climbs further up from here
+
+            # Tag moves, each conditional like the pusher's PUT by tag: where the tag is now
+            # (null: no such tag), else 412 naming where it is; a manifest not here: 404.
+            def move(tag, digest, if_tag_is):
+                return ("ub/app", digest, fmt.tag_header("ub/app", tag, digest, if_tag_is))
+
+            def moves(*records):
+                body = fmt.encode([(hdr, b"") for _, _, hdr in records], 3)
+                r = _post(c, body)
+                assert r.status_code == 200, r.text
+                return r.json()["objects"]
+
+            assert moves(move("v1", image.digest, None)) == [{"status": 201}]
+            assert admin.head("/v2/ub/app/manifests/v1").headers["Docker-Content-Digest"] \
+                == image.digest
+            unknown = "sha256:" + "1" * 64
+            got = moves(move("v1", image.digest, unknown), move("v2", image.digest, None),
+                        move("v3", unknown, None))
+            assert [a["status"] for a in got] == [412, 201, 404]
+            assert got[0]["errors"][0]["code"] == "PRECONDITION_FAILED"
+            assert got[0]["errors"][0]["detail"]["current"] == image.digest
+            assert got[2]["errors"][0]["code"] == "MANIFEST_UNKNOWN"
+            assert admin.head("/v2/ub/app/manifests/v3").status_code == 404
+            r = _post(c, fmt.encode([(fmt.tag_header("ub/app", "-bad", image.digest, None), b"")],
+                                    3))
+            assert r.status_code == 400 and error_codes(r) == ["TAG_INVALID"], r.text
 
             # Per object: a repository outside the token's scope, a manifest whose blob is
             # absent; the object between them is stored.
@@ -224,6 +251,9 @@ def test_an_edge_sends_its_outbox_in_batches_and_one_refused_entry_is_parked_alo
         # refused entry, which went the one-by-one way to meet its refusal.
         assert _requests(root, UPLOAD, "POST") >= 1
         assert _requests(root, "v2:upload-start", "POST") == len(locked.blobs())
+        # Tags moved in the batches too, but for the tag moved six times in this outbox batch
+        # (its moves go one by one, in order) and the refused entry.
+        assert _requests(root, "v2:manifest", "PUT") <= len(images) + 1
         # The locked repository's entry alone is parked, with the parent's reason.
         wait_for(lambda: _parked(edge), 30, message="a parked entry at the edge")
         assert [e["repository"] for e in _parked(edge)] == ["ub/locked"], _parked(edge)
@@ -283,16 +313,18 @@ def test_kill_9_of_the_parent_mid_batch_and_of_the_edge_mid_push_loses_nothing(t
         assert _moves_in_order(root, "uk/app", "moving", [img.digest for img in first])
 
         # The edge dies right after the parent took its first batch, before any tag moved (the
-        # parent is away while the edge takes the pushes, so none is cut by the kill).
+        # parent is away while the edge takes the pushes, so none is cut by the kill; the edge
+        # restarts beside it, so its first attempt is at once).
         root.stop()
-        edge.env["CONNREG_TEST_KILL_IN_UPLOAD_BATCH"] = "1"
-        edge.restart()
         second = [make_image([5 * KiB + i, KiB]) for i in range(3)]
         with httpx.Client(base_url=edge.url, auth=edge.admin, timeout=60) as c:
             for i, img in enumerate(second):
                 push_image(c, "uk/app", img, "moving")
                 push_image(c, "uk/app", img, f"u{i}")
+        edge.stop()
         root.start()
+        edge.env["CONNREG_TEST_KILL_IN_UPLOAD_BATCH"] = "1"
+        edge.start()
         wait_for(lambda: edge.proc.poll() is not None, 60, message="the edge killed mid-push")
         assert edge.proc.returncode == -signal.SIGKILL
         del edge.env["CONNREG_TEST_KILL_IN_UPLOAD_BATCH"]
@@ -305,3 +337,61 @@ def test_kill_9_of_the_parent_mid_batch_and_of_the_edge_mid_push_loses_nothing(t
         assert _moves_in_order(root, "uk/app", "moving", [img.digest for img in first + second])
     finally:
         h.stop_all()
+
+
+async def test_a_tag_the_parent_moved_too_is_a_conflict_through_the_batch(node, tmp_path):
+    """§5 through the batch: a tag move conditional on the agreed digest meets the parent's own
+    move (412 in the batch answer); the pusher looks, the parent wins, ours stays by digest and
+    SYNC_CONFLICT is reported. Without a move at the parent, the batch moves the tag and no
+    manifest PUT is sent at all."""
+    from connreg.config import Settings
+    from connreg.content import store_manifest
+    from connreg.registry import Registry
+    from connreg.sync.puller import Puller
+    from connreg.sync.pusher import Pusher
+    from connreg.sync.remote import ParentClient
+    from connreg.sync.state import SyncState, last_known_key
+
+    repo = "race/batch"
+    v0, ours, theirs, later = (make_image([3000 + i, 500]) for i in range(4))
+    with httpx.Client(base_url=node.url, timeout=30) as http:
+        push_image(http, repo, v0, "latest")
+        push_image(http, repo, v0, "calm")
+    reg = Registry(Settings(data_dir=tmp_path / "child"))
+    parent = ParentClient(node.url, auth=None)
+    try:
+        state = SyncState(reg.meta)
+        puller = Puller(reg, parent, state)
+        pusher = Pusher(reg, parent, state, puller)
+        await puller.set_tag(repo, "latest", v0.digest)  # agreed with the parent
+        await puller.set_tag(repo, "calm", v0.digest)
+        with httpx.Client(base_url=node.url, timeout=30) as http:  # the parent moves latest
+            push_image(http, repo, theirs, "latest")
+        for img in (ours, later):  # a client pushes here: latest → ours, calm → later
+            for blob in img.blobs():
+                reg.blobs.put_bytes(blob, sha256(blob))
+                await reg.meta.link_blob(repo, sha256(blob), len(blob))
+        await store_manifest(reg, repo, "latest", ours.manifest, OCI_MANIFEST)
+        await store_manifest(reg, repo, "calm", later.manifest, OCI_MANIFEST)
+        puts_before = _requests_open(node, "v2:manifest", "PUT")
+
+        assert await pusher.push_all() == 2
+        assert await parent.head_manifest(repo, "latest") == theirs.digest  # the parent won
+        assert reg.meta.resolve_tag(repo, "latest") == theirs.digest  # and the child follows
+        assert await parent.head_manifest(repo, ours.digest) == ours.digest  # ours by digest
+        assert state.get(last_known_key(repo, "latest")) == theirs.digest
+        [conflict] = [d for d in state.details if d.code == "SYNC_CONFLICT"]
+        assert ours.digest in conflict.description and theirs.digest in conflict.description
+        assert await parent.head_manifest(repo, "calm") == later.digest  # moved in the batch
+        assert state.get(last_known_key(repo, "calm")) == later.digest
+        assert _requests_open(node, "v2:manifest", "PUT") == puts_before
+    finally:
+        await parent.aclose()
+        reg.close()
+
+
+def _requests_open(node, route: str, method: str) -> int:
+    text = httpx.get(f"{node.url}/metrics", timeout=30).text
+    return sum(int(float(line.rsplit(" ", 1)[1])) for line in text.splitlines()
+               if line.startswith("connreg_http_requests_total{") and f'route="{route}"' in line
+               and f'method="{method}"' in line)

@@ -116,6 +116,7 @@ class Pusher:
             await run_in_order(batch, send, self.reg.settings.sync_push_parallel, done, stop)
         finally:
             self.presence.clear()
+            self.upload.clear()
         return acknowledged
 
     async def _send(self, change: Change, parked: ParkedChange | None = None) -> int:
@@ -270,12 +271,17 @@ class Pusher:
             if attempt == 0 and self.presence.available:
                 # Usually the parent's tag is where we last agreed: update it on that
                 # condition without looking first (one round trip less). A 412 means it is
-                # elsewhere: look, as below, and decide.
-                try:
-                    await update(agreed)
+                # elsewhere: look, as below, and decide. The outbox batch's upload may have
+                # made this very update already (sync/upload_batch.py).
+                done = self.upload.tag_moved.get((repo, tag, ours)) if ours else None
+                if done:
                     return True
-                except TagMoved:
-                    pass
+                if done is None:
+                    try:
+                        await update(agreed)
+                        return True
+                    except TagMoved:
+                        pass
             at_parent = await self.parent.head_manifest(repo, tag)
             if at_parent is not None and at_parent not in (agreed, ours):
                 await self._yield_to_parent(repo, tag, ours, at_parent)

@@ -2,10 +2,12 @@
 
 Before a batch of outbox entries is sent, `UpBatch.send` uploads what their manifests need at
 the parent in a few `POST /connreg/v1/sync/upload` requests: the small blobs the parent lacks
-(by the bulk presence answer, `sync/batch.py` UpPresence) and the manifests by digest, an
-index's children before it. What the parent accepted is marked as held there; each entry then
-goes its ordinary way (`sync/pusher.py`), which finds its content at the parent and only moves
-its tag (conditionally, as before). Anything the batch did not carry, or the parent refused for
+(by the bulk presence answer, `sync/batch.py` UpPresence), the manifests by digest (an
+index's children before it), and the tag moves: each conditional on the tag being where this
+node last agreed with the parent, exactly the first attempt the pusher makes otherwise. What
+the parent accepted is marked as held there (and a moved tag as agreed); each entry then goes
+its ordinary way (`sync/pusher.py`), which finds its work done, or, for a tag the parent had
+moved too (412), looks and settles the conflict as before. Anything the batch did not carry, or the parent refused for
 one object (a lock, a repository it may not push), goes the one-by-one way, which gets the
 parent's refusal for that entry and parks only it. A parent without the endpoint, or a batch it
 refuses as a whole, leaves everything to the one-by-one path: the batch is only a shortcut.
@@ -13,7 +15,9 @@ refuses as a whole, leaves everything to the one-by-one path: the batch is only 
 Left out of a batch: blobs from `delta_threshold_bytes` up (they go by chunks, docs/delta.md),
 a manifest needing such a blob or a blob not linked here (the ordinary path sends it after its
 blobs), and the manifests of entries whose digest a deletion in the same outbox batch names
-(the deletion runs in order between them).
+(the deletion runs in order between them); a tag move when the batch holds another entry of
+that tag or a manifest deletion in that repository (they must run in order), when the tag has
+moved here since, or when the parent cannot answer presence in bulk (an older parent).
 """
 
 from __future__ import annotations
@@ -22,12 +26,14 @@ import json
 import logging
 import os
 import signal
+from collections import Counter
 
 import trio
 
 from connreg.content import INDEX_TYPES
 from connreg.sync import upload_batch_format as fmt
 from connreg.sync.remote import ParentClient, ParentRefused
+from connreg.sync.state import last_known_key
 
 log = logging.getLogger("connreg.sync")
 FOREIGN = ("nondistributable", "foreign")
@@ -45,10 +51,17 @@ class UpBatch:
         self.max_bytes = settings.sync_batch_max_bytes
         self.small = min(settings.delta_threshold_bytes, self.max_bytes)
         self.available = settings.sync_upload_batch  # False once the parent said it cannot
+        # (repo, tag, digest) → True: moved at the parent in this batch; False: the parent's
+        # tag was elsewhere (412): the pusher looks and decides, as after its own 412.
+        self.tag_moved: dict[tuple[str, str, str], bool] = {}
+
+    def clear(self) -> None:
+        self.tag_moved.clear()
 
     async def send(self, changes: list, presence) -> None:
         """Upload what the manifest entries of `changes` need; mark in `presence` what the
         parent now holds."""
+        self.clear()
         if not self.available:
             return
         plan = _Plan(self, presence)
@@ -57,10 +70,21 @@ class UpBatch:
                                  if c.op == "manifest" and c.digest):
             if key not in deleted:
                 await plan.manifest(*key, 0)
-        if not plan.blobs and not plan.manifests:
+        # (repo, digest, size, body, media type, tag, the tag's agreed digest)
+        items: list[tuple] = [(repo, digest, size, None, None, None, None)
+                              for (repo, digest), size in plan.blobs.items()]
+        items += [(*m, None, None) for m in plan.manifests]
+        if presence.available:
+            touched = Counter((c.repo, c.tag) for c in changes if c.tag)
+            barriers = {c.repo for c in changes if c.op == "delete_manifest"}
+            for c in changes:
+                if c.op == "manifest" and c.tag and c.digest and touched[c.repo, c.tag] == 1 \
+                        and c.repo not in barriers and plan.ready(c.repo, c.digest) \
+                        and self.reg.meta.resolve_tag(c.repo, c.tag) == c.digest:
+                    items.append((c.repo, c.digest, 0, None, None, c.tag,
+                                  self.state.get(last_known_key(c.repo, c.tag))))
+        if not items:
             return
-        items = [(repo, digest, size, None, None) for (repo, digest), size in plan.blobs.items()]
-        items += plan.manifests
         run: list = []
         total = 0
         for item in items:
@@ -77,7 +101,10 @@ class UpBatch:
         """Send one request's worth; False when batching should stop for this outbox batch."""
         def build() -> bytes:
             records = []
-            for repo, digest, _, body, media_type in run:
+            for repo, digest, _, body, media_type, tag, agreed in run:
+                if tag is not None:
+                    records.append((fmt.tag_header(repo, tag, digest, agreed), b""))
+                    continue
                 data = body if body is not None else self.reg.blobs.read(digest)
                 records.append((fmt.header(repo, digest, len(data), media_type), data))
             return fmt.encode(records, self.reg.settings.zstd_level)
@@ -102,16 +129,24 @@ class UpBatch:
         if self.reg.settings.test_kill_in_upload_batch:  # the crash test: answered, no tag moved
             os.kill(os.getpid(), signal.SIGKILL)
         self.state.progress_bytes(len(frame), "up")
-        for (repo, digest, _, body, _), answer in zip(run, answers):
-            if answer["status"] != 201:
+        agreed: list[tuple[str, str]] = []
+        for (repo, digest, _, body, _, tag, _), answer in zip(run, answers):
+            status = answer["status"]
+            if tag is not None and status in (201, 412):
+                self.tag_moved[(repo, tag, digest)] = status == 201
+                if status == 201:
+                    agreed.append((last_known_key(repo, tag), digest))
+            elif status != 201:
                 log.info("%s@%s refused in an upload batch (HTTP %s); it goes the one-by-one "
-                         "way", repo, digest[:19], answer["status"])
-                continue
-            if body is None:
+                         "way", repo, digest[:19], status)
+            elif body is None:
                 presence.blob_at_parent[(repo, digest)] = True
                 self.state.progress_blob()
             else:
                 presence.manifest_at_parent[(repo, digest)] = True
+        async with trio.open_nursery() as nursery:  # (concurrent: they share a commit)
+            for key, digest in agreed:
+                nursery.start_soon(self.state.set, key, digest)
         return True
 
 
@@ -127,6 +162,9 @@ class _Plan:
         # (repo, digest, size, body, media type)
         self.manifests: list[tuple[str, str, int, bytes, str]] = []
         self._ready: dict[tuple[str, str], bool] = {}  # held at the parent after the batch
+
+    def ready(self, repo: str, digest: str) -> bool:
+        return self._ready.get((repo, digest), False)
 
     async def manifest(self, repo: str, digest: str, depth: int) -> bool:
         key = (repo, digest)

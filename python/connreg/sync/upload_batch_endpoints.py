@@ -1,7 +1,8 @@
 """Parent side of the batched upload: `POST /connreg/v1/sync/upload`, the upward mirror of
 `POST /connreg/v1/sync/objects`. A ReadWrite child sends many small blobs and manifests by
-digest in one request (`sync/upload_batch_format.py`); tags still move one conditional request
-each (`sync/pusher.py`, conflicts).
+digest in one request (`sync/upload_batch_format.py`), and conditional tag moves: each the same
+write as the conditional manifest PUT by tag the pusher sends otherwise (`sync/pusher.py`,
+conflicts: 412 with the tag's current digest when it is not where the child last saw it).
 
 What is refused for the WHOLE batch (an OCI error answer, nothing of the batch stored): a body
 that is not a valid frame or decompresses beyond the limits, more than `sync_batch_max_objects`
@@ -14,14 +15,16 @@ What is answered PER OBJECT (200 with `{"objects": [{"status": 201} | {"status":
 "errors": [...]}, …]}`, in the order sent; the others are stored): a repository the caller may
 not push or this node does not synchronize, a repository whose lock forbids writes, a manifest
 the ordinary manifest PUT would refuse (`content.store_manifest`: invalid, too large, a blob or
-child manifest not present, a lock). The child then sends only that entry the ordinary way,
-which gets the same refusal and parks just it (`sync/parked.py`).
+child manifest not present, a lock), a tag move whose condition does not hold (412, `current`
+in the detail) or whose manifest is not here. The child then sends only that entry the ordinary
+way, which gets the same refusal and parks just it (`sync/parked.py`), or settles the conflict.
 
 Storing: every object is verified before anything is stored; blobs are written durably
 (`put_bytes` hashes again and fsyncs) and linked, their links sharing group commits; then the
 manifests go through `store_manifest` with the child's origin, so the change log records them
 and they climb further up. Image manifests are stored together, indexes after them in order (an
-index needs its children). A disk that fills anyway midway (another writer) ends the request
+index needs its children), the tag moves last, several at once (the child sends at most one
+per tag in a batch). A disk that fills anyway midway (another writer) ends the request
 with 507: blobs written but not yet linked are unreferenced (garbage collection takes them),
 what was linked or stored is whole, and the child sends the batch again later.
 """
@@ -40,6 +43,7 @@ from connreg.api.http import json_response, read_body_limited
 from connreg.content import INDEX_TYPES, store_manifest
 from connreg.errors import RegistryError
 from connreg.locks import policy as lock_policy
+from connreg.storage import TagPrecondition
 from connreg.storage.budget import StorageFull
 from connreg.sync import upload_batch_format as fmt
 from connreg.sync.endpoints import TRAFFIC_BYTES, sync_caller
@@ -115,7 +119,8 @@ async def _store(reg, principal, child: str | None, objects: list[fmt.UploadObje
             answers[i] = _refusal(RegistryError(
                 errors.MANIFEST_TOO_LARGE, detail={"limit": reg.settings.max_manifest_bytes,
                                                    "size": len(obj.data)}))
-    blobs = [i for i, o in enumerate(objects) if answers[i] is None and not o.is_manifest]
+    blobs = [i for i, o in enumerate(objects)
+             if answers[i] is None and not o.is_manifest and not o.is_tag]
     # Held to the disk budget as a whole before anything is written (507, nothing stored).
     present = await trio.to_thread.run_sync(
         lambda: {objects[i].digest for i in blobs if reg.blobs.exists(objects[i].digest)})
@@ -176,6 +181,26 @@ async def _store(reg, principal, child: str | None, objects: list[fmt.UploadObje
             except RegistryError as exc:
                 answers[i] = _refusal(exc)
 
+    async def move(i: int) -> None:
+        obj = objects[i]
+        async with slots:
+            record = reg.meta.get_manifest(obj.repo, obj.digest)
+            if record is None:
+                answers[i] = _refusal(RegistryError(
+                    errors.MANIFEST_UNKNOWN, detail={"name": obj.repo, "reference": obj.digest}))
+                return
+            precondition = (TagPrecondition(if_match=frozenset({obj.if_tag_is}))
+                            if obj.if_tag_is else TagPrecondition(if_none_match=frozenset({"*"})))
+            try:
+                body = await reg.read_manifest(obj.digest)
+                await store_manifest(reg, obj.repo, obj.tag, body, record.media_type,
+                                     origin=origin, precondition=precondition)
+                answers[i] = {"status": 201}
+            except StorageFull as exc:
+                full.append(exc)
+            except RegistryError as exc:
+                answers[i] = _refusal(exc)
+
     manifests = [i for i, o in enumerate(objects) if answers[i] is None and o.is_manifest]
     images = [i for i in manifests if objects[i].media_type not in INDEX_TYPES]
     async with trio.open_nursery() as nursery:
@@ -184,6 +209,11 @@ async def _store(reg, principal, child: str | None, objects: list[fmt.UploadObje
     for i in manifests:  # indexes, in the order sent: children first
         if i not in images and not full:
             await put(i)
+    if not full:
+        async with trio.open_nursery() as nursery:
+            for i, obj in enumerate(objects):
+                if answers[i] is None and obj.is_tag:
+                    nursery.start_soon(move, i)
     if full:
         raise full[0]
     refused = sum(1 for a in answers if a is not None and a["status"] != 201)

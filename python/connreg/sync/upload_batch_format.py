@@ -7,7 +7,13 @@ exactly `size` bytes of the object.
     {"repo": "team/app", "digest": "sha256:…", "size": 1234, "mediaType": "…"}\\n<bytes>
 
 `mediaType` marks a manifest (absent for a blob). Blobs come before the manifests that
-reference them, an index's children before the index. The receiving side trusts nothing of
+reference them, an index's children before the index. A tag move is a record without bytes,
+after the manifests: move `tag` to the manifest `digest` (held by the parent or sent before it
+in the batch) if the tag points at `ifTagIs` now (`null`: if there is no such tag), exactly the
+conditional manifest PUT of `sync/pusher.py` (If-Match / If-None-Match: *).
+
+    {"repo": "team/app", "digest": "sha256:…", "size": 0, "tag": "v1", "ifTagIs": "sha256:…"}\n
+ The receiving side trusts nothing of
 it: `decode` refuses the whole batch (`BatchInvalid`, nothing of it stored) when the frame is
 malformed, holds more than the limits allow or decompresses beyond them, names a malformed
 repository or digest, or holds an object whose bytes do not hash to its digest.
@@ -20,7 +26,7 @@ from dataclasses import dataclass
 
 from connreg import _core, errors
 from connreg.errors import RegistryError
-from connreg.references import check_digest, check_name
+from connreg.references import check_digest, check_name, check_tag
 from connreg.sync import batch_format
 
 MEDIA_TYPE = "application/vnd.connreg.upload.v1+zstd"
@@ -34,10 +40,16 @@ class UploadObject:
     digest: str
     data: bytes
     media_type: str | None = None  # set for manifests
+    tag: str | None = None  # set for tag moves (no bytes)
+    if_tag_is: str | None = None  # a tag move's condition (None: no such tag yet)
 
     @property
     def is_manifest(self) -> bool:
-        return self.media_type is not None
+        return self.media_type is not None and self.tag is None
+
+    @property
+    def is_tag(self) -> bool:
+        return self.tag is not None
 
 
 def header(repo: str, digest: str, size: int, media_type: str | None) -> dict:
@@ -45,6 +57,10 @@ def header(repo: str, digest: str, size: int, media_type: str | None) -> dict:
     if media_type is not None:
         doc["mediaType"] = media_type
     return doc
+
+
+def tag_header(repo: str, tag: str, digest: str, if_tag_is: str | None) -> dict:
+    return {"repo": repo, "digest": digest, "size": 0, "tag": tag, "ifTagIs": if_tag_is}
 
 
 def encode(records: list[tuple[dict, bytes]], level: int) -> bytes:
@@ -98,8 +114,20 @@ def decode(frame: bytes, max_objects: int, max_bytes: int) -> list[UploadObject]
                 (media_type is not None and not isinstance(media_type, str)):
             raise _invalid(f"the header of record {len(objects)} needs repo, digest, size "
                            "(and mediaType for a manifest)")
-        check_name(repo)  # NAME_INVALID / DIGEST_INVALID, for the whole batch
+        check_name(repo)  # NAME_INVALID / DIGEST_INVALID / TAG_INVALID, for the whole batch
         check_digest(digest)
+        if "tag" in doc:
+            tag, if_tag_is = doc.get("tag"), doc.get("ifTagIs")
+            if not isinstance(tag, str) or size != 0 or \
+                    (if_tag_is is not None and not isinstance(if_tag_is, str)):
+                raise _invalid(f"the tag move of record {len(objects)} needs tag, size 0 and "
+                               "ifTagIs (a digest or null)")
+            check_tag(tag)
+            if if_tag_is is not None:
+                check_digest(if_tag_is)
+            objects.append(UploadObject(repo, digest, b"", None, tag, if_tag_is))
+            pos = end + 1
+            continue
         total += size
         if total > max_bytes:
             raise RegistryError(errors.BODY_TOO_LARGE,

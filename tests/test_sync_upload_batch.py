@@ -68,7 +68,8 @@ def test_upload_batch_refuses_bad_input_stores_nothing_and_answers_per_object(tm
             r = _post(c, _frame(_image_records("ub/app", image)))
             assert r.status_code == 200, r.text
             assert r.json() == {"objects": [{"status": 201}] * 4}
-            got = admin.get(f"/v2/ub/app/manifests/{image.digest}", headers={"Accept": OCI_MANIFEST})
+            got = admin.get(f"/v2/ub/app/manifests/{image.digest}",
+                            headers={"Accept": OCI_MANIFEST})
             assert got.status_code == 200 and got.content == image.manifest
             for blob in image.blobs():
                 assert admin.get(f"/v2/ub/app/blobs/{sha256(blob)}").content == blob
@@ -199,7 +200,8 @@ def _digest(node, repo: str, ref: str) -> str | None:
 
 
 def test_an_edge_sends_its_outbox_in_batches_and_one_refused_entry_is_parked_alone(tmp_path):
-    h = Hierarchy(tmp_path)
+    # Small batches: the outbox goes up in several, blobs before the manifests needing them.
+    h = Hierarchy(tmp_path, env={"CONNREG_SYNC_BATCH_MAX_OBJECTS": "8"})
     try:
         root = h.start_root()
         h.create("upedge", "ReadWrite", ["ub/*"])

@@ -106,7 +106,8 @@ class Pusher:
 
         async def send(change: Change) -> None:
             nonlocal acknowledged
-            acknowledged += await self._send(change)
+            sent = await self._send(change)  # (not `+= await`: it would read the count first)
+            acknowledged += sent
 
         async def done(seq: int) -> None:
             await self.state.set(UP_CURSOR, str(seq))

@@ -40,6 +40,7 @@ from connreg.audit import hooks as audit_hooks
 from connreg.auth.authorizer import source_address
 from connreg.sync import endpoints as sync_endpoints
 from connreg.sync import batch_endpoints as sync_batch_endpoints
+from connreg.sync import upload_batch_endpoints as sync_upload_batch_endpoints
 from connreg.sync import parked_api as sync_parked_api
 from connreg.sync.endpoints import sync_child
 from connreg.sync.runner import run_node_tasks
@@ -135,6 +136,7 @@ def create_app(settings: Settings) -> StreamingQuart:
     app.register_blueprint(sync_endpoints.bp)
     app.register_blueprint(sync_parked_api.bp)  # this node's parked outbox entries
     app.register_blueprint(sync_batch_endpoints.bp)  # batched objects and presence checks
+    app.register_blueprint(sync_upload_batch_endpoints.bp)  # a child's small objects, batched
     app.register_blueprint(delta_endpoints.bp)
     app.register_blueprint(delta_receive.bp)
     app.register_blueprint(locks_api.bp)  # image locks (docs/locks.md)

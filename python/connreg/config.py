@@ -177,6 +177,9 @@ class Settings:
     # Manifests a child fetched ahead in a batch and has not stored yet (bytes; beyond, it
     # fetches them one by one as before).
     sync_prefetch_max_bytes: int = 16 * MiB
+    # A ReadWrite child sends its outbox's small blobs and manifests to the parent in batches
+    # (`POST /connreg/v1/sync/upload`); false: one OCI upload per object, as before (comparison).
+    sync_upload_batch: bool = True
     # Password checks (scrypt, 16 MiB each) running at once; more logins wait for a slot.
     password_check_parallel: int = 2
     # Serving vs syncing (api/client_budget.py): while this node's sync has work, each client
@@ -223,6 +226,9 @@ class Settings:
     test_corrupt_object_batches: int = 0
     # Flip one byte in the first N gzip reconstruction files this node serves (tests).
     test_corrupt_gzip_recon: int = 0
+    # kill -9 itself midway through the first upload batch (sync/upload_batch*.py): as a parent
+    # after storing its blobs, as a child after the parent's answer (crash tests).
+    test_kill_in_upload_batch: bool = False
 
     @property
     def advertised(self) -> str:

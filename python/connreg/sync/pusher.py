@@ -33,6 +33,7 @@ from connreg.sync.batch import UpPresence, run_in_order
 from connreg.sync.puller import PARENT, Puller
 from connreg.sync.remote import ParentClient, ParentUnavailable, TagMoved
 from connreg.sync.state import UP_CURSOR, SyncState, last_known_key, push_session_key
+from connreg.sync.upload_batch import UpBatch
 
 log = logging.getLogger("connreg.sync")
 READ_CHUNK = 1 << 20
@@ -59,6 +60,8 @@ class Pusher:
         self.parked = ParkedOutbox(reg.meta, explain=parent.explain_refusal)
         # What the parent holds of the batch in flight, asked in bulk (sync/batch.py).
         self.presence = UpPresence(reg, parent)
+        # Their small blobs and manifests, uploaded in a few requests (sync/upload_batch.py).
+        self.upload = UpBatch(reg, parent, state)
 
     def pending(self, limit: int = 500) -> list[Change]:
         cursor = self.state.cursor(UP_CURSOR) or 0
@@ -103,15 +106,18 @@ class Pusher:
 
         async def send(change: Change) -> None:
             nonlocal acknowledged
-            acknowledged += await self._send(change)
+            sent = await self._send(change)  # (not `+= await`: it would read the count first)
+            acknowledged += sent
 
         async def done(seq: int) -> None:
             await self.state.set(UP_CURSOR, str(seq))
 
         try:
+            await self.upload.send(batch, self.presence)
             await run_in_order(batch, send, self.reg.settings.sync_push_parallel, done, stop)
         finally:
             self.presence.clear()
+            self.upload.clear()
         return acknowledged
 
     async def _send(self, change: Change, parked: ParkedChange | None = None) -> int:
@@ -266,12 +272,17 @@ class Pusher:
             if attempt == 0 and self.presence.available:
                 # Usually the parent's tag is where we last agreed: update it on that
                 # condition without looking first (one round trip less). A 412 means it is
-                # elsewhere: look, as below, and decide.
-                try:
-                    await update(agreed)
+                # elsewhere: look, as below, and decide. The outbox batch's upload may have
+                # made this very update already (sync/upload_batch.py).
+                done = self.upload.tag_moved.get((repo, tag, ours)) if ours else None
+                if done:
                     return True
-                except TagMoved:
-                    pass
+                if done is None:
+                    try:
+                        await update(agreed)
+                        return True
+                    except TagMoved:
+                        pass
             at_parent = await self.parent.head_manifest(repo, tag)
             if at_parent is not None and at_parent not in (agreed, ours):
                 await self._yield_to_parent(repo, tag, ours, at_parent)

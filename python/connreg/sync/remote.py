@@ -16,6 +16,7 @@ from urllib.parse import urlsplit
 import httpx
 
 from connreg.delta.plan import CONTENT_TYPE as PLAN_CONTENT_TYPE
+from connreg.sync.upload_batch_format import MEDIA_TYPE as UPLOAD_BATCH_TYPE
 from connreg.tls import unreachable_reason, verifying_context
 
 MANIFEST_ACCEPT = ", ".join([
@@ -516,6 +517,27 @@ class ParentClient:
                 not isinstance(held, list) or len(held) != len(manifests):
             raise ParentRefused(resp.status_code, "malformed answer to blobs/missing")
         return states, held
+
+    async def upload_objects(self, frame: bytes, count: int) -> list[dict] | None:
+        """Send a batch of `count` objects (sync/upload_batch_format.py); the parent's answer
+        per object, in order (`{"status": 201}` or a status with OCI `errors`); None when the
+        parent cannot take batches (an older version: 404 NOT_FOUND / 405)."""
+        if self.meter:
+            await self.meter.account(len(frame))
+        try:
+            resp = await self._request("POST", "/connreg/v1/sync/upload", content=frame,
+                                       headers={"Content-Type": UPLOAD_BATCH_TYPE})
+        except ParentRefused as exc:
+            if exc.status == 405 or exc.status == 404 and exc.code == "NOT_FOUND":
+                return None
+            raise
+        answers = resp.json().get("objects") if resp.headers.get(
+            "Content-Type", "").startswith("application/json") else None
+        if not isinstance(answers, list) or len(answers) != count or \
+                not all(isinstance(a, dict) and isinstance(a.get("status"), int) for a in answers):
+            raise ParentRefused(resp.status_code, "malformed answer to an upload batch",
+                                method="POST", url="/connreg/v1/sync/upload")
+        return answers
 
     # --- OCI writes (upward sync) ------------------------------------------------------------
     async def has_blob(self, repo: str, digest: str) -> bool:

@@ -15,7 +15,7 @@ from connreg import _core
 from connreg.sync import batch_format
 from connreg.sync.batch import run_in_order
 from connreg.testing.hierarchy import Hierarchy, wait_for
-from connreg.testing.oci import make_image, sha256
+from connreg.testing.oci import OCI_MANIFEST, make_image, sha256
 from helpers import error_codes, push_image
 
 OBJECTS = "/connreg/v1/sync/objects"
@@ -212,5 +212,39 @@ def test_batch_endpoints_refuse_bad_input_and_a_child_refuses_a_damaged_batch(tm
             for img in images:
                 for blob in img.blobs():
                     assert c.get(f"/v2/bt/app/blobs/{sha256(blob)}").content == blob
+    finally:
+        h.stop_all()
+
+
+def test_a_manifest_deleted_and_pushed_again_in_one_outbox_batch_reaches_the_parent(tmp_path):
+    """The outbox batch [delete X, push X again (by digest)] while the parent holds X: the
+    presence answer taken before the batch ("X is held") is stale after the delete, so the
+    second entry must send X again, not skip it."""
+    h = Hierarchy(tmp_path)
+    try:
+        root = h.start_root()
+        h.create("batch-edge", "ReadWrite", ["rp/*"])
+        edge = h.start_child("batch-edge")
+        image = make_image([5000])
+        with httpx.Client(base_url=edge.url, auth=edge.admin, timeout=60) as c:
+            push_image(c, "rp/app", image, "v1")
+        with httpx.Client(base_url=root.url, auth=root.admin, timeout=60) as r:
+            wait_for(lambda: r.head(f"/v2/rp/app/manifests/{image.digest}",
+                                    headers={"Accept": OCI_MANIFEST}).status_code == 200, 60,
+                     message="X at the root")
+        root.stop()  # both entries wait in the edge's outbox
+        with httpx.Client(base_url=edge.url, auth=edge.admin, timeout=60) as c:
+            assert c.delete(f"/v2/rp/app/manifests/{image.digest}").status_code == 202
+            r = c.put(f"/v2/rp/app/manifests/{image.digest}", content=image.manifest,
+                      headers={"Content-Type": OCI_MANIFEST})
+            assert r.status_code == 201, r.text
+        root.start()
+        with httpx.Client(base_url=root.url, auth=root.admin, timeout=60) as r:
+            wait_for(lambda: r.head(f"/v2/rp/app/manifests/v1",
+                                    headers={"Accept": OCI_MANIFEST}).status_code == 404, 90,
+                     message="the delete at the root")
+            wait_for(lambda: r.head(f"/v2/rp/app/manifests/{image.digest}",
+                                    headers={"Accept": OCI_MANIFEST}).status_code == 200, 60,
+                     message="X pushed again at the root")
     finally:
         h.stop_all()

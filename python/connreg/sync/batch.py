@@ -304,6 +304,11 @@ class UpPresence:
         self.blob_at_parent.clear()
         self.manifest_at_parent.clear()
 
+    def forget_manifest(self, repo: str, digest: str) -> None:
+        """The parent no longer holds this manifest (we just deleted it there); asked again
+        one by one if needed."""
+        self.manifest_at_parent.pop((repo, digest), None)
+
     async def ask(self, changes: list) -> None:
         """Fill the answers for the manifests of `changes` and their blobs (and index
         children's, one level down)."""

@@ -151,6 +151,9 @@ class Pusher:
             await self._delete_tag(change.repo, change.tag)
         elif change.op == "delete_manifest":
             await self.parent.delete(change.repo, change.digest)
+            # What the batch's presence answer said of it is stale now: a later entry of the
+            # batch pushing the same manifest again must send it, not skip it as "held".
+            self.presence.forget_manifest(change.repo, change.digest)
 
     async def _push_manifest_tree(self, repo: str, digest: str) -> None:
         record = self.reg.meta.get_manifest(repo, digest)

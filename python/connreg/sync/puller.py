@@ -177,7 +177,7 @@ class Puller:
                     nursery.start_soon(self.ensure_blob, repo, desc["digest"],
                                        desc.get("size") or 0)
         await store_manifest(self.reg, repo, digest, manifest.body, manifest.media_type,
-                             origin=PARENT)
+                             origin=PARENT, bytes_stored=digest in self.prefetched.bytes_stored)
         log.info("synced %s@%s (progress: %d blobs, %d bytes received)", repo, digest[:19],
                  self.state.blobs_transferred, self.state.bytes_transferred)
 
@@ -191,8 +191,9 @@ class Puller:
         agreed = self.state.get(last_known_key(repo, tag))
         if report_conflict and local is not None and local not in (digest, agreed):
             self.state.conflict(repo, tag, local, digest)  # reported and logged once
-        if local != digest:
-            await store_manifest(self.reg, repo, tag, body, record.media_type, origin=PARENT)
+        if local != digest:  # (its bytes were stored with it just now, or before)
+            await store_manifest(self.reg, repo, tag, body, record.media_type, origin=PARENT,
+                                 bytes_stored=True)
         await self.state.set(last_known_key(repo, tag), digest)
 
     # --- changes ------------------------------------------------------------------------------

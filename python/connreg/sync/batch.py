@@ -7,8 +7,9 @@
   has finished, so a cursor never passes an entry that has not.
 - `DownPrefetch`: before a feed batch is applied, fetches the manifests it names and the small
   blobs they reference in a few `POST /connreg/v1/sync/objects` requests (each object verified
-  against its digest before anything of the batch is stored); the puller then finds the blobs
-  stored and the manifests in memory, and only stores. A parent without batches, or a batch it
+  against its digest before anything of the batch is stored). Each batch's blobs are written
+  in one call and linked in one transaction, the manifests' bytes written together; the
+  puller then finds the blobs linked and the manifests in memory, and only writes metadata. A parent without batches, or a batch it
   refuses, leaves everything to the one-by-one path: prefetching is only a shortcut.
 - `UpPresence`: before outbox entries are sent, asks the parent once which of their blobs it
   lacks (mounting what it holds elsewhere) and which manifests it holds.

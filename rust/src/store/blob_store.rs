@@ -196,7 +196,10 @@ impl BlobStore {
         let mut dirs: Vec<PathBuf> = Vec::new();
         while let Some((tmp, digest)) = staged.pop() {
             let dst = self.layout.blob_path(digest);
-            let dir = dst.parent().expect("blob paths have a parent").to_path_buf();
+            let dir = dst
+                .parent()
+                .expect("blob paths have a parent")
+                .to_path_buf();
             let moved = if dir.is_dir() {
                 fs::rename(&tmp, &dst).ctx("rename into", &dst)
             } else {

@@ -164,11 +164,11 @@ def test_a_child_killed_midway_through_a_backlog_catches_up_intact(tmp_path):
         h.create("bulkro", "ReadOnly", ["bk/*"])
         child = h.start_child("bulkro", env={"CONNREG_SYNC_BATCH_MAX_OBJECTS": "8"})
         child.stop()
-        images = _backlog(root.url, root.admin, 60, seed=3)
+        images = _backlog(root.url, root.admin, 30, seed=3)
         child.start()
         blobs = child.data_dir / "store" / "blobs" / "sha256"
         # Killed once blobs of the backlog are arriving (one object batch or more stored).
-        wait_for(lambda: sum(1 for d in blobs.iterdir() for _ in d.iterdir()) > 12, 60,
+        wait_for(lambda: sum(1 for d in blobs.iterdir() for _ in d.iterdir()) > 8, 60,
                  interval=0.005, message="the child storing the backlog")
         child.kill()
         child.start()

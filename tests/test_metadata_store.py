@@ -178,6 +178,25 @@ async def test_blob_and_reference_checks_inside_the_write(backend):
         await store.put_manifest(record("r", D[0]), [D[1]], "t")
 
 
+async def test_bulk_links_are_all_or_none(backend):
+    """`link_blobs` (sync stores a batch's blobs and links them in one transaction): every
+    link is written, repositories created, sizes replaced; one file gone links none."""
+    store, other = backend.replica(), backend.replica()
+    await store.link_blob("a", D[1], 5)
+    backend.present = {D[1], D[2]}
+    with pytest.raises(BlobGone) as e:
+        await store.link_blobs([("a", D[2], 2), ("b", D[3], 3), ("b", D[1], 1)])
+    assert e.value.digest == D[3]
+    assert other.linked_blob_size("a", D[2]) is None and not other.repository_exists("b")
+    assert other.linked_blob_size("a", D[1]) == 5
+    backend.present = None
+    await store.link_blobs([("a", D[2], 2), ("b", D[3], 3), ("b", D[1], 1), ("a", D[1], 6)])
+    assert [other.linked_blob_size(r, d) for r, d in
+            [("a", D[2]), ("b", D[3]), ("b", D[1]), ("a", D[1])]] == [2, 3, 1, 6]
+    assert other.list_repositories(None, None) == ["a", "b"]
+    await store.link_blobs([])  # nothing to do, no transaction
+
+
 async def test_change_log_is_global_ordered_and_prunable(backend):
     a, b = backend.replica(), backend.replica()
     assert a.change_bounds() == (1, 0)

@@ -177,6 +177,19 @@ class BlobStore:
             DigestMismatch: ``data`` does not hash to ``expected_digest``.
         """
 
+    def put_many(self, items: list[tuple[bytes, str]]) -> list[str]:
+        """Store many small blobs ``(bytes, expected digest)`` in one call, their fsyncs done
+        together (sync's object batches); returns the digests in order.
+
+        Every blob is verified before anything is written; each becomes visible only once
+        its bytes are durable, and all renames are durable when this returns. On an error
+        the staging files are removed (blobs already renamed stay, complete).
+
+        Raises:
+            DigestMismatch: one of them does not hash to its digest (nothing written).
+            StorageFull: the filesystem ran out of room.
+        """
+
     def chunks(
         self, digest: str, params: ChunkParams | None = None
     ) -> list[tuple[int, int, str]]:

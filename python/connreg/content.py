@@ -134,11 +134,14 @@ def parse_manifest(body: bytes, content_type: str | None) -> tuple[dict, str, li
 
 async def store_manifest(reg: Registry, name: str, reference: str, body: bytes,
                          content_type: str | None, origin: str = "local",
-                         precondition: TagPrecondition | None = None) -> tuple[str, str | None]:
+                         precondition: TagPrecondition | None = None,
+                         bytes_stored: bool = False) -> tuple[str, str | None]:
     """Validate and store a manifest under a tag or digest reference; return (digest, subject).
 
     `precondition` makes the update conditional on where the reference points now
-    (RegistryError PRECONDITION_FAILED otherwise, nothing written)."""
+    (RegistryError PRECONDITION_FAILED otherwise, nothing written). `bytes_stored`: the
+    caller stored the body in the blob store already (sync stores a batch's manifests in one
+    call); the metadata write still checks they are there, and stores them if not."""
     tag = None
     if is_digest(reference):
         check_digest(reference)
@@ -179,7 +182,8 @@ async def store_manifest(reg: Registry, name: str, reference: str, body: bytes,
                             json.dumps(annotations) if annotations else None)
     references = [d["digest"] for d in blobs] + [d["digest"] for d in children]
     for attempt in (1, 2):
-        await trio.to_thread.run_sync(reg.blobs.put_bytes, body, digest)
+        if attempt == 2 or not bytes_stored:
+            await trio.to_thread.run_sync(reg.blobs.put_bytes, body, digest)
         try:
             await reg.meta.put_manifest(record, references, tag, origin,
                                         precondition if tag is not None else None)

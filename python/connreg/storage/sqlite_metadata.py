@@ -293,6 +293,22 @@ class SqliteMetadataStore:
                          " VALUES (?, ?, ?, ?)", (repo, digest, size, time.time()))
         await self._write(fn)
 
+    async def link_blobs(self, links: list[tuple[str, str, int]]) -> None:
+        """`link_blob` for many (repo, digest, size) at once, in one transaction: all are
+        linked, or (a file gone, BlobGone) none."""
+        def fn(conn):
+            if self._blob_present is not None:
+                gone = next((d for _, d, _ in links if not self._blob_present(d)), None)
+                if gone is not None:
+                    raise BlobGone(gone)
+            now = time.time()
+            for repo in dict.fromkeys(r for r, _, _ in links):
+                self._ensure_repo(conn, repo)
+            conn.executemany("INSERT OR REPLACE INTO repo_blobs (repo, digest, size, linked)"
+                             " VALUES (?, ?, ?, ?)", [(r, d, n, now) for r, d, n in links])
+        if links:
+            await self._write(fn)
+
     async def unlink_blob(self, repo: str, digest: str) -> bool:
         def fn(conn):
             return conn.execute("DELETE FROM repo_blobs WHERE repo = ? AND digest = ?",

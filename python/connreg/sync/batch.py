@@ -7,8 +7,9 @@
   has finished, so a cursor never passes an entry that has not.
 - `DownPrefetch`: before a feed batch is applied, fetches the manifests it names and the small
   blobs they reference in a few `POST /connreg/v1/sync/objects` requests (each object verified
-  against its digest before anything of the batch is stored); the puller then finds the blobs
-  stored and the manifests in memory, and only stores. A parent without batches, or a batch it
+  against its digest before anything of the batch is stored). Each batch's blobs are written
+  in one call and linked in one transaction, the manifests' bytes written together; the
+  puller then finds the blobs linked and the manifests in memory, and only writes metadata. A parent without batches, or a batch it
   refuses, leaves everything to the one-by-one path: prefetching is only a shortcut.
 - `UpPresence`: before outbox entries are sent, asks the parent once which of their blobs it
   lacks (mounting what it holds elsewhere) and which manifests it holds.
@@ -25,6 +26,7 @@ import trio
 
 from connreg.content import INDEX_TYPES
 from connreg.storage.budget import StorageFull
+from connreg.storage.interfaces import BlobGone
 from connreg.sync import batch_format
 from connreg.sync.remote import ParentClient, ParentRefused
 from connreg.sync.state import DOWN_CURSOR
@@ -133,6 +135,9 @@ class PrefetchedManifests:
         self._max = max_bytes
         self._used = 0
         self._items: OrderedDict[tuple[str, str], batch_format.BatchObject] = OrderedDict()
+        # Digests whose bytes are in the blob store already (stored together as fetched):
+        # storing the manifest is then only its metadata.
+        self.bytes_stored: set[str] = set()
 
     def __len__(self) -> int:
         return len(self._items)
@@ -157,6 +162,7 @@ class PrefetchedManifests:
 
     def clear(self) -> None:
         self._items.clear()
+        self.bytes_stored.clear()
         self._used = 0
 
 
@@ -207,6 +213,11 @@ class DownPrefetch:
             fetched = await self._fetch(todo, referrers=True, sized=False)
             if fetched is None:
                 return
+            # Their bytes now, in one call (invisible until their metadata is written, after
+            # everything they reference); a full disk stops the batch (StorageFull).
+            await trio.to_thread.run_sync(self.reg.blobs.put_many,
+                                          [(obj.data, obj.digest) for _, obj in fetched])
+            self.manifests.bytes_stored.update(obj.digest for _, obj in fetched)
             children: list[tuple[str, str]] = []
             blobs: dict[tuple[str, str], int] = {}
             for repo, obj in fetched:
@@ -235,10 +246,14 @@ class DownPrefetch:
             todo = list(dict.fromkeys(children))
 
     async def _fetch(self, objects: list[tuple[str, str]], referrers: bool, sized: bool,
-                     sizes: dict | None = None) -> list[tuple[str, batch_format.BatchObject]] | None:
+                     sizes: dict | None = None,
+                     each: Callable[[list], Awaitable[None]] | None = None,
+                     ) -> list[tuple[str, batch_format.BatchObject]] | None:
         """Fetch `objects` in as many batches as the limits ask; None when the parent cannot
         batch. A refused batch (an object deleted at the parent meanwhile, say) is skipped:
-        the one-by-one path fetches its objects and reports what is really wrong."""
+        the one-by-one path fetches its objects and reports what is really wrong. With
+        `each`, every verified batch is handed to it as it arrives (and not kept), so at most
+        one batch of bytes is held at a time."""
         out: list[tuple[str, batch_format.BatchObject]] = []
         # Manifests: sizes unknown before they arrive; the parent caps them at 4 MiB each.
         size_of = (lambda o: sizes[o]) if sized else (lambda o: 0)
@@ -261,32 +276,46 @@ class DownPrefetch:
                             "stored: %s; fetching them one by one", len(run), exc)
                 continue
             self.state.progress_bytes(len(frame))
-            out += [(repo, obj) for (repo, _), obj in zip(run, objs)]
+            got = [(repo, obj) for (repo, _), obj in zip(run, objs)]
+            if each is None:
+                out += got
+            else:
+                await each(got)
         return out
 
     async def _store_blobs(self, blobs: dict[tuple[str, str], int]) -> None:
-        stored = await trio.to_thread.run_sync(  # off the event loop: on S3 each is a request
-            lambda: {k: self.reg.blobs.exists(k[1]) for k in blobs})
-        need = [k for k in blobs if not stored[k]]
-        have = [k for k in blobs if k not in need]
+        """Store and link the small blobs of a feed batch: per object batch fetched, one
+        worker-thread call writes all its blobs (their fsyncs together) and one transaction
+        links them, instead of a thread hop, two fsyncs and a transaction per blob."""
+        sizes = await trio.to_thread.run_sync(  # off the event loop: on S3 each is a request
+            lambda: {k: self.reg.blobs.size(k[1]) for k in blobs})
+        need = [k for k in blobs if sizes[k] is None]
+        await self._link([(repo, d, sizes[(repo, d)]) for repo, d in blobs
+                          if sizes[(repo, d)] is not None])
         if need:
             try:  # what cannot fit is not fetched at all (docs/sync.md, "A full disk")
                 self.reg.budget.check(sum(blobs[k] for k in need), "blobs fetched ahead")
             except StorageFull:
-                need = []  # the one-by-one path refuses each, naming it and its size
-        if need:
-            fetched = await self._fetch(need, referrers=False, sized=True, sizes=blobs)
-            for repo, obj in fetched or []:
-                # Verified in decode; put_bytes hashes once more as it stores (and is held to
-                # the disk budget).
-                await trio.to_thread.run_sync(self.reg.blobs.put_bytes, obj.data, obj.digest)
-                self.reg.chunk_index.schedule(obj.digest)
-                self.state.progress_blob()
-                have.append((repo, obj.digest))
-        for repo, digest in have:
-            size = await trio.to_thread.run_sync(self.reg.blobs.size, digest)
-            if size is not None:
-                await self.reg.meta.link_blob(repo, digest, size)
+                return  # the one-by-one path refuses each, naming it and its size
+            await self._fetch(need, referrers=False, sized=True, sizes=blobs,
+                              each=self._store_fetched)
+
+    async def _store_fetched(self, fetched: list[tuple[str, batch_format.BatchObject]]) -> None:
+        # Verified in decode; the store hashes once more as it writes (held to the budget).
+        # A full disk raises StorageFull with nothing of this batch linked.
+        await trio.to_thread.run_sync(self.reg.blobs.put_many,
+                                      [(obj.data, obj.digest) for _, obj in fetched])
+        for _, obj in fetched:
+            self.reg.chunk_index.schedule(obj.digest)
+            self.state.progress_blob()
+        await self._link([(repo, obj.digest, len(obj.data)) for repo, obj in fetched])
+
+    async def _link(self, links: list[tuple[str, str, int]]) -> None:
+        try:
+            await self.reg.meta.link_blobs(links)
+        except BlobGone as exc:  # collected meanwhile: the one-by-one path fetches it again
+            log.info("blobs fetched ahead not linked (%s is gone); fetching them one by one",
+                     exc)
 
 
 class UpPresence:

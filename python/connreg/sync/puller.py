@@ -21,6 +21,7 @@ from connreg.delta.gzip_fetch import GzipDeltaFetcher
 from connreg.errors import RegistryError
 from connreg.locks import sync as locks_sync
 from connreg.registry import Registry
+from connreg.storage import TagPrecondition
 from connreg.sync.parked import exception_leaves
 from connreg.sync.batch import DownPrefetch, PrefetchedManifests
 from connreg.sync.remote import Manifest, ParentClient, ParentRefused, ParentUnavailable
@@ -155,9 +156,11 @@ class Puller:
                     pass
         return await self.reg.read_manifest(digest)
 
-    async def _fetch_manifest(self, repo: str, digest: str) -> None:
+    async def _fetch_manifest(self, repo: str, digest: str, tag: str | None = None,
+                              precondition: TagPrecondition | None = None) -> None:
         """Fetch (or take from the batch fetched ahead) and store one manifest, after what it
-        references."""
+        references; with `tag` (a manifest fetched ahead, so verified), under that tag in the
+        same write, if `precondition` holds."""
         ahead = self.prefetched.get(repo, digest)
         manifest = Manifest(ahead.data, ahead.media_type or "", digest) if ahead else \
             await self.parent.get_manifest(repo, digest)
@@ -176,8 +179,9 @@ class Puller:
                 for desc in [doc["config"], *layers]:
                     nursery.start_soon(self.ensure_blob, repo, desc["digest"],
                                        desc.get("size") or 0)
-        await store_manifest(self.reg, repo, digest, manifest.body, manifest.media_type,
-                             origin=PARENT)
+        await store_manifest(self.reg, repo, tag or digest, manifest.body, manifest.media_type,
+                             origin=PARENT, precondition=precondition,
+                             bytes_stored=digest in self.prefetched.bytes_stored)
         log.info("synced %s@%s (progress: %d blobs, %d bytes received)", repo, digest[:19],
                  self.state.blobs_transferred, self.state.bytes_transferred)
 
@@ -185,15 +189,52 @@ class Puller:
         """Point `tag` where the parent has it. If we moved it too since we last agreed, that is
         a conflict: the parent's tag wins; ours stays reachable by digest (and is still pushed
         up by digest from the outbox). `report_conflict=False`: the caller reported it."""
+        if await self._store_tagged(repo, tag, digest, report_conflict):
+            await self.state.set(last_known_key(repo, tag), digest)
+            return
         body = await self.ensure_manifest(repo, digest)
         record = self.reg.meta.get_manifest(repo, digest)
         local = self.reg.meta.resolve_tag(repo, tag)
         agreed = self.state.get(last_known_key(repo, tag))
         if report_conflict and local is not None and local not in (digest, agreed):
             self.state.conflict(repo, tag, local, digest)  # reported and logged once
-        if local != digest:
-            await store_manifest(self.reg, repo, tag, body, record.media_type, origin=PARENT)
+        if local != digest:  # (its bytes were stored with it just now, or before)
+            await store_manifest(self.reg, repo, tag, body, record.media_type, origin=PARENT,
+                                 bytes_stored=True)
         await self.state.set(last_known_key(repo, tag), digest)
+
+    async def _store_tagged(self, repo: str, tag: str, digest: str, report_conflict: bool
+                            ) -> bool:
+        """The common case of a feed page, in one write instead of two: a manifest new here,
+        fetched ahead (so verified against its digest) and without referrers, stored under its
+        tag at once (one change-log entry, so also one entry less for our children). The write
+        is conditional on the tag still pointing where it did when the conflict check looked.
+        False (nothing written): not that case, or the tag moved meanwhile, or the store
+        refused (a lock, say); `set_tag`'s two steps then decide and report as before."""
+        ahead = self.prefetched.get(repo, digest)
+        if ahead is None or ahead.referrers != [] or not digest.startswith("sha256:") or \
+                self.reg.meta.get_manifest(repo, digest) is not None:
+            return False
+        local = self.reg.meta.resolve_tag(repo, tag)
+        agreed = self.state.get(last_known_key(repo, tag))
+        precondition = TagPrecondition(if_none_match=frozenset({"*"})) if local is None else \
+            TagPrecondition(if_match=frozenset({local}))
+        lock = self._manifest_locks.setdefault((repo, digest), trio.Lock())
+        try:
+            async with lock:
+                if self.reg.meta.get_manifest(repo, digest) is not None:
+                    return False  # stored by digest meanwhile (another entry naming it)
+                try:
+                    await self._fetch_manifest(repo, digest, tag, precondition)
+                except RegistryError:
+                    return False
+        finally:
+            if not lock.locked() and lock.statistics().tasks_waiting == 0:
+                self._manifest_locks.pop((repo, digest), None)
+        self.prefetched.take(repo, digest)
+        if report_conflict and local is not None and local not in (digest, agreed):
+            self.state.conflict(repo, tag, local, digest)  # reported and logged once
+        return True
 
     # --- changes ------------------------------------------------------------------------------
     async def apply(self, change: dict) -> None:

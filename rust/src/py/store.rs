@@ -73,6 +73,18 @@ impl PyBlobStore {
         })?)
     }
 
+    /// Many small blobs `[(bytes, expected digest), …]` in one call, their fsyncs together
+    /// (`BlobStore::put_many`); the digests, in order.
+    fn put_many(&self, py: Python<'_>, items: Vec<(Vec<u8>, String)>) -> PyResult<Vec<String>> {
+        Ok(without_gil(py, || {
+            let refs: Vec<(&[u8], &str)> = items
+                .iter()
+                .map(|(d, e)| (d.as_slice(), e.as_str()))
+                .collect();
+            self.inner.put_many(&refs)
+        })?)
+    }
+
     #[pyo3(signature = (digest, offset = 0, length = None))]
     fn read<'py>(
         &self,

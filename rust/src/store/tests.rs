@@ -110,6 +110,36 @@ fn put_bytes_mismatch_stores_nothing() {
 }
 
 #[test]
+fn put_many_stores_every_blob_once_and_a_mismatch_stores_nothing() {
+    let (dir, store) = store();
+    let blobs: Vec<Vec<u8>> = (1..40).map(|i| data(i * 1000)).collect();
+    let existing = store.put_bytes(&blobs[0], None).unwrap();
+    let wrong = sha256(b"other");
+    let mut items: Vec<(&[u8], String)> = blobs.iter().map(|b| (&b[..], sha256(b))).collect();
+    items.push((&blobs[1][..], sha256(&blobs[1]))); // the same blob twice in one batch
+    items.push((&blobs[2][..], wrong.clone()));
+    let refs: Vec<(&[u8], &str)> = items.iter().map(|(b, d)| (*b, d.as_str())).collect();
+    let err = store.put_many(&refs).unwrap_err();
+    assert!(matches!(err, CoreError::DigestMismatch { .. }), "{err}");
+    assert_eq!(store.list_digests().unwrap(), vec![existing.clone()]);
+    assert!(files_under(&dir.path().join("tmp")).is_empty());
+    let stored = store.put_many(&refs[..refs.len() - 1]).unwrap();
+    assert_eq!(
+        stored,
+        refs[..refs.len() - 1]
+            .iter()
+            .map(|(_, d)| d.to_string())
+            .collect::<Vec<_>>()
+    );
+    for blob in &blobs {
+        assert_eq!(store.read(&sha256(blob), 0, None).unwrap(), *blob);
+    }
+    assert_eq!(store.list_digests().unwrap().len(), blobs.len());
+    assert!(files_under(&dir.path().join("tmp")).is_empty());
+    assert_eq!(store.put_many(&[]).unwrap(), Vec::<String>::new());
+}
+
+#[test]
 fn range_reads_clamp_like_slices() {
     let (_dir, store) = store();
     let body = data(10_000);

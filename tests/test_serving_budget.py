@@ -98,6 +98,11 @@ def test_over_budget_requests_get_oci_429_with_retry_after_and_others_pass(tmp_p
             # Another client (here: anonymous) has its own budget; health checks have none.
             assert httpx.get(f"{node.url}/v2/", timeout=30).status_code == 401
             assert httpx.get(f"{node.url}/healthz", timeout=30).status_code == 200
+            # Made-up Basic names do not each get a budget: they share one per source (the
+            # admin's first request, before its password was checked, took one of it too).
+            made_up = [httpx.get(f"{node.url}/v2/", auth=(f"made-up-{i}", "guess"),
+                                 timeout=30).status_code for i in range(5)]
+            assert made_up.count(401) <= 3 and made_up[-1] == 429, made_up
         # Scraped anonymously: the admin's own budget is spent (the third anonymous request).
         assert metric(node, "connreg_client_budget_requests_total", anonymous=True,
                       outcome="refused") >= len(refused)

@@ -7,8 +7,9 @@ request's cost is Hypercorn, h11 and trio, before and after connreg's own few lo
 back; answering fewer requests can.
 
 While this node's sync has work (it moved sync bytes, or a child's sync request arrived, in the
-last SYNC_ACTIVE_HOLD seconds), each client — a source address and the identity it claims
-(token subject or Basic user, not the secret) — gets `client_request_rate` requests per second
+last SYNC_ACTIVE_HOLD seconds), each client — a source address and the identity it shows
+(a valid token's subject, or a Basic user whose password checked out already; never the
+secret; anything else shares one budget per source) — gets `client_request_rate` requests per second
 with a burst of `client_request_burst` (GCRA: one timestamp per client). A request past its
 budget waits its turn, without using the loop, for at most `client_request_max_wait_seconds`:
 a polling client that waits for each answer (every registry client does) is slowed to the
@@ -183,10 +184,12 @@ class ClientBudget:
                     .partition(":")
             except (ValueError, UnicodeDecodeError):
                 return source, "basic?"
-            if (sep and username.endswith(SYNC_TOKEN_SUFFIX) and authn is not None
-                    and authn.known_credentials(username, password)):
+            known = sep and authn is not None and authn.known_credentials(username, password)
+            if known and username.endswith(SYNC_TOKEN_SUFFIX):
                 return None
-            return source, username[:200]
+            # Only a name whose password checked out gets a budget of its own: made-up names
+            # (each a new bucket otherwise) share one per source, like unknown Bearer tokens.
+            return source, username[:200] if known else "basic?"
         return source, scheme[:20]
 
     @staticmethod

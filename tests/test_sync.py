@@ -340,10 +340,12 @@ def test_log_level_set_at_the_root_applies_at_the_node(tree):
 def test_a_pull_at_the_third_level_reaches_the_root_audit_trail(tree):
     """C's events climb with the status reports: C → B → A → the root (each hop relays its
     children's events), and the root's trail names the node where the pull happened."""
+    # C's sync token was disabled by an earlier test: enabled again, C syncs again.
+    cli(tree.h.root, "token", "update", "--name", "shopC-sync-token", "--status", "enabled")
     image = make_image([3000])
     with tree.client("root") as c:
         push_image(c, "shop/app", image, "audited")
-    tree.wait_digest("shopC", "shop/app", "audited", image.digest, timeout=60)
+    tree.wait_digest("shopC", "shop/app", "audited", image.digest, timeout=90)
     with tree.client("shopC") as c:  # C's own admin
         assert c.get("/v2/shop/app/manifests/audited",
                      headers={"Accept": OCI_MANIFEST}).status_code == 200

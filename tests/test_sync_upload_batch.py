@@ -315,8 +315,7 @@ def test_kill_9_of_the_parent_mid_batch_and_of_the_edge_mid_push_loses_nothing(t
         assert _moves_in_order(root, "uk/app", "moving", [img.digest for img in first])
 
         # The edge dies right after the parent took its first batch, before any tag moved (the
-        # parent is away while the edge takes the pushes, so none is cut by the kill; the edge
-        # restarts beside it, so its first attempt is at once).
+        # parent is away while the edge takes the pushes, so none is cut by the kill).
         root.stop()
         second = [make_image([5 * KiB + i, KiB]) for i in range(3)]
         with httpx.Client(base_url=edge.url, auth=edge.admin, timeout=60) as c:
@@ -324,9 +323,11 @@ def test_kill_9_of_the_parent_mid_batch_and_of_the_edge_mid_push_loses_nothing(t
                 push_image(c, "uk/app", img, "moving")
                 push_image(c, "uk/app", img, f"u{i}")
         edge.stop()
-        root.start()
+        # Started while the parent is still away (from its recorded activation), so it cannot
+        # push, and die, before it is ready; the parent's start then lets its retry through.
         edge.env["CONNREG_TEST_KILL_IN_UPLOAD_BATCH"] = "1"
         edge.start()
+        root.start()
         wait_for(lambda: edge.proc.poll() is not None, 60, message="the edge killed mid-push")
         assert edge.proc.returncode == -signal.SIGKILL
         del edge.env["CONNREG_TEST_KILL_IN_UPLOAD_BATCH"]

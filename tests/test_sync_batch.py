@@ -248,3 +248,39 @@ def test_a_manifest_deleted_and_pushed_again_in_one_outbox_batch_reaches_the_par
                      message="X pushed again at the root")
     finally:
         h.stop_all()
+
+
+def test_a_manifest_with_a_foreign_layer_syncs_without_that_layer(tmp_path):
+    """A non-distributable layer is never in a registry: the child takes the manifest (its
+    other blobs fetched, in batches) and does not ask the parent for that layer."""
+    h = Hierarchy(tmp_path)
+    try:
+        root = h.start_root()
+        h.create("foreign-edge", "ReadOnly", ["fl/*"])
+        edge = h.start_child("foreign-edge")
+        config, layer = b'{"architecture":"amd64","os":"windows"}', random.randbytes(4000)
+        foreign = sha256(b"a Windows base layer that lives elsewhere")
+        manifest = json.dumps({
+            "schemaVersion": 2, "mediaType": OCI_MANIFEST,
+            "config": {"mediaType": "application/vnd.oci.image.config.v1+json",
+                       "digest": sha256(config), "size": len(config)},
+            "layers": [{"mediaType": "application/vnd.oci.image.layer.nondistributable.v1.tar"
+                                     "+gzip", "digest": foreign, "size": 123456,
+                        "urls": ["https://example.invalid/base.tar.gz"]},
+                       {"mediaType": "application/vnd.oci.image.layer.v1.tar",
+                        "digest": sha256(layer), "size": len(layer)}]}).encode()
+        with httpx.Client(base_url=root.url, auth=root.admin, timeout=60) as c:
+            for blob in (config, layer):
+                assert c.post("/v2/fl/app/blobs/uploads/", params={"digest": sha256(blob)},
+                              content=blob).status_code == 201
+            r = c.put("/v2/fl/app/manifests/v1", content=manifest,
+                      headers={"Content-Type": OCI_MANIFEST})
+            assert r.status_code == 201, r.text
+        with httpx.Client(base_url=edge.url, auth=edge.admin, timeout=60) as c:
+            wait_for(lambda: c.get("/v2/fl/app/manifests/v1",
+                                   headers={"Accept": OCI_MANIFEST}).content == manifest, 60,
+                     message="the manifest at the edge")
+            assert c.get(f"/v2/fl/app/blobs/{sha256(layer)}").content == layer
+            assert c.head(f"/v2/fl/app/blobs/{foreign}").status_code == 404
+    finally:
+        h.stop_all()

@@ -39,6 +39,13 @@ FOREIGN_LAYER_TYPES = {
 }
 
 
+def is_foreign_layer(media_type: object) -> bool:
+    """A layer the registry is not expected to hold (sync neither fetches nor sends it): the
+    types above, and their relatives by name (other compressions)."""
+    text = str(media_type or "")
+    return "nondistributable" in text or "foreign" in text
+
+
 def _invalid(message: str, detail: Any = None) -> RegistryError:
     return RegistryError(errors.MANIFEST_INVALID, message=f"manifest invalid: {message}",
                          detail=detail)

@@ -24,7 +24,7 @@ from typing import Awaitable, Callable, Iterable
 
 import trio
 
-from connreg.content import INDEX_TYPES
+from connreg.content import INDEX_TYPES, is_foreign_layer
 from connreg.storage.budget import StorageFull
 from connreg.storage.interfaces import BlobGone
 from connreg.sync import batch_format
@@ -32,7 +32,6 @@ from connreg.sync.remote import ParentClient, ParentRefused
 from connreg.sync.state import DOWN_CURSOR
 
 log = logging.getLogger("connreg.sync")
-FOREIGN = ("nondistributable", "foreign")
 
 
 def _key(change) -> tuple[str, str]:
@@ -237,7 +236,7 @@ class DownPrefetch:
                     if not isinstance(desc, dict) or not isinstance(desc.get("digest"), str):
                         continue
                     size = desc.get("size")
-                    if any(f in str(desc.get("mediaType", "")) for f in FOREIGN) or \
+                    if is_foreign_layer(desc.get("mediaType")) or \
                             not isinstance(size, int) or not 0 <= size < self.small:
                         continue
                     if self.reg.meta.linked_blob_size(repo, desc["digest"]) is None:

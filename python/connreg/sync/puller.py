@@ -15,7 +15,7 @@ from typing import Callable
 import trio
 
 from connreg import _core
-from connreg.content import INDEX_TYPES, delete_reference, store_manifest
+from connreg.content import INDEX_TYPES, delete_reference, is_foreign_layer, store_manifest
 from connreg.delta.fetch import DeltaFetcher, DeltaUnavailable
 from connreg.delta.gzip_fetch import GzipDeltaFetcher
 from connreg.errors import RegistryError
@@ -29,7 +29,6 @@ from connreg.sync.state import SyncState, last_known_key
 
 log = logging.getLogger("connreg.sync")
 PARENT = "parent"
-FOREIGN = "nondistributable"
 # HEADs at the parent in flight at once while reconciliation looks for withdrawn manifests.
 RECONCILE_PARALLEL_CHECKS = 8
 
@@ -173,8 +172,7 @@ class Puller:
                 await self.ensure_manifest(repo, child["digest"], with_referrers=False)
         else:
             layers = [l for l in doc.get("layers", [])
-                      if FOREIGN not in l.get("mediaType", "")
-                      and "foreign" not in l.get("mediaType", "")]
+                      if not is_foreign_layer(l.get("mediaType"))]
             async with trio.open_nursery() as nursery:
                 for desc in [doc["config"], *layers]:
                     nursery.start_soon(self.ensure_blob, repo, desc["digest"],

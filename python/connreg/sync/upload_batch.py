@@ -31,13 +31,12 @@ from collections import Counter
 
 import trio
 
-from connreg.content import INDEX_TYPES
+from connreg.content import INDEX_TYPES, is_foreign_layer
 from connreg.sync import upload_batch_format as fmt
 from connreg.sync.remote import ParentClient, ParentRefused
 from connreg.sync.state import last_known_key
 
 log = logging.getLogger("connreg.sync")
-FOREIGN = ("nondistributable", "foreign")
 # Index levels followed (an index of indexes is rare; deeper ones go one by one).
 MAX_DEPTH = 3
 
@@ -199,7 +198,7 @@ class _Plan:
                 if not isinstance(desc, dict) or not isinstance(desc.get("digest"), str):
                     ready = False
                     continue
-                if any(f in str(desc.get("mediaType", "")) for f in FOREIGN):
+                if is_foreign_layer(desc.get("mediaType")):
                     continue  # never stored by a registry
                 blob = (repo, desc["digest"])
                 if self.presence.blob_at_parent.get(blob) or blob in self.blobs:
